@@ -1,0 +1,113 @@
+"""Checking an experiment's configuration before any job runs.
+
+`check_config` validates against workflow/schemas/config.schema.yaml with
+snakemake.utils.validate (which also fills in the defaults), then makes the
+checks a schema cannot: pairs name defined models, layers exist in the model,
+sources exist. Every mistake becomes one `UserError` line naming the key and
+the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+from .models import EMBEDDED, known_n_layers, model_source
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def check_config(config: dict, schema: str | Path = SCHEMA) -> dict:
+    """Validate `config` in place (defaults filled in) and return it; raise UserError on the first mistake."""
+    _validate_schema(config, Path(schema))
+    _check_models(config["models"])
+    _check_pairs(config["pairs"], config["models"])
+    _check_corpus(config["corpus"])
+    return config
+
+
+def _validate_schema(config: dict, schema: Path) -> None:
+    import jsonschema
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(schema))
+    except WorkflowError as error:
+        # snakemake formats its arguments into one string; the jsonschema error is its cause.
+        cause = error.__cause__ or error.__context__
+        if not isinstance(cause, jsonschema.ValidationError):
+            cause = None
+        if cause is None:
+            raise UserError(f"config: {str(error).splitlines()[0]}") from None
+        raise UserError(describe_validation_error(cause)) from None
+
+
+def describe_validation_error(error) -> str:
+    """One line: where in the config, what is wrong, what the key is for."""
+    where = _key_path(error.absolute_path) or "config"
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"config: {error.message} in {where}; allowed keys: {allowed}"
+    if error.validator == "pattern" and error.schema.get("pattern", "").startswith("^[A-Za-z0-9]"):
+        return (f"config: {where}: id {error.instance!r} is not safe in file names; "
+                "use letters, digits, '.', '_' and '-' (no '--'), starting with a letter or digit")
+    message = error.message if len(error.message) < 160 else error.message[:157] + "..."
+    hint = error.schema.get("description", "")
+    hint = f" ({where}: {hint.strip()})" if hint and error.validator != "required" else ""
+    return f"config: {where}: {message}{hint}"
+
+
+def _key_path(parts) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _check_models(models: dict) -> None:
+    for name, entry in models.items():
+        kind, location = model_source(name, entry)
+        if kind == "embedded" and location not in EMBEDDED:
+            raise UserError(f"models.{name}.embedded: '{location}' is unknown; use one of {', '.join(EMBEDDED)}")
+        if kind == "path" and not Path(location).is_dir():
+            raise UserError(f"models.{name}.path: {location} is not a folder; give a local Hugging Face model folder")
+        if kind == "gguf" and not Path(location).is_file():
+            raise UserError(f"models.{name}.gguf: {location} does not exist; give the path of a .gguf file")
+        n_layers = known_n_layers(name, entry)
+        if n_layers is None:
+            continue  # an uncached hub model: its prepare job checks the layers
+        wrong = [layer for layer in entry["layers"] if layer >= n_layers]
+        if wrong:
+            raise UserError(
+                f"models.{name}.layers: {wrong} out of range; {name} has blocks 0..{n_layers - 1}"
+            )
+
+
+def _check_pairs(pairs: list[dict], models: dict) -> None:
+    seen = set()
+    for index, pair in enumerate(pairs):
+        for side in ("a", "b"):
+            if pair[side] not in models:
+                raise UserError(
+                    f"pairs[{index}].{side}: model '{pair[side]}' is not defined; use one of {', '.join(models)} or add it under models"
+                )
+        key = (pair["a"], pair["b"])
+        if key in seen:
+            raise UserError(f"pairs[{index}]: {pair['a']} vs {pair['b']} is listed twice; remove one")
+        seen.add(key)
+
+
+def _check_corpus(corpus: dict) -> None:
+    if corpus["source"] == "files":
+        if not corpus["paths"]:
+            raise UserError("corpus.paths: empty while corpus.source is files; list .txt or .jsonl files")
+        for path in corpus["paths"]:
+            if not Path(path).is_file():
+                raise UserError(f"corpus.paths: {path} does not exist; fix the path or remove it")
+    if corpus["source"] == "hf-dataset" and not corpus["hf_dataset"].get("name"):
+        raise UserError("corpus.hf_dataset.name: missing while corpus.source is hf-dataset; e.g. Skylion007/openwebtext")
+
+
+def pair_ids(config: dict) -> list[tuple[str, str]]:
+    return [(pair["a"], pair["b"]) for pair in config["pairs"]]

@@ -1,0 +1,299 @@
+"""Text: where documents come from and how they are cut into context windows.
+
+Both models of a pair must read exactly the same text in each context window,
+so windows are cut by characters (at whitespace) before any tokenizer sees
+them, and each model tokenizes the same window strings.
+
+Outputs of this stage (written by `write_windows`): a JSONL file, one window per
+line: {"window_index", "doc_index", "char_start", "text"}; `char_start` is where
+the window begins in its document, so a token's document offset is
+`char_start + offset in window`.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import importlib.util
+import json
+import re
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .io import atomic_path
+
+WIKIPEDIA_SAMPLE = (
+    "gensim",
+    "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+)
+
+# Roughly how many characters one token of an English BPE tokenizer covers;
+# only used to turn `token_budget` into a number of windows.
+CHARS_PER_TOKEN = 4.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """One context window: a slice `text` of document `doc_index` starting at `char_start`."""
+
+    window_index: int
+    doc_index: int
+    char_start: int
+    text: str
+
+
+# ---------------------------------------------------------------- sources
+
+
+def wikipedia_sample_path() -> Path:
+    """The English Wikipedia sample shipped inside the gensim wheel (read as data only)."""
+    package, relative = WIKIPEDIA_SAMPLE
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "corpus.source 'wikipedia-sample' needs the gensim wheel's data: "
+            "run `make install` (or `pip install --no-deps gensim==4.4.0`)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise UserError(f"the Wikipedia sample is missing at {path}: reinstall gensim==4.4.0")
+    return path
+
+
+def read_wikipedia_dump(path: str | Path) -> Iterator[str]:
+    """Plain-text articles of a MediaWiki XML dump (.xml or .xml.bz2), in file order.
+
+    Keeps main-namespace pages that are not redirects; strips the wiki markup
+    with mwparserfromhell after dropping file, image and category links (their
+    captions and names are not prose).
+    """
+    import mwparserfromhell
+
+    opener = bz2.open if str(path).endswith(".bz2") else open
+    with opener(path, "rb") as stream:
+        for _, element in ElementTree.iterparse(stream):
+            if element.tag.rsplit("}", 1)[-1] != "page":
+                continue
+            namespace = element.findtext("{*}ns")
+            is_redirect = element.find("{*}redirect") is not None
+            wikitext = element.findtext("{*}revision/{*}text") or ""
+            element.clear()
+            if namespace != "0" or is_redirect:
+                continue
+            text = wikitext_to_plain(wikitext, mwparserfromhell)
+            if text:
+                yield text
+
+
+_NON_PROSE_LINK = re.compile(r"^\s*(file|image|category|media)\s*:", re.IGNORECASE)
+
+
+def wikitext_to_plain(wikitext: str, mwparserfromhell) -> str:
+    """Wiki markup -> prose paragraphs separated by blank lines."""
+    code = mwparserfromhell.parse(wikitext)
+    for link in code.filter_wikilinks(recursive=False):
+        if _NON_PROSE_LINK.match(str(link.title)):
+            try:
+                code.remove(link)
+            except ValueError:  # already removed with a parent
+                pass
+    text = code.strip_code(normalize=True, collapse=True)
+    text = re.sub(r"\(\s*[,;]?\s*\)", "", text)  # parentheses emptied by removed templates
+    text = re.sub(r"[ \t]+", " ", text)
+    text = re.sub(r" +([,.;:])", r"\1", text)
+    paragraphs = [line.strip() for line in text.split("\n")]
+    return "\n\n".join(p for p in paragraphs if len(p) > 1)
+
+
+def read_text_files(paths: Iterable[str | Path]) -> Iterator[str]:
+    """Documents from .txt files (one document per file) and .jsonl files (one per line)."""
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"corpus.paths: {path} does not exist; fix the path or remove it")
+        if path.suffix == ".jsonl":
+            yield from _read_jsonl(path, "text")
+        else:
+            yield path.read_text(encoding="utf-8")
+
+
+def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}:{number}: not valid JSON ({error.msg}); one JSON object per line") from None
+            if text_field not in record:
+                raise UserError(f"{path}:{number}: no '{text_field}' field; each line needs a \"{text_field}\" string")
+            yield record[text_field]
+
+
+def read_hf_dataset(name: str, split: str, text_field: str, config_name: str | None, limit: int) -> Iterator[str]:
+    """The first `limit` documents of a Hugging Face dataset, streamed (needs the hub or its cache)."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("corpus.source 'hf-dataset' needs the `datasets` package: pip install datasets") from None
+    try:
+        stream = datasets.load_dataset(name, config_name, split=split, streaming=True)
+    except Exception as error:  # the datasets library raises many kinds; all mean "not reachable"
+        raise UserError(
+            f"corpus.hf_dataset '{name}' could not be opened ({type(error).__name__}); "
+            "check the name, or use corpus.source 'files' with a local copy"
+        ) from None
+    for count, record in enumerate(stream):
+        if count >= limit:
+            break
+        yield record[text_field]
+
+
+def load_documents(corpus: dict) -> list[str]:
+    """All documents named by the `corpus` config section, in source order."""
+    source = corpus["source"]
+    limit = corpus.get("n_documents")
+    if source == "wikipedia-sample":
+        documents = read_wikipedia_dump(wikipedia_sample_path())
+    elif source == "files":
+        documents = read_text_files(corpus["paths"])
+    elif source == "hf-dataset":
+        spec = corpus["hf_dataset"]
+        documents = read_hf_dataset(
+            spec["name"], spec.get("split", "train"), spec.get("text_field", "text"),
+            spec.get("config"), limit or 10_000,
+        )
+    else:  # the schema admits no other value
+        raise UserError(f"corpus.source '{source}' is unknown; use wikipedia-sample, files or hf-dataset")
+    selected = []
+    for document in documents:
+        document = document.strip()
+        if document:
+            selected.append(document)
+        if limit is not None and len(selected) >= limit:
+            break
+    return selected
+
+
+# ---------------------------------------------------------------- windows
+
+
+def cut_windows(document: str, window_chars: int) -> list[tuple[int, str]]:
+    """Cut a document into consecutive windows of at most `window_chars` characters.
+
+    Cuts fall at whitespace (the whitespace is dropped between windows), so no
+    word is split; a single word longer than a window is cut hard.
+    Returns (char_start, text) pairs; `document[start:start + len(text)] == text`.
+    """
+    windows = []
+    start = 0
+    length = len(document)
+    while start < length:
+        while start < length and document[start].isspace():
+            start += 1
+        if start >= length:
+            break
+        stop = min(start + window_chars, length)
+        if stop < length and not document[stop].isspace():
+            cut = max(document.rfind(" ", start, stop), document.rfind("\n", start, stop))
+            if cut > start:
+                stop = cut
+        text = document[start:stop].rstrip()
+        if text:
+            windows.append((start, text))
+        start = stop
+    return windows
+
+
+def select_windows(
+    documents: list[str],
+    window_chars: int,
+    token_budget: int | None,
+    windows_per_document: int | None,
+    order: str,
+    seed: int,
+) -> list[Window]:
+    """Deterministic choice of context windows.
+
+    `order='first'` keeps windows in document order (the paper took the first
+    documents); `order='shuffle'` shuffles all windows with `seed`, so a small
+    budget samples the whole corpus. Windows are taken until their estimated
+    token count (characters / CHARS_PER_TOKEN) reaches `token_budget`.
+    Window indices are assigned in the order chosen.
+    """
+    candidates = []
+    for doc_index, document in enumerate(documents):
+        pieces = cut_windows(document, window_chars)
+        if windows_per_document is not None:
+            pieces = pieces[:windows_per_document]
+        candidates.extend((doc_index, start, text) for start, text in pieces)
+    if order == "shuffle":
+        permutation = np.random.default_rng(seed).permutation(len(candidates))
+        candidates = [candidates[i] for i in permutation]
+    chosen = []
+    estimated_tokens = 0.0
+    for doc_index, start, text in candidates:
+        if token_budget is not None and estimated_tokens >= token_budget:
+            break
+        chosen.append(Window(len(chosen), doc_index, start, text))
+        estimated_tokens += len(text) / CHARS_PER_TOKEN
+    return chosen
+
+
+def build_windows(corpus: dict) -> list[Window]:
+    """Documents -> windows, as configured by the `corpus` section."""
+    documents = load_documents(corpus)
+    if not documents:
+        raise UserError("the corpus has no documents: check corpus.source and corpus.paths")
+    return select_windows(
+        documents,
+        window_chars=corpus["window_chars"],
+        token_budget=corpus.get("token_budget"),
+        windows_per_document=corpus.get("windows_per_document"),
+        order=corpus["order"],
+        seed=corpus["seed"],
+    )
+
+
+def write_windows(windows: list[Window], path: str | Path) -> None:
+    """Write windows as JSONL, atomically."""
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as out:
+            for window in windows:
+                out.write(json.dumps(window.__dict__, ensure_ascii=False) + "\n")
+
+
+def read_windows(path: str | Path) -> list[Window]:
+    with open(path, encoding="utf-8") as lines:
+        return [Window(**json.loads(line)) for line in lines if line.strip()]
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 of a file, first 16 hex digits: identifies the exact corpus a cache was made from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def corpus_statistics(windows: list[Window]) -> dict:
+    return {
+        "n_windows": len(windows),
+        "n_documents": len({w.doc_index for w in windows}),
+        "n_characters": int(sum(len(w.text) for w in windows)),
+        "estimated_tokens": int(sum(len(w.text) for w in windows) / CHARS_PER_TOKEN),
+    }
+
+
+__all__ = [
+    "Window", "build_windows", "cut_windows", "select_windows", "load_documents",
+    "read_wikipedia_dump", "wikipedia_sample_path", "write_windows", "read_windows",
+    "fingerprint", "corpus_statistics",
+]

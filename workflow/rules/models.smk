@@ -1,0 +1,15 @@
+rule prepare_model:
+    output:
+        manifest="resources/models/{model}/manifest.json",
+    log:
+        "logs/prepare_model/{model}.log",
+    benchmark:
+        "results/benchmarks/prepare_model/{model}.tsv"
+    params:
+        entry=model_entry,
+        out_dir=subpath(output.manifest, parent=True),
+    threads: 2
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/prepare_model.py"
