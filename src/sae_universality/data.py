@@ -96,7 +96,7 @@ _NON_PROSE_LINK = re.compile(r"^\s*(file|image|category|media)\s*:", re.IGNORECA
 def wikitext_to_plain(wikitext: str, mwparserfromhell) -> str:
     """Wiki markup -> prose paragraphs separated by blank lines."""
     code = mwparserfromhell.parse(wikitext)
-    for link in code.filter_wikilinks(recursive=False):
+    for link in code.filter_wikilinks(recursive=True):
         if _NON_PROSE_LINK.match(str(link.title)):
             try:
                 code.remove(link)

