@@ -253,10 +253,12 @@ def merge_shards(shard_paths: list[str | Path], out_path: str | Path, rows_per_b
         d_model = first["activations"].shape[1]
         with atomic_path(out_path, suffix=".h5") as temporary, h5py.File(temporary, "w") as merged:
             merged.attrs.update(dict(first.attrs))
+            # Chunks may not exceed a fixed-size dataset.
             merged.create_dataset("activations", shape=(total, d_model), dtype=first["activations"].dtype,
-                                  chunks=(ROWS_PER_CHUNK, d_model))
+                                  chunks=(max(1, min(ROWS_PER_CHUNK, total)), d_model))
             for field in POSITION_FIELDS:
-                merged.create_dataset(field, shape=(total,), dtype=np.int64, chunks=(ROWS_PER_CHUNK * 16,))
+                merged.create_dataset(field, shape=(total,), dtype=np.int64,
+                                      chunks=(max(1, min(ROWS_PER_CHUNK * 16, total)),))
             offset = 0
             for source in sources:
                 n = source["activations"].shape[0]

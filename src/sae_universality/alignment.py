@@ -34,12 +34,27 @@ def _last_row_per_key(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique, len(keys) - 1 - first_in_reversed
 
 
+def same_tokenization(positions_a: dict[str, np.ndarray], positions_b: dict[str, np.ndarray]) -> bool:
+    """True when both caches hold the same tokens at the same offsets of the same windows."""
+    return all(
+        np.array_equal(positions_a[field], positions_b[field])
+        for field in ("token_ids", "window_index", "char_end")
+    )
+
+
 def align_positions(positions_a: dict[str, np.ndarray], positions_b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows of A and B at common token boundaries, sorted by (window, char_end).
 
     Inputs are the per-position fields of two caches (see `read_positions`).
     Returns {"rows_a", "rows_b", "doc_index", "char_end"}, each of length M.
+    When both models tokenized the windows identically, positions pair one to
+    one (byte pieces of one character included).
     """
+    if same_tokenization(positions_a, positions_b):
+        rows = np.arange(len(positions_a["char_end"]), dtype=np.int64)
+        return {"rows_a": rows, "rows_b": rows.copy(),
+                "doc_index": positions_a["doc_index"].astype(np.int64),
+                "char_end": positions_a["char_end"].astype(np.int64)}
     max_char_end = max(int(positions_a["char_end"].max(initial=0)), int(positions_b["char_end"].max(initial=0)))
     keys_a, rows_a = _last_row_per_key(boundary_keys(positions_a["window_index"], positions_a["char_end"], max_char_end))
     keys_b, rows_b = _last_row_per_key(boundary_keys(positions_b["window_index"], positions_b["char_end"], max_char_end))
@@ -72,10 +87,7 @@ def write_alignment(cache_a: str | Path, cache_b: str | Path, out_path: str | Pa
         "n_aligned": n_aligned,
         "fraction_aligned_a": n_aligned / n_a if n_a else 0.0,
         "fraction_aligned_b": n_aligned / n_b if n_b else 0.0,
-        "same_tokenizer": bool(
-            n_a == n_b and np.array_equal(positions_a["token_ids"], positions_b["token_ids"])
-            and n_aligned == n_a
-        ),
+        "same_tokenizer": same_tokenization(positions_a, positions_b),
     }
     with atomic_path(out_path, suffix=".h5") as temporary, h5py.File(temporary, "w") as out:
         for name, values in aligned.items():

@@ -1,0 +1,941 @@
+"""Similarity of two matched feature spaces, its permutation null, and semantic subspaces.
+
+METHOD.md sections 6-8. Inputs everywhere are two matrices with one row per
+matched pair: `X = W_dec_A[idx_A]` (n x d_a) and `Y = W_dec_B[idx_B]`
+(n x d_b); row i of X and row i of Y are the two halves of pair i. Every
+metric is a pure function `f(X, Y) -> float` where larger means more similar.
+
+Metrics (registered in `METRICS`, dispatched by `compute_metric`):
+
+- `svcca`: SVD-reduce each side, then the mean canonical correlation (CCA).
+- `rsa`: Spearman correlation of the two n x n row-correlation matrices.
+- `linear_cka` / `debiased_cka`: linear centered kernel alignment.
+- `mutual_knn`: overlap of cosine nearest-neighbour sets (Huh et al. 2024).
+- `procrustes`: similarity after the best orthogonal map.
+
+Pairing null (`permutation_test`, `permutation_null`): the rows of Y are
+shuffled against X. Everything a row permutation leaves unchanged (SVD bases,
+correlation matrices and their ranks, Gram matrices, neighbour lists) is
+computed once; each permutation then costs only a gather plus a small product.
+The fast null equals a recompute-from-scratch to float tolerance.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import inspect
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+import torch
+
+from .errors import UserError
+
+__all__ = [
+    "INVARIANCES",
+    "METRICS",
+    "Metric",
+    "assign_categories",
+    "compute_metric",
+    "debiased_cka",
+    "draw_permutations",
+    "linear_cka",
+    "load_categories",
+    "mutual_knn",
+    "normalize_token",
+    "normalized_score",
+    "permutation_null",
+    "permutation_p_value",
+    "permutation_test",
+    "procrustes",
+    "random_subset_baseline",
+    "rsa",
+    "svcca",
+]
+
+# Names of the transforms of one side that a metric may be invariant to (see `Metric.invariances`).
+INVARIANCES = (
+    "orthogonal_transform",  # Y -> Y @ Q, Q orthogonal
+    "isotropic_scaling",  # Y -> c * Y, c > 0
+    "invertible_linear_transform",  # Y -> Y @ M, M invertible
+    "translation",  # Y -> Y + t, the same vector t added to every row
+    "column_permutation",  # Y -> Y[:, perm]
+)
+
+# Rows of permutations drawn and evaluated together: bounds the memory of the permutation block.
+_PERMUTATION_BLOCK = 64
+# Rows of an n x n matrix gathered at once in the quadratic-form kernel: keeps the gather in cache.
+_ROWS_PER_BLOCK = 128
+# Bytes allowed for one batch of gathered bases in the nuclear-norm kernel.
+_GATHER_BUDGET_BYTES = 256 * 2**20
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------
+
+
+def _as_matrix(values, name: str) -> np.ndarray:
+    """A finite float64 (rows, columns) numpy copy of a numpy array or (any-device) torch tensor."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64).numpy()
+    matrix = np.array(values, dtype=np.float64)
+    if matrix.ndim != 2:
+        raise UserError(f"{name} must be a 2-D matrix (one row per feature), got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise UserError(f"{name} contains NaN or infinite values; drop or repair those features first")
+    return matrix
+
+
+def _check_pair(X, Y, min_rows: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Validate two matched matrices: same number of rows (pairs), at least `min_rows` of them."""
+    X = _as_matrix(X, "X")
+    Y = _as_matrix(Y, "Y")
+    if X.shape[0] != Y.shape[0]:
+        raise UserError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; row i of each must be pair i")
+    if X.shape[0] < min_rows:
+        raise UserError(f"this metric needs at least {min_rows} pairs, got {X.shape[0]}")
+    return X, Y
+
+
+def _center_columns(matrix: np.ndarray) -> np.ndarray:
+    return matrix - matrix.mean(axis=0, keepdims=True)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _nuclear_norm(matrix: np.ndarray) -> float:
+    return float(np.linalg.svd(matrix, compute_uv=False).sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# SVCCA
+# ----------------------------------------------------------------------------------------------
+
+
+def _numerical_rank(singular_values: np.ndarray, shape: tuple[int, int]) -> int:
+    if singular_values.size == 0 or singular_values[0] == 0:
+        return 0
+    tolerance = singular_values[0] * max(shape) * np.finfo(np.float64).eps
+    return int((singular_values > tolerance).sum())
+
+
+def _svcca_basis(matrix: np.ndarray, variance: float, components: int | None, name: str) -> np.ndarray:
+    """Orthonormal basis (n, k) of the kept principal-component scores of the column-centered matrix.
+
+    k is `components` (clipped to the numerical rank) or the fewest components whose
+    squared singular values reach `variance` of the total.
+    """
+    left, singular_values, _ = np.linalg.svd(_center_columns(matrix), full_matrices=False)
+    rank = _numerical_rank(singular_values, matrix.shape)
+    if rank == 0:
+        raise UserError(f"{name} has no variance across its rows (all rows equal); SVCCA is undefined")
+    if components is not None:
+        if components > min(matrix.shape):
+            raise UserError(
+                f"components={components} exceeds min(rows, columns)={min(matrix.shape)} of {name}; use fewer"
+            )
+        kept = min(components, rank)
+    else:
+        energy = singular_values[:rank] ** 2
+        cumulative = np.cumsum(energy) / energy.sum()
+        # The tiny slack lets variance=1.0 reach the full rank despite rounding in the cumulative sum.
+        kept = min(int(np.searchsorted(cumulative, variance - 1e-12, side="left")) + 1, rank)
+    return left[:, :kept]
+
+
+def _check_svcca_options(variance: float, components: int | None) -> None:
+    if components is not None and (isinstance(components, bool) or int(components) != components or components < 1):
+        raise UserError(f"svcca components must be a positive integer or None, got {components!r}")
+    if not 0 < variance <= 1:
+        raise UserError(f"svcca variance must be in (0, 1], got {variance}")
+
+
+def svcca(X, Y, variance: float = 0.99, components: int | None = None) -> float:
+    """Singular vector canonical correlation analysis: mean canonical correlation of the reduced spaces.
+
+    Columns are centered; each side is reduced by SVD to its fewest principal
+    components explaining at least `variance` of its variance, or to exactly
+    `components` of them; the score is the mean of the min(k_x, k_y) canonical
+    correlations between the reduced matrices, which are the singular values of
+    `U_x^T U_y` for the orthonormal score bases U.
+
+    `components=1` reproduces the paper's published numbers: its code always
+    kept one component, so its "SVCCA" is |corr| of the first principal scores.
+
+    Args:
+        X: (n, d_a) matched features of model A.
+        Y: (n, d_b) matched features of model B.
+        variance: fraction of variance each side keeps, in (0, 1].
+        components: exact number of components per side (overrides `variance`).
+    Returns:
+        Mean canonical correlation in [0, 1].
+    """
+    _check_svcca_options(variance, components)
+    X, Y = _check_pair(X, Y)
+    basis_x = _svcca_basis(X, variance, components, "X")
+    basis_y = _svcca_basis(Y, variance, components, "Y")
+    canonical = np.clip(np.linalg.svd(basis_x.T @ basis_y, compute_uv=False), 0.0, 1.0)
+    return float(canonical.mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# RSA
+# ----------------------------------------------------------------------------------------------
+
+
+def _row_correlations(matrix: np.ndarray, name: str) -> np.ndarray:
+    """(n, n) Pearson correlations between the rows of `matrix`."""
+    centered = matrix - matrix.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centered, axis=1, keepdims=True)
+    constant = np.flatnonzero(norms[:, 0] == 0)
+    if constant.size:
+        raise UserError(f"row {constant[0]} of {name} is constant, so its correlations are undefined; drop it")
+    unit = centered / norms
+    return unit @ unit.T
+
+
+def _upper_triangle_centered_ranks(matrix: np.ndarray, name: str) -> np.ndarray:
+    """Average ranks of the strict upper triangle of the row correlations, minus their mean (float64)."""
+    correlations = _row_correlations(matrix, name)
+    upper = correlations[np.triu_indices(matrix.shape[0], k=1)]
+    del correlations
+    ranks = scipy.stats.rankdata(upper, method="average")
+    # Average ranks are multiples of 1/2, so centered ranks stay exact in float32 up to n ~ 5,800.
+    return ranks - (upper.size + 1) / 2.0
+
+
+def rsa(X, Y) -> float:
+    """Representational similarity: Spearman correlation of the two row-correlation matrices.
+
+    Per side, the (n, n) matrix of Pearson correlations between rows; the score
+    is the Spearman correlation (Pearson of average ranks) of the two strict
+    upper triangles.
+
+    Args:
+        X: (n, d_a), Y: (n, d_b), n >= 3, no constant row.
+    Returns:
+        Spearman correlation in [-1, 1].
+    """
+    X, Y = _check_pair(X, Y, min_rows=3)
+    ranks_x = _upper_triangle_centered_ranks(X, "X")
+    ranks_y = _upper_triangle_centered_ranks(Y, "Y")
+    return float(ranks_x @ ranks_y / (np.linalg.norm(ranks_x) * np.linalg.norm(ranks_y)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear CKA
+# ----------------------------------------------------------------------------------------------
+
+
+def _unbiased_hsic_parts(gram: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """Gram matrix with zero diagonal, its total sum, and its row sums (pieces of Song et al.'s estimator)."""
+    hollow = gram.copy()
+    np.fill_diagonal(hollow, 0.0)
+    row_sums = hollow.sum(axis=1)
+    return hollow, float(row_sums.sum()), row_sums
+
+
+def _unbiased_hsic(trace_term: float, total_k: float, total_l: float, cross_term: float, n: int) -> float:
+    """Song et al. (2012) unbiased HSIC from tr(K L), 1'K1, 1'L1 and 1'K L 1 of zero-diagonal Grams."""
+    return (
+        trace_term + total_k * total_l / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * cross_term
+    ) / (n * (n - 3))
+
+
+def _self_unbiased_hsic(hollow: np.ndarray, total: float, row_sums: np.ndarray) -> float:
+    n = hollow.shape[0]
+    return _unbiased_hsic(float((hollow * hollow).sum()), total, total, float(row_sums @ row_sums), n)
+
+
+def linear_cka(X, Y, debiased: bool = False) -> float:
+    """Linear centered kernel alignment (Kornblith et al. 2019).
+
+    Biased: ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F) with column-centered
+    X_c, Y_c. Debiased: the same ratio built from Song et al.'s (2012) unbiased HSIC
+    estimator on the linear Gram matrices of the centered data (can be slightly
+    negative for unrelated spaces; NaN when a self-HSIC estimate is not positive).
+
+    Args:
+        X: (n, d_a), Y: (n, d_b); n >= 4 when debiased.
+        debiased: use the unbiased HSIC estimator.
+    Returns:
+        CKA, in [0, 1] when biased.
+    """
+    X, Y = _check_pair(X, Y, min_rows=4 if debiased else 2)
+    X, Y = _center_columns(X), _center_columns(Y)
+    if not debiased:
+        cross = np.linalg.norm(Y.T @ X) ** 2
+        norms = np.linalg.norm(X.T @ X) * np.linalg.norm(Y.T @ Y)
+        if norms == 0:
+            raise UserError("X or Y has no variance across its rows (all rows equal); CKA is undefined")
+        return float(cross / norms)
+    hollow_x, total_x, rows_x = _unbiased_hsic_parts(X @ X.T)
+    hollow_y, total_y, rows_y = _unbiased_hsic_parts(Y @ Y.T)
+    n = X.shape[0]
+    hsic_xy = _unbiased_hsic(float((hollow_x * hollow_y).sum()), total_x, total_y, float(rows_x @ rows_y), n)
+    denominator = _self_unbiased_hsic(hollow_x, total_x, rows_x) * _self_unbiased_hsic(hollow_y, total_y, rows_y)
+    return float(hsic_xy / math.sqrt(denominator)) if denominator > 0 else float("nan")
+
+
+def debiased_cka(X, Y) -> float:
+    """`linear_cka(X, Y, debiased=True)`: linear CKA from the unbiased HSIC estimator (Song et al. 2012)."""
+    return linear_cka(X, Y, debiased=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mutual k-nearest neighbours
+# ----------------------------------------------------------------------------------------------
+
+
+def _cosine_neighbours(matrix: np.ndarray, k: int, name: str) -> np.ndarray:
+    """(n, k) indices of each row's k most cosine-similar other rows (order within a row unspecified)."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise UserError(f"row {int(np.flatnonzero(norms[:, 0] == 0)[0])} of {name} is all zeros; cosine is undefined")
+    unit = matrix / norms
+    n = matrix.shape[0]
+    neighbours = np.empty((n, k), dtype=np.int64)
+    rows_per_chunk = max(1, 2**24 // n)  # bounds the similarity block to ~128 MB
+    for start in range(0, n, rows_per_chunk):
+        stop = min(n, start + rows_per_chunk)
+        similarity = unit[start:stop] @ unit.T
+        similarity[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # a row is not its own neighbour
+        neighbours[start:stop] = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    return neighbours
+
+
+def _count_shared_neighbours(neighbours_x: np.ndarray, neighbours_y: np.ndarray) -> int:
+    """Total over rows of |N_x(i) ∩ N_y(i)| for two (n, k) neighbour lists without repeats within a row."""
+    n, k = neighbours_x.shape
+    rows_per_chunk = max(1, 2**22 // (k * k))
+    shared = 0
+    for start in range(0, n, rows_per_chunk):
+        block_x = neighbours_x[start : start + rows_per_chunk]
+        block_y = neighbours_y[start : start + rows_per_chunk]
+        shared += int(np.count_nonzero(block_x[:, :, None] == block_y[:, None, :]))
+    return shared
+
+
+def _check_k(k: int, n: int) -> None:
+    if isinstance(k, bool) or int(k) != k or not 1 <= k < n:
+        raise UserError(f"mutual_knn k must be an integer in [1, n - 1] = [1, {n - 1}], got {k!r}")
+
+
+def mutual_knn(X, Y, k: int = 10) -> float:
+    """Mutual k-nearest-neighbour alignment (Huh et al. 2024).
+
+    For each row, its k nearest other rows by cosine similarity in X and in Y
+    (rows are not centered); the score is the mean fraction of the k neighbours
+    the two sides share. Exact ties in similarity are broken arbitrarily.
+
+    Args:
+        X: (n, d_a), Y: (n, d_b), no all-zero row.
+        k: neighbours per row, 1 <= k < n.
+    Returns:
+        Mean overlap fraction in [0, 1].
+    """
+    X, Y = _check_pair(X, Y)
+    _check_k(k, X.shape[0])
+    k = int(k)
+    shared = _count_shared_neighbours(_cosine_neighbours(X, k, "X"), _cosine_neighbours(Y, k, "Y"))
+    return shared / (X.shape[0] * k)
+
+
+# ----------------------------------------------------------------------------------------------
+# Orthogonal Procrustes
+# ----------------------------------------------------------------------------------------------
+
+
+def _centered_unit_frobenius(matrix: np.ndarray, name: str) -> np.ndarray:
+    centered = _center_columns(matrix)
+    norm = np.linalg.norm(centered)
+    if norm == 0:
+        raise UserError(f"{name} has no variance across its rows (all rows equal); Procrustes is undefined")
+    return centered / norm
+
+
+def procrustes(X, Y) -> float:
+    """Orthogonal Procrustes similarity: 1 - d^2 / 2 after the best rotation.
+
+    Columns are centered and each matrix is scaled to unit Frobenius norm; the
+    narrower side is zero-padded. Then min over orthogonal Q of ||X Q - Y||_F^2
+    equals d^2 = 2 - 2 ||X^T Y||_*, so the score 1 - d^2 / 2 is the nuclear norm
+    of X^T Y: 1 when Y is X up to rotation, reflection, translation and scale.
+
+    Args:
+        X: (n, d_a), Y: (n, d_b).
+    Returns:
+        Similarity in [0, 1].
+    """
+    X, Y = _check_pair(X, Y)
+    return min(_nuclear_norm(_centered_unit_frobenius(X, "X").T @ _centered_unit_frobenius(Y, "Y")), 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Permutation kernels: quantities of P Y computed from decompositions made once
+# ----------------------------------------------------------------------------------------------
+
+
+def _prepare_permuted_nuclear_norms(left: np.ndarray, right: np.ndarray, device: torch.device):
+    """Evaluator of ||left^T right[p]||_* for each permutation p (rows of a (m, n) int array).
+
+    left (n, a) and right (n, b) are float64. Permuting the rows of Y permutes the rows
+    of its SVD bases, so only one batched matmul and one small symmetric eigenproblem
+    per permutation remain: the singular values are the square roots of the
+    eigenvalues of the smaller Gram matrix of the (a, b) product.
+    """
+    left_t = torch.as_tensor(np.ascontiguousarray(left.T), device=device)
+    right_t = torch.as_tensor(right, device=device)
+    n, width = right.shape
+    batch = max(1, min(_PERMUTATION_BLOCK, _GATHER_BUDGET_BYTES // max(1, n * width * 8)))
+
+    def evaluate(permutations: np.ndarray) -> np.ndarray:
+        values = []
+        for start in range(0, len(permutations), batch):
+            rows = torch.as_tensor(permutations[start : start + batch], device=device)
+            cross = torch.matmul(left_t, right_t[rows])  # (batch, a, b)
+            gram = cross.mT @ cross if cross.shape[2] <= cross.shape[1] else cross @ cross.mT
+            if gram.is_cuda:
+                eigenvalues = torch.linalg.eigvalsh(gram).cpu().numpy()
+            else:  # numpy's LAPACK eigensolver is faster than torch's on CPU here
+                eigenvalues = np.linalg.eigvalsh(gram.numpy())
+            values.append(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum(axis=1))
+        return np.concatenate(values)
+
+    return evaluate
+
+
+def _prepare_permuted_quadratic_forms(first: np.ndarray, second: np.ndarray, dtype: torch.dtype,
+                                      device: torch.device):
+    """Evaluator of sum_ij first[i, j] * second[p_i, p_j] for each permutation p.
+
+    `first` and `second` are symmetric (n, n). This is <A, P B P^T>_F, the only part of
+    RSA and CKA that a row permutation changes. By symmetry it is twice the strict
+    upper triangle plus the diagonal; the upper triangle of `first` is cut into row
+    blocks once, and per permutation each block meets the matching gathered rows
+    and columns of `second`. Products run in `dtype`, sums accumulate in float64.
+    """
+    n = first.shape[0]
+    diagonal_first = torch.as_tensor(np.diagonal(first).astype(np.float64), device=device)
+    second_t = torch.as_tensor(second, dtype=dtype, device=device)
+    diagonal_second = torch.diagonal(second_t).to(torch.float64)
+    first_t = torch.as_tensor(first, dtype=dtype, device=device)
+    blocks = []
+    for start in range(0, n, _ROWS_PER_BLOCK):
+        stop = min(n, start + _ROWS_PER_BLOCK)
+        blocks.append((start, stop, torch.triu(first_t[start:stop, start:], diagonal=1).contiguous()))
+    del first_t
+    # Reused buffers: fresh allocations of this size per block would cost page faults every time.
+    row_buffer = torch.empty(_ROWS_PER_BLOCK * n, dtype=dtype, device=device)
+    gather_buffer = torch.empty(_ROWS_PER_BLOCK * n, dtype=dtype, device=device)
+
+    def evaluate(permutations: np.ndarray) -> np.ndarray:
+        values = np.empty(len(permutations))
+        for index, permutation in enumerate(permutations):
+            p = torch.as_tensor(permutation, device=device)
+            upper = torch.zeros((), dtype=torch.float64, device=device)
+            for start, stop, block in blocks:
+                rows = row_buffer[: (stop - start) * n].view(stop - start, n)
+                torch.index_select(second_t, 0, p[start:stop], out=rows)
+                gathered = gather_buffer[: block.numel()].view(block.shape)
+                torch.index_select(rows, 1, p[start:], out=gathered)
+                upper += gathered.mul_(block).sum(dtype=torch.float64)
+            values[index] = float(2.0 * upper + (diagonal_first * diagonal_second[p]).sum())
+        return values
+
+    return evaluate
+
+
+def _symmetric_from_upper(upper: np.ndarray, n: int, dtype) -> np.ndarray:
+    """(n, n) symmetric matrix with zero diagonal whose strict upper triangle (row-major) is `upper`."""
+    full = np.zeros((n, n), dtype=dtype)
+    rows, columns = np.triu_indices(n, k=1)
+    full[rows, columns] = upper
+    full[columns, rows] = upper
+    return full
+
+
+def _null_svcca(X, Y, device, variance: float = 0.99, components: int | None = None):
+    _check_svcca_options(variance, components)
+    basis_x = _svcca_basis(X, variance, components, "X")
+    basis_y = _svcca_basis(Y, variance, components, "Y")
+    nuclear = _prepare_permuted_nuclear_norms(basis_x, basis_y, device)
+    n_canonical = min(basis_x.shape[1], basis_y.shape[1])
+    # The nuclear norm sums canonical correlations; each is <= 1, so clip rounding overshoot of the mean.
+    return lambda permutations: np.minimum(nuclear(permutations) / n_canonical, 1.0)
+
+
+def _null_rsa(X, Y, device):
+    n = X.shape[0]
+    ranks_x = _upper_triangle_centered_ranks(X, "X")
+    ranks_y = _upper_triangle_centered_ranks(Y, "Y")
+    scale = np.linalg.norm(ranks_x) * np.linalg.norm(ranks_y)
+    # Ranks of a row-permuted similarity matrix are the permuted ranks: rank once, gather per permutation.
+    quadratic = _prepare_permuted_quadratic_forms(
+        _symmetric_from_upper(ranks_x, n, np.float32), _symmetric_from_upper(ranks_y, n, np.float32),
+        torch.float32, device,
+    )
+    # The full symmetric sum counts every upper-triangle pair twice.
+    return lambda permutations: quadratic(permutations) / (2.0 * scale)
+
+
+def _null_linear_cka(X, Y, device, debiased: bool = False):
+    n = X.shape[0]
+    X, Y = _center_columns(X), _center_columns(Y)
+    gram_x, gram_y = X @ X.T, Y @ Y.T
+    if not debiased:
+        scale = np.linalg.norm(gram_x) * np.linalg.norm(gram_y)
+        if scale == 0:
+            raise UserError("X or Y has no variance across its rows (all rows equal); CKA is undefined")
+        quadratic = _prepare_permuted_quadratic_forms(gram_x, gram_y, torch.float64, device)
+        return lambda permutations: quadratic(permutations) / scale
+    hollow_x, total_x, rows_x = _unbiased_hsic_parts(gram_x)
+    hollow_y, total_y, rows_y = _unbiased_hsic_parts(gram_y)
+    denominator = _self_unbiased_hsic(hollow_x, total_x, rows_x) * _self_unbiased_hsic(hollow_y, total_y, rows_y)
+    quadratic = _prepare_permuted_quadratic_forms(hollow_x, hollow_y, torch.float64, device)
+
+    def evaluate(permutations: np.ndarray) -> np.ndarray:
+        if denominator <= 0:
+            return np.full(len(permutations), np.nan)
+        traces = quadratic(permutations)
+        # 1' K P L P' 1 is the row sums of K dotted with the permuted row sums of L.
+        crosses = rows_y[permutations] @ rows_x
+        hsic = _unbiased_hsic(traces, total_x, total_y, crosses, n)
+        return hsic / math.sqrt(denominator)
+
+    return evaluate
+
+
+def _null_debiased_cka(X, Y, device):
+    return _null_linear_cka(X, Y, device, debiased=True)
+
+
+def _null_mutual_knn(X, Y, device, k: int = 10):
+    n = X.shape[0]
+    _check_k(k, n)
+    k = int(k)
+    neighbours_x = _cosine_neighbours(X, k, "X")
+    neighbours_y = _cosine_neighbours(Y, k, "Y")
+
+    def evaluate(permutations: np.ndarray) -> np.ndarray:
+        values = np.empty(len(permutations))
+        inverse = np.empty(n, dtype=np.int64)
+        for index, permutation in enumerate(permutations):
+            # Row i of P Y is Y[p_i]: its neighbours are Y's neighbours of p_i, renamed by p^-1.
+            inverse[permutation] = np.arange(n)
+            permuted_neighbours = inverse[neighbours_y[permutation]]
+            values[index] = _count_shared_neighbours(neighbours_x, permuted_neighbours) / (n * k)
+        return values
+
+    return evaluate
+
+
+def _null_procrustes(X, Y, device):
+    def scores(matrix, name):
+        # U S of the thin SVD: the same Gram matrix (so nuclear norms) as the matrix, at width <= min(n, d).
+        left, singular_values, _ = np.linalg.svd(_centered_unit_frobenius(matrix, name), full_matrices=False)
+        rank = max(1, _numerical_rank(singular_values, matrix.shape))
+        return left[:, :rank] * singular_values[:rank]
+
+    nuclear = _prepare_permuted_nuclear_norms(scores(X, "X"), scores(Y, "Y"), device)
+    return lambda permutations: np.minimum(nuclear(permutations), 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry and dispatch
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A similarity measure and its declared properties (ReSi style); calling it calls `function`."""
+
+    name: str
+    """Key in `METRICS`."""
+    function: Callable[..., float]
+    """`function(X, Y, **options) -> float`."""
+    prepare_null: Callable
+    """`prepare_null(X, Y, device, **options)` -> evaluator of the metric on (m, n) row permutations of Y."""
+    invariances: Mapping[str, Mapping[str, object]]
+    """Transforms of one side (names from `INVARIANCES`) that leave the score unchanged, each with the
+    options it needs (empty mapping: always)."""
+    symmetric: bool
+    """f(X, Y) == f(Y, X)."""
+    larger_is_more_similar: bool = True
+    """Every registered metric grows with similarity."""
+    description: str = ""
+    """One line for reports."""
+    options: tuple[str, ...] = field(init=False)
+    """Keyword options `function` accepts besides X and Y."""
+
+    def __post_init__(self) -> None:
+        parameters = list(inspect.signature(self.function).parameters)[2:]
+        object.__setattr__(self, "options", tuple(parameters))
+
+    def __call__(self, X, Y, **options) -> float:
+        return self.function(X, Y, **options)
+
+
+_ALWAYS: Mapping[str, object] = {}
+
+METRICS: dict[str, Metric] = {
+    metric.name: metric
+    for metric in (
+        Metric(
+            "svcca", svcca, _null_svcca,
+            invariances={"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS, "translation": _ALWAYS,
+                         "column_permutation": _ALWAYS, "invertible_linear_transform": {"variance": 1.0}},
+            symmetric=True,
+            description="mean canonical correlation after SVD reduction (components=1: the paper's numbers)",
+        ),
+        Metric(
+            "rsa", rsa, _null_rsa,
+            invariances={"isotropic_scaling": _ALWAYS, "column_permutation": _ALWAYS},
+            symmetric=True,
+            description="Spearman correlation of the row-correlation matrices",
+        ),
+        Metric(
+            "linear_cka", linear_cka, _null_linear_cka,
+            invariances={"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS, "translation": _ALWAYS,
+                         "column_permutation": _ALWAYS},
+            symmetric=True,
+            description="linear centered kernel alignment",
+        ),
+        Metric(
+            "debiased_cka", debiased_cka, _null_debiased_cka,
+            invariances={"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS, "translation": _ALWAYS,
+                         "column_permutation": _ALWAYS},
+            symmetric=True,
+            description="linear CKA with the unbiased HSIC estimator (Song et al. 2012)",
+        ),
+        Metric(
+            "mutual_knn", mutual_knn, _null_mutual_knn,
+            invariances={"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS,
+                         "column_permutation": _ALWAYS},
+            symmetric=True,
+            description="mean shared fraction of k cosine nearest neighbours",
+        ),
+        Metric(
+            "procrustes", procrustes, _null_procrustes,
+            invariances={"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS, "translation": _ALWAYS,
+                         "column_permutation": _ALWAYS},
+            symmetric=True,
+            description="nuclear norm of X^T Y after centering and unit Frobenius norm (1 - d^2/2)",
+        ),
+    )
+}
+
+
+def _metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise UserError(f"unknown similarity metric {name!r}; choose from {', '.join(METRICS)}")
+    return METRICS[name]
+
+
+def _options_for(metric: Metric, options: Mapping[str, object]) -> dict[str, object]:
+    return {key: value for key, value in options.items() if key in metric.options}
+
+
+def _route_options(names: Sequence[str], options: Mapping[str, object]) -> None:
+    """Fail on an option no requested metric accepts (a typo would otherwise be ignored silently)."""
+    accepted = {option for name in names for option in _metric(name).options}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise UserError(
+            f"option {unknown[0]!r} is not accepted by metrics {', '.join(names)}; "
+            f"accepted: {', '.join(sorted(accepted)) or 'none'}"
+        )
+
+
+def compute_metric(name: str, X, Y, **options) -> float:
+    """`METRICS[name](X, Y, **options)`: one similarity score of two (n, d) matched matrices."""
+    return _metric(name)(X, Y, **options)
+
+
+# ----------------------------------------------------------------------------------------------
+# Permutation null
+# ----------------------------------------------------------------------------------------------
+
+
+def _permutation_blocks(n_pairs: int, n_permutations: int, seed: int) -> Iterator[np.ndarray]:
+    """Blocks of rows of `draw_permutations(n_pairs, n_permutations, seed)`, drawn lazily."""
+    generator = np.random.default_rng(seed)
+    for start in range(0, n_permutations, _PERMUTATION_BLOCK):
+        size = min(_PERMUTATION_BLOCK, n_permutations - start)
+        yield np.stack([generator.permutation(n_pairs) for _ in range(size)])
+
+
+def draw_permutations(n_pairs: int, n_permutations: int, seed: int = 0) -> np.ndarray:
+    """The (n_permutations, n_pairs) row permutations of Y that `permutation_test` uses for this seed.
+
+    Permutation j is the j-th `numpy.random.default_rng(seed).permutation(n_pairs)`;
+    every metric of one call sees the same permutations.
+    """
+    if n_permutations < 1:
+        raise UserError(f"n_permutations must be at least 1, got {n_permutations}")
+    return np.concatenate(list(_permutation_blocks(n_pairs, n_permutations, seed)))
+
+
+def permutation_null(metric: str, X, Y, n_permutations: int = 1000, seed: int = 0,
+                     permutations: np.ndarray | None = None, device: str | torch.device | None = None,
+                     **options) -> np.ndarray:
+    """Metric values with the rows of Y shuffled against X, one per permutation.
+
+    Decompositions a row permutation leaves unchanged are computed once, so this
+    equals `[compute_metric(metric, X, Y[p], **options) for p in permutations]`
+    to float tolerance, much faster.
+
+    Args:
+        metric: a key of `METRICS`.
+        X: (n, d_a), Y: (n, d_b) matched matrices.
+        n_permutations, seed: draw `draw_permutations(n, n_permutations, seed)`.
+        permutations: (m, n) explicit row permutations instead (then n_permutations/seed are ignored).
+        device: torch device for the heavy kernels (default: CUDA when present, else CPU).
+        **options: the metric's keyword options.
+    Returns:
+        (m,) float64 null values.
+    """
+    entry = _metric(metric)
+    _route_options([metric], options)
+    X, Y = _check_pair(X, Y)
+    device = torch.device(device) if device is not None else _default_device()
+    evaluate = entry.prepare_null(X, Y, device, **options)
+    n = X.shape[0]
+    if permutations is None:
+        if n_permutations < 1:
+            raise UserError(f"n_permutations must be at least 1, got {n_permutations}")
+        blocks = _permutation_blocks(n, n_permutations, seed)
+    else:
+        permutations = np.asarray(permutations, dtype=np.int64)
+        if permutations.ndim != 2 or permutations.shape[1] != n:
+            raise UserError(f"permutations must have shape (m, {n}), got {permutations.shape}")
+        blocks = (permutations[start : start + _PERMUTATION_BLOCK]
+                  for start in range(0, len(permutations), _PERMUTATION_BLOCK))
+    return np.concatenate([evaluate(block) for block in blocks])
+
+
+def permutation_p_value(observed: float, null: np.ndarray) -> float:
+    """One-sided p = (1 + #{null >= observed}) / (1 + len(null)); never 0.
+
+    A null value within 1e-12 (relative) below `observed` counts as a tie, so a
+    value that equals the observed one up to rounding is never counted as smaller.
+    """
+    null = np.asarray(null, dtype=np.float64)
+    if math.isnan(observed):
+        return float("nan")
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    return float((1 + np.count_nonzero(null >= observed - tolerance)) / (1 + null.size))
+
+
+def permutation_test(X, Y, metrics: Sequence[str] = ("svcca", "rsa"), n_permutations: int = 1000,
+                     seed: int = 0, device: str | torch.device | None = None, **metric_options) -> pd.DataFrame:
+    """Pairing null for each metric: how the matched pairing compares with random pairings.
+
+    Args:
+        X: (n, d_a), Y: (n, d_b) matched matrices, row i of each is pair i.
+        metrics: keys of `METRICS`.
+        n_permutations: random pairings (row shuffles of Y), the same ones for every metric.
+        seed: seed of `draw_permutations`.
+        device: torch device for the heavy kernels (default: CUDA when present, else CPU).
+        **metric_options: keyword options, each passed to the metrics that accept it
+            (e.g. variance=, components= for svcca; k= for mutual_knn).
+    Returns:
+        One row per metric with columns metric, observed, null_mean, null_std (ddof=1),
+        z = (observed - null_mean) / null_std, p (see `permutation_p_value`),
+        n_pairs, n_permutations.
+    """
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    for name in names:
+        _metric(name)
+    _route_options(names, metric_options)
+    X, Y = _check_pair(X, Y)
+    rows = []
+    for name in names:
+        options = _options_for(METRICS[name], metric_options)
+        observed = compute_metric(name, X, Y, **options)
+        null = permutation_null(name, X, Y, n_permutations=n_permutations, seed=seed, device=device, **options)
+        null_mean = float(np.mean(null))
+        null_std = float(np.std(null, ddof=1)) if null.size > 1 else float("nan")
+        z = (observed - null_mean) / null_std if null_std > 0 else float("nan")
+        rows.append({"metric": name, "observed": observed, "null_mean": null_mean, "null_std": null_std,
+                     "z": z, "p": permutation_p_value(observed, null), "n_pairs": X.shape[0],
+                     "n_permutations": int(null.size)})
+    return pd.DataFrame(rows, columns=["metric", "observed", "null_mean", "null_std", "z", "p",
+                                       "n_pairs", "n_permutations"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Controls
+# ----------------------------------------------------------------------------------------------
+
+
+def random_subset_baseline(W_dec_a, W_dec_b, n: int, metrics: Sequence[str] = ("svcca", "rsa"),
+                           n_draws: int = 10, seed: int = 0, **metric_options) -> pd.DataFrame:
+    """The paper's baseline: the metrics on n randomly chosen, unmatched features of each SAE.
+
+    Draw j takes `rng.choice(n_features_a, n, replace=False)` then the same for B, from
+    `numpy.random.default_rng(seed)`, and pairs the two row lists in the order drawn.
+
+    Args:
+        W_dec_a: (n_features_a, d_a) decoder directions of SAE A; W_dec_b likewise.
+        n: features per draw (use the number of matched pairs for a like-for-like control).
+        metrics: keys of `METRICS`; metric_options as in `permutation_test`.
+        n_draws: number of random draws.
+    Returns:
+        Long table with columns draw, metric, value (n_draws * len(metrics) rows);
+        summarize with `.groupby("metric")["value"].agg(["mean", "std"])`.
+    """
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    for name in names:
+        _metric(name)
+    _route_options(names, metric_options)
+    W_dec_a, W_dec_b = _as_matrix(W_dec_a, "W_dec_a"), _as_matrix(W_dec_b, "W_dec_b")
+    if not 2 <= n <= min(len(W_dec_a), len(W_dec_b)):
+        raise UserError(f"random subset size n={n} must be in [2, {min(len(W_dec_a), len(W_dec_b))}] "
+                        "(the smaller SAE's feature count)")
+    generator = np.random.default_rng(seed)
+    rows = []
+    for draw in range(n_draws):
+        rows_a = generator.choice(len(W_dec_a), n, replace=False)
+        rows_b = generator.choice(len(W_dec_b), n, replace=False)
+        for name in names:
+            value = compute_metric(name, W_dec_a[rows_a], W_dec_b[rows_b],
+                                   **_options_for(METRICS[name], metric_options))
+            rows.append({"draw": draw, "metric": name, "value": value})
+    return pd.DataFrame(rows, columns=["draw", "metric", "value"])
+
+
+def normalized_score(observed, null_mean, ceiling=None):
+    """(observed - null_mean) / (ceiling - null_mean): 0 at chance, 1 at the same-model ceiling.
+
+    Works on scalars or arrays (broadcast). NaN where the ceiling is missing
+    (None or NaN) or equals the null mean.
+    """
+    observed = np.asarray(observed, dtype=np.float64)
+    null_mean = np.asarray(null_mean, dtype=np.float64)
+    ceiling = np.asarray(np.nan if ceiling is None else ceiling, dtype=np.float64)
+    span = ceiling - null_mean
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(np.isfinite(span) & (span != 0), (observed - null_mean) / span, np.nan)
+    return float(score) if score.ndim == 0 else score
+
+
+# ----------------------------------------------------------------------------------------------
+# Semantic subspaces (METHOD.md section 8)
+# ----------------------------------------------------------------------------------------------
+
+# Word-start markers of SentencePiece (▁), GPT-2 byte-level BPE (Ġ) and WordPiece continuation (##).
+_TOKEN_MARKERS = re.compile(r"^(##)|[▁Ġ]")
+
+
+def normalize_token(token: str) -> str:
+    """A token string as a plain lowercase word: tokenizer markers and surrounding whitespace removed."""
+    return _TOKEN_MARKERS.sub(" ", token).strip().lower()
+
+
+def _validate_categories(categories, source: str) -> dict[str, list[str]]:
+    """{category: [unique lowercase single words]} or a UserError naming `source`."""
+    if not isinstance(categories, Mapping):
+        raise UserError(f"{source} must map category names to lists of words, got {type(categories).__name__}")
+    validated = {}
+    for name, words in categories.items():
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{source}: category names must be non-empty strings, got {name!r}")
+        if isinstance(words, str) or not isinstance(words, Sequence):
+            raise UserError(f"{source}: category {name!r} must be a list of words, got {type(words).__name__}")
+        cleaned = []
+        for word in words:
+            if not isinstance(word, str) or not word.strip() or len(word.split()) != 1:
+                raise UserError(f"{source}: category {name!r} has {word!r}; keywords must be single words")
+            cleaned.append(word.strip().lower())
+        validated[name] = list(dict.fromkeys(cleaned))
+    return validated
+
+
+def load_categories(path: str | Path | None = None, extra: Mapping[str, Sequence[str]] | None = None
+                    ) -> dict[str, list[str]]:
+    """Keyword lists of the semantic categories.
+
+    Args:
+        path: a YAML file mapping category -> list of words; None reads the shipped
+            `sae_universality/data/semantic_categories.yaml`.
+        extra: user categories added on top; a name already present replaces that list.
+    Returns:
+        {category: lowercase words}, shipped (or `path`) categories first.
+    """
+    import yaml
+
+    if path is None:
+        source = "shipped semantic_categories.yaml"
+        text = (importlib.resources.files("sae_universality") / "data" / "semantic_categories.yaml").read_text(
+            encoding="utf-8")
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise UserError(f"cannot read semantic categories file {path}: {error.strerror}; check the path") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UserError(f"{source} is not valid YAML ({str(error).splitlines()[0]}); fix its syntax") from None
+    categories = _validate_categories(loaded if loaded is not None else {}, source)
+    if extra:
+        categories.update(_validate_categories(extra, "extra categories"))
+    return categories
+
+
+def _first(entry) -> str | None:
+    """The entry itself when a string, else its first element (None when empty or missing)."""
+    if entry is None or isinstance(entry, str):
+        return entry
+    return entry[0] if len(entry) else None
+
+
+def assign_categories(top_tokens: Sequence, contexts: Sequence | None,
+                      categories: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
+    """Features whose top activating token is a category keyword that reads as a word in its context.
+
+    Args:
+        top_tokens: per feature, its top activating token string, or a list of its top
+            tokens ordered by activation (the first is used); None/empty: no token.
+        contexts: per feature, the text around that top activation (a string, or a
+            list aligned with top_tokens, first used); None skips the context check.
+            The normalized token must appear there as a whole word, which rejects
+            subword pieces (e.g. "jan" cut from "janitor").
+        categories: {category: keywords}, e.g. from `load_categories()`.
+    Returns:
+        {category: sorted int64 feature indices}, every category present (maybe empty).
+        A keyword listed under several categories puts the feature in each.
+    """
+    if contexts is not None and len(contexts) != len(top_tokens):
+        raise UserError(f"got {len(contexts)} contexts for {len(top_tokens)} features; pass one per feature")
+    categories = _validate_categories(categories, "categories")
+    categories_of_word: dict[str, list[str]] = {}
+    for name, words in categories.items():
+        for word in words:
+            categories_of_word.setdefault(word, []).append(name)
+    members: dict[str, list[int]] = {name: [] for name in categories}
+    for feature, entry in enumerate(top_tokens):
+        token = _first(entry)
+        if token is None:
+            continue
+        word = normalize_token(token)
+        if word not in categories_of_word:
+            continue
+        if contexts is not None:
+            context = re.sub("[▁Ġ]", " ", _first(contexts[feature]) or "").lower()
+            if not re.search(rf"(?<!\w){re.escape(word)}(?!\w)", context):
+                continue
+        for name in categories_of_word[word]:
+            members[name].append(feature)
+    return {name: np.asarray(indices, dtype=np.int64) for name, indices in members.items()}
