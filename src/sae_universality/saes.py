@@ -114,8 +114,8 @@ def select_batch_topk(pre_acts: Tensor, k: int) -> SparseLatents:
 
 
 def select_above(pre_acts: Tensor, threshold: Tensor) -> SparseLatents:
-    """Keep entries above a per-latent threshold (JumpReLU; ReLU with threshold 0)."""
-    rows, latents = (pre_acts > threshold).nonzero(as_tuple=True)
+    """Keep positive entries above a per-latent threshold (JumpReLU; ReLU with threshold 0)."""
+    rows, latents = (pre_acts > threshold.clamp_min(0)).nonzero(as_tuple=True)
     return _from_coordinates(pre_acts, rows, latents)
 
 
