@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-models.txt
 	touch $(STAMP)
 
 run: install
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES)
 
 test: install
 	$(BIN)/python -m pytest -q

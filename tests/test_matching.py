@@ -117,12 +117,14 @@ def test_duplicate_sparse_entries_are_summed_like_toarray():
     n_positions, n_features = 60, 5
     columns = rng.integers(0, n_features, (n_positions, 4))  # repeats within a row are likely
     data = rng.random(n_positions * 4)
-    with_duplicates = sp.csr_array((data, columns.ravel(), np.arange(0, n_positions * 4 + 1, 4)), shape=(n_positions, n_features))
+    indptr = np.arange(0, n_positions * 4 + 1, 4)
+    with_duplicates = sp.csr_array((data, columns.ravel(), indptr), shape=(n_positions, n_features))
     acts_b = rng.random((n_positions, 3))
     expected = reference_correlation(with_duplicates.toarray(), acts_b)
     for device in ("numpy", "cpu"):
-        assert_same_correlation(pearson_correlation(with_duplicates, acts_b, dtype=np.float64, device=device), expected, 1e-12)
-        assert_same_correlation(pearson_correlation(with_duplicates, sp.csr_array(acts_b), dtype=np.float64, device=device), expected, 1e-12)
+        for other in (acts_b, sp.csr_array(acts_b)):
+            correlation = pearson_correlation(with_duplicates, other, dtype=np.float64, device=device)
+            assert_same_correlation(correlation, expected, 1e-12)
 
 
 def test_correlation_blocks_tile_the_full_matrix(random_pair):
@@ -207,7 +209,9 @@ def test_planted_permutation_is_recovered(one_to_one):
     codes_b = codes_a[:, permutation] * rng.lognormal(0.0, 0.3, codes_a.shape)
     codes_b = codes_b * (rng.random(codes_b.shape) > 0.2)  # B misses 20% of A's activations
     codes_b += topk_like_codes(3000, 48, 1, rng)  # and fires once per row at random
-    table = match_features(sp.csr_array(codes_a), sp.csr_array(codes_b), junk_filter=False, one_to_one=one_to_one, feature_block=16)
+    table = match_features(
+        sp.csr_array(codes_a), sp.csr_array(codes_b), junk_filter=False, one_to_one=one_to_one, feature_block=16
+    )
     assert table["kept"].all() and len(table) == 48
     np.testing.assert_array_equal(table["final_a"].to_numpy(), permutation)
     assert table["correlation"].min() > 0.5
@@ -349,6 +353,7 @@ def test_dead_features_in_matrix_get_no_partner():
     table = match_correlation_matrix(correlation, junk_filter=False)
     assert table["feature_b"].tolist() == [1, 2] and table["feature_a"].tolist() == [1, 2]
     assert table.attrs["n_dead_a"] == 1 and table.attrs["n_dead_b"] == 1
+    assert table.attrs["n_positions"] is None  # unknown from a matrix
     assert not table.isna().any().any()
 
 
@@ -363,12 +368,21 @@ def test_hungarian_beats_greedy_on_a_hand_made_case():
     assert optimal["kept"].all()
 
 
+def test_hungarian_leaves_negative_pairs_unmatched():
+    correlation = np.array([[0.7, -0.2], [0.1, -0.3]])  # B1 correlates negatively with everything
+    table = match_correlation_matrix(correlation, junk_filter=False, one_to_one="hungarian", threshold=-1.0)
+    assert table["passes_one_to_one"].tolist() == [True, False]
+    assert table["final_a"].tolist() == [0, 0] and table["final_correlation"].tolist() == [0.7, -0.2]
+    assert not table.isna().any().any()
+
+
 def test_hungarian_is_valid_one_to_one_and_at_least_greedy():
     rng = np.random.default_rng(7)
     correlation = rng.uniform(-0.2, 1.0, (30, 40)) ** 3
     correlation[5] = np.nan  # a dead A feature
     greedy = match_correlation_matrix(correlation, junk_filter=False, one_to_one="highest", threshold=-1.0)
-    optimal = match_correlation_matrix(correlation, junk_filter=False, one_to_one="hungarian", threshold=-1.0, n_candidates=30)
+    options = {"junk_filter": False, "one_to_one": "hungarian", "threshold": -1.0}
+    optimal = match_correlation_matrix(correlation, n_candidates=30, **options)
     matched = optimal[optimal["passes_one_to_one"]]
     assert matched["final_a"].is_unique and 5 not in set(matched["final_a"])
     np.testing.assert_allclose(matched["final_correlation"], correlation[matched["final_a"], matched["feature_b"]])
@@ -380,7 +394,7 @@ def test_hungarian_is_valid_one_to_one_and_at_least_greedy():
     rows, columns = linear_sum_assignment(weights, maximize=True)
     assert optimal_total == pytest.approx(weights[rows, columns].sum(), abs=1e-9)
     # with few candidates it is still valid and no worse than greedy
-    sparse_graph = match_correlation_matrix(correlation, junk_filter=False, one_to_one="hungarian", threshold=-1.0, n_candidates=2)
+    sparse_graph = match_correlation_matrix(correlation, n_candidates=2, **options)
     sparse_matched = sparse_graph[sparse_graph["passes_one_to_one"]]
     assert sparse_matched["final_a"].is_unique
     assert sparse_matched["final_correlation"].sum() >= greedy_total - 1e-12
@@ -475,7 +489,8 @@ def test_is_junk_token(token, junk):
 
 
 def test_normalize_token():
-    assert [normalize_token(token) for token in ["▁Paris", "ĠParis", " PARIS\n", "Ċ"]] == ["paris", "paris", "paris", ""]
+    tokens = ["▁Paris", "ĠParis", " PARIS\n", "Ċ"]
+    assert [normalize_token(token) for token in tokens] == ["paris", "paris", "paris", ""]
 
 
 def test_summary_is_json_ready(random_pair):

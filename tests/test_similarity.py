@@ -45,6 +45,8 @@ def reference_pca_scores(matrix, variance=0.99, components=None):
     eigenvalues, eigenvectors = np.linalg.eigh(centered.T @ centered)
     order = np.argsort(eigenvalues)[::-1]
     eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+    if components is None and variance >= 1:
+        components = np.linalg.matrix_rank(centered)
     if components is None:
         fractions = np.cumsum(eigenvalues) / eigenvalues.sum()
         components = int(np.argmax(fractions >= variance)) + 1
@@ -63,8 +65,9 @@ def reference_svcca(X, Y, variance=0.99, components=None):
 
 
 def reference_rsa(X, Y):
+    """Spearman of np.corrcoef upper triangles (rounded so that float noise cannot split exact ties)."""
     upper = np.triu_indices(len(X), k=1)
-    return float(scipy.stats.spearmanr(np.corrcoef(X)[upper], np.corrcoef(Y)[upper]).statistic)
+    return float(scipy.stats.spearmanr(np.corrcoef(X)[upper].round(12), np.corrcoef(Y)[upper].round(12)).statistic)
 
 
 def reference_cka(X, Y):
@@ -139,7 +142,6 @@ def test_svcca_one_component_is_abs_correlation_of_first_principal_scores():
     first_y = reference_pca_scores(Y, components=1)[:, 0]
     expected = abs(np.corrcoef(first_x, first_y)[0, 1])
     assert sim.svcca(X, Y, components=1) == pytest.approx(expected, abs=1e-12)
-    assert sim.svcca(X, Y) > expected - 1  # default keeps more components: a different number
     assert sim.svcca(X, Y) != pytest.approx(expected, abs=1e-6)
 
 
@@ -151,9 +153,10 @@ def test_rsa_matches_scipy_spearman_of_corrcoef(seed):
 
 def test_rsa_handles_ties_with_average_ranks():
     rng = np.random.default_rng(3)
-    # Two-valued rows make many row correlations exactly equal.
-    X = rng.integers(0, 2, size=(20, 4)).astype(float) + np.eye(20, 4)
-    Y = rng.integers(0, 2, size=(20, 3)).astype(float) + np.eye(20, 3)
+    # Small-integer rows make many row correlations exactly equal; two fixed columns keep rows non-constant.
+    X = rng.integers(0, 3, size=(20, 5)).astype(float)
+    Y = rng.integers(0, 3, size=(20, 4)).astype(float)
+    X[:, :2] = Y[:, :2] = [0.0, 2.0]
     assert len(np.unique(np.corrcoef(X)[np.triu_indices(20, 1)])) < 60
     assert sim.rsa(X, Y) == pytest.approx(reference_rsa(X, Y), abs=1e-12)
     perms = sim.draw_permutations(20, 15, seed=4)
@@ -317,9 +320,11 @@ def test_planted_rotation_scores_near_one_with_minimal_p():
     X = rng.standard_normal((60, 8)) * np.linspace(3, 1, 8)
     Y = X @ random_orthogonal(8, rng) + 0.01 * rng.standard_normal((60, 8))
     table = sim.permutation_test(X, Y, metrics=tuple(sim.METRICS), n_permutations=99, seed=0).set_index("metric")
-    for name in ("svcca", "rsa", "linear_cka", "debiased_cka", "procrustes"):
-        assert table.loc[name, "observed"] > 0.99
-    assert table.loc["mutual_knn", "observed"] > 0.8
+    for name in ("svcca", "linear_cka", "debiased_cka", "procrustes"):
+        assert table.loc[name, "observed"] > 0.999
+    # Row correlations center each row across its columns, which a rotation does not preserve exactly.
+    assert table.loc["rsa", "observed"] > 0.95
+    assert table.loc["mutual_knn", "observed"] > 0.9
     assert (table["p"] == 1 / 100).all()
     assert (table["z"] > 5).all()
 

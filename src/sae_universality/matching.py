@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ from .errors import UserError
 ONE_TO_ONE_RULES = ("highest", "first", "hungarian", None)
 SPARSE_CHUNK_ROWS = 4096  # rows per chunk for sparse inputs: about 4096 k^2 products
 DENSE_CHUNK_VALUES = 2**24  # values per dense float64 chunk and side: 128 MiB
-PAIR_BUDGET = 2**24  # products per sparse x sparse step: bounds the transient memory
+PAIR_BUDGET = 2**23  # products per sparse x sparse step: bounds the transient memory
 ROWS_PER_FINALIZE_STEP = 256  # B features per step when turning sums into correlations
 JUNK_FRACTION = 0.5  # a feature is junk when MORE than this fraction of its top tokens are junk
 N_TOP_TOKENS = 10
@@ -134,8 +134,9 @@ class FeatureStats:
 
 @dataclass(frozen=True)
 class _PairSource:
+    """`open()` starts a pass over the aligned (block_a, block_b) chunks."""
+
     open: Callable[[], Iterator[tuple[Block, Block]]]
-    reusable: bool
 
 
 def _as_matrix(acts: Any, name: str) -> Any:
@@ -173,17 +174,19 @@ def _pair_source(acts_a: Any, acts_b: Any, chunk_rows: int | None) -> _PairSourc
             for start in range(0, max(matrix_a.shape[0], 1), rows):
                 yield matrix_a[start : start + rows], matrix_b[start : start + rows]
 
-        return _PairSource(open_matrices, True)
+        return _PairSource(open_matrices)
     if isinstance(acts_a, np.ndarray) or sp.issparse(acts_a):
         raise UserError("acts_b is missing: pass two matrices, or one iterable of (block_a, block_b) pairs")
     if callable(acts_a):
-        return _PairSource(lambda: iter(acts_a()), True)
+        return _PairSource(lambda: iter(acts_a()))
     try:
         iterator = iter(acts_a)
     except TypeError:
-        raise UserError(f"acts_a must be a matrix or an iterable of (block_a, block_b) pairs; got {type(acts_a).__name__}") from None
+        raise UserError(
+            f"acts_a must be a matrix or an iterable of (block_a, block_b) pairs; got {type(acts_a).__name__}"
+        ) from None
     if iterator is not acts_a:
-        return _PairSource(lambda: iter(acts_a), True)
+        return _PairSource(lambda: iter(acts_a))
     opened = []
 
     def open_once() -> Iterator[tuple[Block, Block]]:
@@ -195,7 +198,7 @@ def _pair_source(acts_a: Any, acts_b: Any, chunk_rows: int | None) -> _PairSourc
         opened.append(True)
         return acts_a
 
-    return _PairSource(open_once, False)
+    return _PairSource(open_once)
 
 
 def _to_float64(block: Block, name: str) -> Block:
@@ -321,6 +324,7 @@ class _TorchCross:
             at_a = indptr_a[row] + torch.div(local, per_row_b, rounding_mode="floor")
             at_b = indptr_b[row] + local % per_row_b
             flat = indices_b[at_b] * self.cross.shape[1] + indices_a[at_a]
+            # on CUDA the adds are atomic: summation order, hence the last bits, may vary between runs
             self.cross.view(-1).index_add_(0, flat, data_b[at_b] * data_a[at_a])
         elif sp.issparse(block_b):
             self.cross += torch.sparse.mm(self._coo_transposed(block_b), torch.from_numpy(block_a).to(self.device))
@@ -498,6 +502,7 @@ class BestMatches:
     candidate_correlations: np.ndarray
     stats_a: FeatureStats
     stats_b: FeatureStats
+    n_positions: int | None  # None when built from a correlation matrix
 
     @property
     def best_a(self) -> np.ndarray:
@@ -550,9 +555,9 @@ def best_matches(
     """Stream the most correlated A features of every B feature.
 
     Inputs as in `pearson_correlation`. With `feature_block` only an
-    F_B x feature_block block of correlations exists at a time (peak memory
-    about 16 * F_B * feature_block bytes); without it the whole matrix is one
-    block. Returns `BestMatches` (see there).
+    F_B x feature_block block of correlations exists at a time (8 bytes per
+    entry, plus buffers of 256 rows); without it the whole F_B x F_A matrix is
+    one block. Returns `BestMatches` (see there).
     """
     if not isinstance(n_candidates, int) or n_candidates < 1:
         raise UserError(f"n_candidates must be a positive integer; got {n_candidates!r}")
@@ -568,7 +573,7 @@ def best_matches(
         _merge_top_candidates(best_index, best_value, block.correlation.T, block.a_start)
         stats_a, stats_b = block.stats_a, block.stats_b
     best_value[best_index < 0] = np.nan
-    return BestMatches(best_index, best_value, stats_a, stats_b)
+    return BestMatches(best_index, best_value, stats_a, stats_b, stats_a.n_positions)
 
 
 def best_matches_from_correlation(correlation: np.ndarray, *, n_candidates: int = 1) -> BestMatches:
@@ -577,6 +582,8 @@ def best_matches_from_correlation(correlation: np.ndarray, *, n_candidates: int 
     The stats are stand-ins: a feature whose whole row/column is NaN counts as
     dead (dead and constant cannot be told apart from the matrix).
     """
+    if not isinstance(n_candidates, int) or n_candidates < 1:
+        raise UserError(f"n_candidates must be a positive integer; got {n_candidates!r}")
     correlation = np.asarray(correlation, dtype=np.float64)
     if correlation.ndim != 2:
         raise UserError(f"correlation must be 2-D (F_A, F_B); got shape {correlation.shape}")
@@ -593,7 +600,7 @@ def best_matches_from_correlation(correlation: np.ndarray, *, n_candidates: int 
 
     alive_a = ~np.isnan(correlation).all(axis=1) if n_features_b else np.zeros(n_features_a, bool)
     alive_b = ~np.isnan(correlation).all(axis=0) if n_features_a else np.zeros(n_features_b, bool)
-    return BestMatches(best_index, best_value, stand_in(alive_a), stand_in(alive_b))
+    return BestMatches(best_index, best_value, stand_in(alive_a), stand_in(alive_b), None)
 
 
 # ---------------------------------------------------------------------------
@@ -609,6 +616,8 @@ def _candidates_from_chunk(block: Block, n_top: int) -> tuple[np.ndarray, np.nda
         rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
         return rows, csr.indices.astype(np.int64), csr.data.astype(np.float64)
     dense = np.asarray(block, dtype=np.float64)
+    if np.isnan(dense).any():
+        raise UserError("the activations contain NaN; fix them before ranking top activations")
     if dense.shape[0] > n_top:
         # the n_top-th largest per column; everything below it cannot enter
         cutoff = np.partition(dense, dense.shape[0] - n_top, axis=0)[dense.shape[0] - n_top]
@@ -763,7 +772,9 @@ class _TokenJudge:
 
     def __init__(self, top_tokens, n_features: int, n_top_tokens: int, junk_fraction: float, side: str):
         if not isinstance(top_tokens, Mapping) and len(top_tokens) != n_features:
-            raise UserError(f"top_tokens_{side} has {len(top_tokens)} entries but model {side.upper()} has {n_features} features")
+            raise UserError(
+                f"top_tokens_{side} has {len(top_tokens)} entries but model {side.upper()} has {n_features} features"
+            )
         self.top_tokens, self.n_top_tokens, self.junk_fraction = top_tokens, n_top_tokens, junk_fraction
         self._junk: dict[int, bool] = {}
         self._normalized: dict[int, frozenset[str]] = {}
@@ -793,16 +804,18 @@ class _TokenJudge:
 # ---------------------------------------------------------------------------
 
 
-def _hungarian(feature_b: np.ndarray, candidates_a: np.ndarray, candidate_correlations: np.ndarray, usable: np.ndarray):
+def _hungarian(
+    candidates_a: np.ndarray, candidate_correlations: np.ndarray, usable: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Global one-to-one assignment maximizing the total correlation over candidate edges.
 
-    Inputs are per row (B feature): candidates (rows, m), their correlations,
-    usable (rows, m) bool edges. Every row also gets a private "unmatched"
-    edge worth correlation 0, so a full matching always exists and an edge
-    with correlation <= 0 is never worth taking. Returns (partner_a, partner_correlation)
-    per row, -1 / 0.0 for unmatched rows.
+    Inputs are per row (B feature): candidates (rows, m) A indices, their
+    correlations, usable (rows, m) bool edges. Every row also gets a private
+    "unmatched" edge worth correlation 0, so a full matching always exists
+    and an edge with correlation <= 0 is never worth taking. Returns
+    (partner_a, partner_correlation) per row, -1 / 0.0 for unmatched rows.
     """
-    n_rows = len(feature_b)
+    n_rows = len(candidates_a)
     row_of_edge, slot = np.nonzero(usable)
     edge_a = candidates_a[row_of_edge, slot]
     edge_correlation = candidate_correlations[row_of_edge, slot]
@@ -887,12 +900,14 @@ def match_table(
         candidates_a = matches.candidates_a[feature_b[rows]]
         candidate_correlations = matches.candidate_correlations[feature_b[rows]]
         usable = candidates_a >= 0
-        for row_position, slot in zip(*np.nonzero(usable)):
-            if slot > 0 and use_tokens:
-                usable[row_position, slot] = pair_is_concept(int(feature_b[rows[row_position]]), int(candidates_a[row_position, slot]))
+        if use_tokens:
+            # the best edge passed already; the other candidates must pass the same pair test
+            for row_position, slot in zip(*np.nonzero(usable[:, 1:])):
+                b, a = int(feature_b[rows[row_position]]), int(candidates_a[row_position, slot + 1])
+                usable[row_position, slot + 1] = pair_is_concept(b, a)
         passes_one_to_one = np.zeros(len(feature_b), dtype=bool)
         if len(rows):
-            partner_a, partner_correlation = _hungarian(feature_b[rows], candidates_a, candidate_correlations, usable)
+            partner_a, partner_correlation = _hungarian(candidates_a, candidate_correlations, usable)
             matched = partner_a >= 0
             passes_one_to_one[rows[matched]] = True
             final_a[rows[matched]] = partner_a[matched]
@@ -914,7 +929,7 @@ def match_table(
     )
     table.attrs.update(
         {
-            "n_positions": int(stats_a.n_positions),
+            "n_positions": matches.n_positions,
             "n_features_a": n_features_a,
             "n_features_b": n_features_b,
             "n_alive_a": int(stats_a.alive.sum()),
@@ -970,7 +985,8 @@ def match_features(
                            the lowest feature_b (the paper's code); "hungarian": a global
                            assignment over the n_candidates best A features of each
                            row that maximizes the total correlation (may give a row
-                           another partner); None: no one-to-one step.
+                           another partner; rows left without a positive-correlation
+                           partner fail); None: no one-to-one step.
       passes_threshold     passes_one_to_one AND final_correlation >= threshold
       final_a, final_correlation   the pair after one-to-one (differs from
                            feature_a only under "hungarian"; else equal)

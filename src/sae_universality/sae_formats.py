@@ -182,6 +182,7 @@ def _load_saelens(folder: Path) -> SparseAutoencoder:
     metadata = raw.get("metadata") or {}
     cfg = SaeConfig(d_in=raw["d_in"], d_sae=raw["d_sae"], architecture={"standard": "relu"}.get(architecture, architecture), k=int(k),
                     apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
+                    l1_coefficient=float(raw.get("l1_coefficient", SaeConfig.l1_coefficient)),
                     model_name=metadata.get("model_name", raw.get("model_name", "")) or "",
                     hook_name=metadata.get("hook_name", raw.get("hook_name", raw.get("hook_point", ""))) or "")
     tensors = load_file(str(folder / SAELENS_WEIGHTS))

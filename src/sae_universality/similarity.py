@@ -204,9 +204,13 @@ def _row_correlations(matrix: np.ndarray, name: str) -> np.ndarray:
 
 
 def _upper_triangle_centered_ranks(matrix: np.ndarray, name: str) -> np.ndarray:
-    """Average ranks of the strict upper triangle of the row correlations, minus their mean (float64)."""
+    """Average ranks of the strict upper triangle of the row correlations, minus their mean (float64).
+
+    Correlations are rounded to 12 decimals first so that rounding noise does not
+    split exact ties (e.g. duplicated rows) into arbitrary rank orders.
+    """
     correlations = _row_correlations(matrix, name)
-    upper = correlations[np.triu_indices(matrix.shape[0], k=1)]
+    upper = np.round(correlations[np.triu_indices(matrix.shape[0], k=1)], 12)
     del correlations
     ranks = scipy.stats.rankdata(upper, method="average")
     # Average ranks are multiples of 1/2, so centered ranks stay exact in float32 up to n ~ 5,800.

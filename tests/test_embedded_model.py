@@ -1,0 +1,56 @@
+"""The real embedded model: SmolLM2-135M-Instruct from its PyPI package, GGUF -> model folder -> cache."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from sae_universality.activations import cache_shard
+from sae_universality.data import Window, write_windows
+from sae_universality.models import EMBEDDED, _load_gguf, prepare_model
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "Albedo is the fraction of sunlight that a surface reflects. Fresh snow has a high albedo.",
+    "In 1865 Proudhon died in Paris; his ideas about property still shape political debates today.",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smollm2")
+    manifest = prepare_model("smollm2", {"embedded": "smollm2-135m-instruct", "layers": [5]}, root / "model")
+    return root, manifest
+
+
+def test_dequantized_folder_matches_the_registry(smollm2):
+    _, manifest = smollm2
+    assert manifest["architecture"] == "llama"
+    assert manifest["n_layers"] == EMBEDDED["smollm2-135m-instruct"].n_layers == 30
+    assert manifest["d_model"] == EMBEDDED["smollm2-135m-instruct"].d_model == 576
+    assert manifest["vocab_size"] == 49152
+
+
+def test_cache_of_the_real_model_equals_the_gguf_models_hidden_states(smollm2):
+    root, _ = smollm2
+    windows = [Window(i, i, 0, text) for i, text in enumerate(TEXTS)]
+    write_windows(windows, root / "windows.jsonl")
+    cache_shard(root / "model" / "manifest.json", root / "windows.jsonl", [2, 5], root / "acts", dtype="float32")
+
+    # Independent path: the GGUF file loaded straight from the package, full forward pass.
+    gguf = EMBEDDED["smollm2-135m-instruct"].locate_gguf(root)
+    model, tokenizer = _load_gguf(gguf)
+    for layer in (2, 5):
+        with h5py.File(root / "acts" / f"layer{layer}.h5", "r") as cache:
+            window_index, cached = cache["window_index"][:], cache["activations"][:]
+            for window in windows:
+                encoded = tokenizer(window.text, return_special_tokens_mask=True)
+                with torch.no_grad():
+                    hidden = model(torch.tensor([encoded["input_ids"]]), output_hidden_states=True).hidden_states[layer + 1][0]
+                keep = [i for i, special in enumerate(encoded["special_tokens_mask"]) if not special]
+                rows = window_index == window.window_index
+                assert rows.sum() == len(keep) > 10
+                np.testing.assert_allclose(cached[rows], hidden[keep].numpy(), rtol=1e-3, atol=1e-3)
+                # A real model's residual stream is far from zero and not constant across positions.
+                assert np.abs(cached[rows]).mean() > 0.05 and cached[rows].std(axis=0).mean() > 0.05
