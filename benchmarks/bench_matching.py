@@ -6,12 +6,16 @@ and some random latents, so there are real correlations to find.
 
 Dense baseline: the straightforward method, z-score every column (means and
 standard deviations from one pass), then accumulate Z_A^T Z_B over blocks of
-positions in float32 (BLAS matmul). The full 16k x 16k dense problem takes
-about 10 minutes here, so the baseline runs on the first `--dense-columns`
+positions in float32 (BLAS matmul). The full 16k x 16k dense problem would
+take over 10 minutes here, so the baseline runs on the first `--dense-columns`
 columns of each side (all positions) and its time is extrapolated to the full
 width: the densify/z-score phase linearly in columns, the matmul phase with
 F_A x F_B. The sparse method is timed both on the full problem and on the same
 subset, so one ratio is measured like for like and one is extrapolated.
+
+Memory: the sparse method holds a float64 F_B x F_A accumulator (16k x 16k:
+2 GiB) plus the float32 result (1 GiB). Its first run also pays for touching
+that fresh memory, which is slow inside a VM; a repeat is printed beside it.
 
 Correctness: the sparse result is compared with the float32 dense baseline on
 the subset and with an independent float64 dense computation (explicit

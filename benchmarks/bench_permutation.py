@@ -15,31 +15,33 @@ Usage:
     python benchmarks/bench_permutation.py                 # n=5000, d=768, 1000 permutations, svcca + rsa
     python benchmarks/bench_permutation.py --quick         # n=1500, d=256, 200 permutations
     python benchmarks/bench_permutation.py --metrics all
+    python benchmarks/bench_permutation.py --threads 1    # one BLAS/OpenMP thread (steadier on a busy machine)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from sae_universality import similarity  # noqa: E402
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def synthetic_decoders(n: int, d_a: int, d_b: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_decoders(n: int, d_a: int, d_b: int, seed: int):
     """Matched unit-norm rows: Y is a random linear image of X plus noise (like two SAEs' decoders)."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d_a))
     Y = X @ rng.standard_normal((d_a, d_b)) / np.sqrt(d_a) + 0.7 * rng.standard_normal((n, d_b))
     return X / np.linalg.norm(X, axis=1, keepdims=True), Y / np.linalg.norm(Y, axis=1, keepdims=True)
 
 
-def kept_components(matrix: np.ndarray, variance: float) -> int:
+def kept_components(matrix, variance: float) -> int:
+    import numpy as np
+
     singular_values = np.linalg.svd(matrix - matrix.mean(axis=0), compute_uv=False)
     cumulative = np.cumsum(singular_values**2) / np.sum(singular_values**2)
     return int(np.searchsorted(cumulative, variance - 1e-12)) + 1
@@ -56,7 +58,20 @@ def main() -> None:
     parser.add_argument("--metrics", default="svcca,rsa", help="comma-separated, or 'all'")
     parser.add_argument("--variance", type=float, default=0.99, help="svcca variance kept")
     parser.add_argument("--components", type=int, default=None, help="svcca components (1 = the paper's)")
+    parser.add_argument("--threads", type=int, default=None, help="BLAS and OpenMP threads (default: library's)")
     args = parser.parse_args()
+    if args.threads:
+        # Thread pools read these when numpy and torch load, so set them before importing either.
+        for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = str(args.threads)
+    import numpy as np
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(SRC))
+    from sae_universality import similarity
+
     if args.quick:
         args.n, args.d, args.permutations, args.naive_permutations = 1500, 256, 200, 10
     names = list(similarity.METRICS) if args.metrics == "all" else args.metrics.split(",")
@@ -65,6 +80,7 @@ def main() -> None:
     X, Y = synthetic_decoders(args.n, args.d, args.d, seed=0)
     options = {"svcca": {"variance": args.variance, "components": args.components}}
     permutations = similarity.draw_permutations(args.n, args.permutations, seed=0)
+    print(f"threads: torch {torch.get_num_threads()}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     print(f"n={args.n} pairs, d={args.d}, {args.permutations} permutations; baseline timed on "
           f"{naive_count} permutations and extrapolated x{args.permutations / naive_count:g}")
     if "svcca" in names:

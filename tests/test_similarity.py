@@ -279,15 +279,17 @@ NULL_CASES = [("svcca", {}), ("svcca", {"components": 1}), ("svcca", {"variance"
               ("mutual_knn", {"k": 4}), ("procrustes", {})]
 
 
+@pytest.mark.parametrize("device", [None, "cpu"])  # None: default CPU kernels; "cpu": all-torch kernels
 @pytest.mark.parametrize(("name", "options"), NULL_CASES)
-def test_fast_null_equals_recomputing_from_scratch(name, options):
+def test_fast_null_equals_recomputing_from_scratch(name, options, device):
     X, Y = coupled_pair(37, n=45, d_a=9, d_b=12)
     permutations = sim.draw_permutations(45, 30, seed=5)
-    fast = sim.permutation_null(name, X, Y, permutations=permutations, **options)
+    fast = sim.permutation_null(name, X, Y, permutations=permutations, device=device, **options)
     naive = np.array([sim.compute_metric(name, X, Y[p], **options) for p in permutations])
     np.testing.assert_allclose(fast, naive, rtol=0, atol=1e-10)
     # The same seed draws the same permutations.
-    np.testing.assert_array_equal(sim.permutation_null(name, X, Y, n_permutations=30, seed=5, **options), fast)
+    again = sim.permutation_null(name, X, Y, n_permutations=30, seed=5, device=device, **options)
+    np.testing.assert_array_equal(again, fast)
 
 
 def test_permutation_test_equals_naive_loop():

@@ -1,12 +1,13 @@
 """What every Snakemake script does around its one call into the package.
 
 `run_script(snakemake, main)`: send stderr (warnings, progress bars) to the
-job's log, use the job's threads for torch, and turn a `UserError` into one
+job's log, use the job's threads for torch and BLAS, and turn a `UserError` into one
 line in the log and a failed job, with no traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -15,12 +16,9 @@ def run_script(snakemake, main) -> None:
     log = open(snakemake.log[0], "w", buffering=1) if snakemake.log else None
     if log is not None:
         sys.stderr = log
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, int(snakemake.threads)))
-    except ImportError:
-        pass
+    # Read by torch (and numpy's BLAS) when first imported: no import cost for jobs without torch.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = str(max(1, int(snakemake.threads)))
     from .errors import UserError
 
     try:

@@ -108,8 +108,9 @@ def _center_columns(matrix: np.ndarray) -> np.ndarray:
     return matrix - matrix.mean(axis=0, keepdims=True)
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _default_device() -> torch.device | None:
+    """CUDA when present; None selects the CPU kernels (numpy where it is faster, torch for gathers)."""
+    return torch.device("cuda") if torch.cuda.is_available() else None
 
 
 def _nuclear_norm(matrix: np.ndarray) -> float:
@@ -389,14 +390,38 @@ def procrustes(X, Y) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def _prepare_permuted_nuclear_norms(left: np.ndarray, right: np.ndarray, device: torch.device):
+def _prepare_permuted_nuclear_norms(left: np.ndarray, right: np.ndarray, device: torch.device | None):
     """Evaluator of ||left^T right[p]||_* for each permutation p (rows of a (m, n) int array).
 
     left (n, a) and right (n, b) are float64. Permuting the rows of Y permutes the rows
-    of its SVD bases, so only one batched matmul and one small symmetric eigenproblem
-    per permutation remain: the singular values are the square roots of the
-    eigenvalues of the smaller Gram matrix of the (a, b) product.
+    of its SVD bases, so only one matmul and one small symmetric eigenproblem per
+    permutation remain: the singular values are the square roots of the eigenvalues
+    of the smaller Gram matrix of the (a, b) product. With `device` None this runs in
+    numpy (fastest on CPU; one BLAS thread pool in the loop), else batched in torch.
     """
+    if device is not None:
+        return _prepare_permuted_nuclear_norms_torch(left, right, device)
+    left_t = np.ascontiguousarray(left.T)
+    gathered = np.empty_like(right)
+    cross = np.empty((left.shape[1], right.shape[1]))
+    small = min(cross.shape)
+    gram = np.empty((small, small))
+
+    def evaluate(permutations: np.ndarray) -> np.ndarray:
+        values = np.empty(len(permutations))
+        for index, permutation in enumerate(permutations):
+            # Preallocated outputs: fresh arrays of this size per permutation cost page faults.
+            np.take(right, permutation, axis=0, out=gathered)
+            np.matmul(left_t, gathered, out=cross)
+            np.matmul(cross.T, cross, out=gram) if cross.shape[1] == small else np.matmul(cross, cross.T, out=gram)
+            values[index] = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None)).sum()
+        return values
+
+    return evaluate
+
+
+def _prepare_permuted_nuclear_norms_torch(left: np.ndarray, right: np.ndarray, device: torch.device):
+    """`_prepare_permuted_nuclear_norms` batched over permutations in torch (for CUDA)."""
     left_t = torch.as_tensor(np.ascontiguousarray(left.T), device=device)
     right_t = torch.as_tensor(right, device=device)
     n, width = right.shape
@@ -408,18 +433,15 @@ def _prepare_permuted_nuclear_norms(left: np.ndarray, right: np.ndarray, device:
             rows = torch.as_tensor(permutations[start : start + batch], device=device)
             cross = torch.matmul(left_t, right_t[rows])  # (batch, a, b)
             gram = cross.mT @ cross if cross.shape[2] <= cross.shape[1] else cross @ cross.mT
-            if gram.is_cuda:
-                eigenvalues = torch.linalg.eigvalsh(gram).cpu().numpy()
-            else:  # numpy's LAPACK eigensolver is faster than torch's on CPU here
-                eigenvalues = np.linalg.eigvalsh(gram.numpy())
-            values.append(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum(axis=1))
+            eigenvalues = torch.linalg.eigvalsh(gram).clamp_min(0.0)
+            values.append(eigenvalues.sqrt().sum(dim=-1).cpu().numpy())
         return np.concatenate(values)
 
     return evaluate
 
 
 def _prepare_permuted_quadratic_forms(first: np.ndarray, second: np.ndarray, dtype: torch.dtype,
-                                      device: torch.device):
+                                      device: torch.device | None):
     """Evaluator of sum_ij first[i, j] * second[p_i, p_j] for each permutation p.
 
     `first` and `second` are symmetric (n, n). This is <A, P B P^T>_F, the only part of
@@ -429,6 +451,7 @@ def _prepare_permuted_quadratic_forms(first: np.ndarray, second: np.ndarray, dty
     and columns of `second`. Products run in `dtype`, sums accumulate in float64.
     """
     n = first.shape[0]
+    device = device if device is not None else torch.device("cpu")
     diagonal_first = torch.as_tensor(np.diagonal(first).astype(np.float64), device=device)
     second_t = torch.as_tensor(second, dtype=dtype, device=device)
     diagonal_second = torch.diagonal(second_t).to(torch.float64)
@@ -703,7 +726,8 @@ def permutation_null(metric: str, X, Y, n_permutations: int = 1000, seed: int = 
         X: (n, d_a), Y: (n, d_b) matched matrices.
         n_permutations, seed: draw `draw_permutations(n, n_permutations, seed)`.
         permutations: (m, n) explicit row permutations instead (then n_permutations/seed are ignored).
-        device: torch device for the heavy kernels (default: CUDA when present, else CPU).
+        device: torch device for every kernel; default CUDA when present, else CPU with numpy
+            for the SVD-based nulls (svcca, procrustes) and torch for the n x n gathers.
         **options: the metric's keyword options.
     Returns:
         (m,) float64 null values.
@@ -749,7 +773,7 @@ def permutation_test(X, Y, metrics: Sequence[str] = ("svcca", "rsa"), n_permutat
         metrics: keys of `METRICS`.
         n_permutations: random pairings (row shuffles of Y), the same ones for every metric.
         seed: seed of `draw_permutations`.
-        device: torch device for the heavy kernels (default: CUDA when present, else CPU).
+        device: torch device for the kernels (see `permutation_null`).
         **metric_options: keyword options, each passed to the metrics that accept it
             (e.g. variance=, components= for svcca; k= for mutual_knn).
     Returns:

@@ -129,11 +129,12 @@ class SaeTrainer:
         self.use_bf16 = self.device.type == "cuda"
         self.sae = SparseAutoencoder(sae_cfg, seed=cfg.seed).to(self.device)
         self.base_lr = cfg.lr if cfg.lr is not None else default_learning_rate(sae_cfg.d_sae)
-        fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=cfg.adam_betas, eps=cfg.adam_eps, **fused)
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                          fused=self.device.type in ("cpu", "cuda"))
         self.tokens_since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)
         self.input_scale = 1.0
         self.step_index = 0
+        self.tokens_seen = 0
         self.batchtopk_threshold: float | None = None
         self.curve: list[dict] = []
 
@@ -215,7 +216,7 @@ class SaeTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total_variance = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
-        x_centered = sae.center(x) if sae.cfg.apply_b_dec_to_input else x
+        x_centered = sae.center(x)
         if sae.cfg.architecture == "relu":
             loss, metrics, codes = self._relu_loss(x, x_centered, total_variance)
             fired = (codes > 0).any(dim=0)
@@ -234,8 +235,9 @@ class SaeTrainer:
         self.tokens_since_fired += len(x)
         self.tokens_since_fired[fired] = 0
         self.step_index += 1
+        self.tokens_seen += len(x)
         dead_fraction = float((self.tokens_since_fired >= cfg.dead_after_tokens).float().mean())
-        return {"step": self.step_index, "tokens": self.step_index * len(x), "lr": lr, "loss": loss.item(), **metrics,
+        return {"step": self.step_index, "tokens": self.tokens_seen, "lr": lr, "loss": loss.item(), **metrics,
                 "mean_l0": mean_l0, "dead_fraction": dead_fraction}
 
     def raw_sae(self) -> SparseAutoencoder:
@@ -243,12 +245,12 @@ class SaeTrainer:
         return self.sae.folded(self.input_scale).cpu()
 
     def state_dict(self) -> dict:
-        return {"step": self.step_index, "sae": self.sae.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"step": self.step_index, "tokens": self.tokens_seen, "sae": self.sae.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "tokens_since_fired": self.tokens_since_fired, "input_scale": self.input_scale,
                 "batchtopk_threshold": self.batchtopk_threshold, "curve": self.curve}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step_index = state["step"]
+        self.step_index, self.tokens_seen = state["step"], state["tokens"]
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
@@ -348,6 +350,11 @@ def iter_hdf5_batches(path: str | Path, batch_size: int, seed: int, rows=None, b
     exactly, reading from the group that holds that batch.
 
     rows: row indices to use (e.g. a train split); sorted and deduplicated; None = all.
+    Memory: about buffer_rows * d * 4 bytes. With train_sae:
+
+        make_batches = functools.partial(iter_hdf5_batches, path, 4096, seed, train_rows, epochs=2)
+        cfg = TrainConfig(n_steps=count_batches(len(train_rows), 4096, epochs=2))
+        train_sae(lambda start: make_batches(start_batch=start), sae_cfg, cfg, checkpoint_dir)
     """
     with h5py.File(path, "r") as handle:
         if dataset not in handle:
