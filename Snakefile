@@ -13,6 +13,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/alignment.smk"
+include: "workflow/rules/saes.smk"
 
 
 rule all:

@@ -117,3 +117,35 @@ def windows():
 
     return select_windows(documents(), window_chars=180, token_budget=None, windows_per_document=None,
                           order="first", seed=0)
+
+
+def write_tiny_experiment(workdir: Path, model_folders: dict) -> Path:
+    """Write the tiny end-to-end experiment (config + corpus files) into `workdir`; return the config path.
+
+    Two tiny models with different tokenizers (GPT-NeoX and Llama), real text,
+    two activation shards: every rule of the workflow runs, in seconds.
+    """
+    import yaml
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    corpus_files = []
+    for index, document in enumerate(documents()):
+        path = workdir / f"doc{index}.txt"
+        path.write_text(document)
+        corpus_files.append(str(path))
+    config = {
+        "models": {
+            "neox": {"path": str(model_folders["gpt_neox"]), "layers": [0, 2]},
+            "llama": {"path": str(model_folders["llama"]), "layers": [1, 3], "batch_size": 2},
+        },
+        "pairs": [{"a": "neox", "b": "llama"}],
+        "corpus": {"source": "files", "paths": corpus_files, "window_chars": 150, "token_budget": None, "order": "first"},
+        "activations": {"dtype": "float32", "shards": 2},
+        "saes": {
+            "seeds": [0, 1], "held_out_every": 3, "loss_windows": 2,
+            "train": {"expansion_factor": 2, "k": 4, "batch_size": 32, "epochs": 2, "checkpoint_every": 5, "aux_k": 8},
+        },
+    }
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path

@@ -292,6 +292,15 @@ def test_fast_null_equals_recomputing_from_scratch(name, options, device):
     np.testing.assert_array_equal(again, fast)
 
 
+@pytest.mark.parametrize("name", ["svcca", "procrustes", "linear_cka", "rsa"])
+def test_fast_null_handles_more_columns_than_rows(name):
+    X, Y = coupled_pair(39, n=10, d_a=15, d_b=12)
+    permutations = sim.draw_permutations(10, 12, seed=6)
+    fast = sim.permutation_null(name, X, Y, permutations=permutations)
+    naive = np.array([sim.compute_metric(name, X, Y[p]) for p in permutations])
+    np.testing.assert_allclose(fast, naive, rtol=0, atol=1e-10)
+
+
 def test_permutation_test_equals_naive_loop():
     X, Y = coupled_pair(41, n=30, noise=3.0)
     table = sim.permutation_test(X, Y, metrics=tuple(sim.METRICS), n_permutations=60, seed=9, k=3)

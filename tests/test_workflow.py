@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from sae_universality.data import read_windows
 
-from conftest import REPO, documents
+from conftest import REPO, write_tiny_experiment
 
 
 def snakemake(workdir, *arguments, check=True):
@@ -29,21 +28,7 @@ def snakemake(workdir, *arguments, check=True):
 @pytest.fixture(scope="module")
 def finished_run(tiny_models, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    corpus_files = []
-    for index, document in enumerate(documents()):
-        path = workdir / f"doc{index}.txt"
-        path.write_text(document)
-        corpus_files.append(str(path))
-    config = {
-        "models": {
-            "neox": {"path": str(tiny_models["gpt_neox"]), "layers": [0, 2]},
-            "llama": {"path": str(tiny_models["llama"]), "layers": [1, 3], "batch_size": 2},
-        },
-        "pairs": [{"a": "neox", "b": "llama"}],
-        "corpus": {"source": "files", "paths": corpus_files, "window_chars": 150, "token_budget": None, "order": "first"},
-        "activations": {"dtype": "float32", "shards": 2},
-    }
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    write_tiny_experiment(workdir, tiny_models)
     snakemake(workdir)
     return workdir
 

@@ -23,6 +23,7 @@ def check_config(config: dict, schema: str | Path = SCHEMA) -> dict:
     _check_models(config["models"])
     _check_pairs(config["pairs"], config["models"])
     _check_corpus(config["corpus"])
+    _check_saes(config)
     return config
 
 
@@ -107,6 +108,30 @@ def _check_corpus(corpus: dict) -> None:
                 raise UserError(f"corpus.paths: {path} does not exist; fix the path or remove it")
     if corpus["source"] == "hf-dataset" and not corpus["hf_dataset"].get("name"):
         raise UserError("corpus.hf_dataset.name: missing while corpus.source is hf-dataset; e.g. Skylion007/openwebtext")
+
+
+def _check_saes(config: dict) -> None:
+    train_keys = set(config["saes"]["train"])
+    for name, entry in config["models"].items():
+        sae = entry["sae"]
+        unknown = sorted(set(sae.get("train", {})) - train_keys)
+        if unknown:
+            raise UserError(f"models.{name}.sae.train: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(train_keys))}")
+        pretrained = sae.get("pretrained")
+        if pretrained is not None:
+            if ("path" in pretrained) == ("repo" in pretrained):
+                raise UserError(f"models.{name}.sae.pretrained: give exactly one of path (a local folder) or repo (a hub repo)")
+            if "path" in pretrained and not Path(pretrained["path"]).exists():
+                raise UserError(f"models.{name}.sae.pretrained.path: {pretrained['path']} does not exist; fix the path or use repo")
+            if "train" in sae and sae["train"]:
+                raise UserError(f"models.{name}.sae: give either train or pretrained, not both")
+
+
+def sae_names(config: dict, model: str) -> list[str]:
+    """Names of the SAEs of a model at each layer: 'pretrained', or 'seed<N>' per training seed."""
+    if "pretrained" in config["models"][model]["sae"]:
+        return ["pretrained"]
+    return [f"seed{seed}" for seed in config["saes"]["seeds"]]
 
 
 def pair_ids(config: dict) -> list[tuple[str, str]]:

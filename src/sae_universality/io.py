@@ -21,6 +21,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any other file
     try:
         yield temporary
         os.replace(temporary, path)
@@ -37,6 +38,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(temporary, 0o777 & ~_umask())
     try:
         yield temporary
         if path.exists():
@@ -45,3 +47,9 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

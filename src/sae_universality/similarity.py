@@ -568,10 +568,13 @@ def _null_mutual_knn(X, Y, device, k: int = 10):
 
 def _null_procrustes(X, Y, device):
     def scores(matrix, name):
-        # U S of the thin SVD: the same Gram matrix (so nuclear norms) as the matrix, at width <= min(n, d).
-        left, singular_values, _ = np.linalg.svd(_centered_unit_frobenius(matrix, name), full_matrices=False)
-        rank = max(1, _numerical_rank(singular_values, matrix.shape))
-        return left[:, :rank] * singular_values[:rank]
+        unit = _centered_unit_frobenius(matrix, name)
+        if matrix.shape[1] <= matrix.shape[0]:
+            return unit
+        # Wider than tall: U S of the thin SVD has the same row Gram matrix (so the same nuclear
+        # norms of X^T P Y) at width n, which makes the per-permutation product cheaper.
+        left, singular_values, _ = np.linalg.svd(unit, full_matrices=False)
+        return left * singular_values
 
     nuclear = _prepare_permuted_nuclear_norms(scores(X, "X"), scores(Y, "Y"), device)
     return lambda permutations: np.minimum(nuclear(permutations), 1.0)

@@ -1,8 +1,9 @@
 # Configuration check, wildcard constraints, and every target list and input function.
 import sys
 
-from sae_universality.config import check_config
+from sae_universality.config import check_config, sae_names
 from sae_universality.errors import UserError
+from sae_universality.sae_stage import sae_settings
 
 try:
     check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -21,10 +22,12 @@ wildcard_constraints:
     model_b="|".join(MODELS),
     layer=r"\d+",
     shard=r"\d+",
+    sae=r"seed\d+|pretrained",
 
 
-def model_entry(wildcards):
-    return MODELS[wildcards.model]
+def model_source_entry(wildcards):
+    # Only where the model comes from: other settings must not re-trigger the (slow) preparation.
+    return {key: value for key, value in MODELS[wildcards.model].items() if key in ("hf", "revision", "path", "embedded", "gguf")}
 
 
 def model_layers(wildcards):
@@ -57,4 +60,45 @@ def alignment_targets():
 
 
 def final_targets():
-    return activation_targets() + alignment_targets()
+    return activation_targets() + alignment_targets() + ["results/saes/quality.tsv"] + code_targets()
+
+
+# ---------------------------------------------------------------- SAEs
+
+
+def saes_of(model):
+    return sae_names(config, model)
+
+
+def primary_sae(model):
+    # The SAE every comparison uses; the others are ceiling controls.
+    return saes_of(model)[0]
+
+
+def train_settings(wildcards):
+    return sae_settings(config["saes"]["train"], MODELS[wildcards.model])
+
+
+def pretrained_spec(wildcards):
+    return MODELS[wildcards.model]["sae"]["pretrained"]
+
+
+def sae_targets():
+    return [
+        f"results/saes/{model}/layer{layer}/{sae}"
+        for model, entry in MODELS.items()
+        for layer in entry["layers"]
+        for sae in saes_of(model)
+    ]
+
+
+def quality_rows(wildcards):
+    return [f"{target}.quality.tsv" for target in sae_targets()]
+
+
+def training_curves(wildcards):
+    return [f"{target}.curve.tsv" for target in sae_targets() if not target.endswith("pretrained")]
+
+
+def code_targets():
+    return [f"results/codes/{target.removeprefix('results/saes/')}.h5" for target in sae_targets()]

@@ -6,7 +6,7 @@ rule prepare_model:
     benchmark:
         "results/benchmarks/prepare_model/{model}.tsv"
     params:
-        entry=model_entry,
+        entry=model_source_entry,
         out_dir=subpath(output.manifest, parent=True),
     threads: 2
     conda:

@@ -1,0 +1,11 @@
+"""Snakemake script: every SAE's quality row -> one table; every training curve -> one figure."""
+from sae_universality.entry import run_script
+from sae_universality.sae_stage import collect_tables, plot_training_curves
+
+
+def main(snakemake):
+    collect_tables(snakemake.input.rows, snakemake.output.table)
+    plot_training_curves(snakemake.input.curves, snakemake.output.curves)
+
+
+run_script(snakemake, main)

@@ -1,0 +1,223 @@
+"""The SAE stage of the workflow, per (model, layer, SAE): train or load, evaluate, encode.
+
+Every SAE lands in the same place and format whatever its origin:
+`results/saes/{model}/layer{layer}/{sae}/` in SAELens layout, where `sae` is
+`seed<N>` (trained here) or `pretrained` (a published release, converted), so
+the later stages never ask where an SAE came from.
+
+Positions are split by context window: every `held_out_every`-th window is
+held out from training and used for the quality table, so no text a model
+was evaluated on was seen by its SAE.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+from .io import atomic_path
+
+
+def held_out_mask(window_index: np.ndarray, held_out_every: int) -> np.ndarray:
+    """True for positions of held-out windows (every `held_out_every`-th window, counting from 0)."""
+    return (np.asarray(window_index) % held_out_every) == held_out_every - 1
+
+
+def split_rows(cache_path: str | Path, held_out_every: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows) of an activation cache."""
+    with h5py.File(cache_path, "r") as cache:
+        held_out = held_out_mask(cache["window_index"][:], held_out_every)
+    return np.flatnonzero(~held_out), np.flatnonzero(held_out)
+
+
+def sae_settings(defaults: dict, model_entry: dict) -> dict:
+    """The `saes.train` settings with a model's own `sae.train` overrides applied."""
+    return {**defaults, **model_entry.get("sae", {}).get("train", {})}
+
+
+def train_on_cache(
+    cache_path: str | Path,
+    out_dir: str | Path,
+    curve_path: str | Path,
+    checkpoint_dir: str | Path,
+    *,
+    settings: dict,
+    seed: int,
+    held_out_every: int,
+    model_name: str,
+    layer: int,
+) -> dict:
+    """Train one SAE on the training windows of a cache; save it (SAELens layout) and its curve.
+
+    A rerun after a kill resumes from `checkpoint_dir` and ends with the same weights.
+    Returns a summary (d_in, d_sae, steps, tokens).
+    """
+    from .sae_formats import save_sae
+    from .saes import SaeConfig, default_d_sae
+    from .training import TrainConfig, count_batches, iter_hdf5_batches, train_sae
+
+    train_rows, _ = split_rows(cache_path, held_out_every)
+    with h5py.File(cache_path, "r") as cache:
+        d_in = cache["activations"].shape[1]
+    batch_size = settings["batch_size"]
+    if len(train_rows) < batch_size:
+        raise UserError(
+            f"{model_name} layer {layer}: {len(train_rows)} training positions, fewer than saes.train.batch_size={batch_size}; "
+            "raise corpus.token_budget or lower the batch size"
+        )
+    d_sae = settings["d_sae"] or default_d_sae(d_in, settings["expansion_factor"])
+    n_steps = count_batches(len(train_rows), batch_size, settings["epochs"])
+    tokens_per_epoch = (len(train_rows) // batch_size) * batch_size
+    sae_cfg = SaeConfig(
+        d_in=d_in, d_sae=d_sae, architecture=settings["architecture"], k=settings["k"],
+        l1_coefficient=settings["l1_coefficient"], model_name=model_name,
+        hook_name=f"blocks.{layer}.hook_resid_post",
+    )
+    train_cfg = TrainConfig(
+        n_steps=n_steps,
+        lr=settings["lr"],
+        warmup_steps=min(settings["warmup_steps"], max(1, n_steps // 10)),
+        decay_fraction=settings["decay_fraction"],
+        aux_k=settings["aux_k"],
+        aux_coefficient=settings["aux_coefficient"],
+        # Small experiments see few tokens: "dead" must be measurable within one epoch.
+        dead_after_tokens=settings["dead_after_tokens"] or min(10_000_000, tokens_per_epoch),
+        seed=seed,
+        checkpoint_every=settings["checkpoint_every"],
+        log_every=max(1, min(settings["log_every"], n_steps // 20 or 1)),
+    )
+    make_batches = functools.partial(iter_hdf5_batches, cache_path, batch_size, seed, train_rows,
+                                     epochs=settings["epochs"])
+    result = train_sae(lambda start: make_batches(start_batch=start), sae_cfg, train_cfg, checkpoint_dir)
+    save_sae(result.sae, out_dir)
+    curve = result.curve.assign(model=model_name, layer=layer, sae=f"seed{seed}")
+    with atomic_path(curve_path, suffix=".tsv") as temporary:
+        curve.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    return {"d_in": d_in, "d_sae": d_sae, "n_steps": n_steps, "tokens": n_steps * batch_size}
+
+
+def load_pretrained(spec: dict, layer: int, out_dir: str | Path, expected_d_in: int | None) -> None:
+    """Load a published SAE (`{format, path or repo, id}`, `{layer}` filled in) and save it in SAELens layout."""
+    from .sae_formats import load_sae, save_sae
+
+    sae_id = spec.get("id")
+    sae_id = sae_id.format(layer=layer) if sae_id else None
+    sae = load_sae(spec["format"], path=spec.get("path"), repo=spec.get("repo"), id=sae_id, expected_d_in=expected_d_in)
+    save_sae(sae, out_dir)
+
+
+def cache_width(cache_path: str | Path) -> int:
+    with h5py.File(cache_path, "r") as cache:
+        return int(cache["activations"].shape[1])
+
+
+def evaluate(
+    sae_dir: str | Path,
+    cache_path: str | Path,
+    manifest_path: str | Path,
+    windows_path: str | Path,
+    out_path: str | Path,
+    *,
+    model_name: str,
+    layer: int,
+    sae_name: str,
+    held_out_every: int,
+    loss_windows: int,
+    batch_size: int = 4096,
+) -> dict:
+    """Quality of one SAE on held-out positions -> a one-row TSV.
+
+    fvu, explained_variance, mean_l0, dead_fraction over every held-out
+    position; downstream loss (clean, SAE spliced in at the layer, zero
+    ablation, fraction recovered) over the first `loss_windows` held-out windows.
+    """
+    import torch
+
+    from .data import read_windows
+    from .models import default_device, load_model
+    from .sae_formats import load_sae
+    from .training import evaluate_sae, splice_loss_recovered
+
+    sae = load_sae("saelens", path=sae_dir)
+    _, held_out_rows = split_rows(cache_path, held_out_every)
+    if len(held_out_rows) == 0:
+        raise UserError(f"{model_name} layer {layer}: no held-out positions; raise corpus.token_budget or lower saes.held_out_every")
+
+    def held_out_batches():
+        with h5py.File(cache_path, "r") as cache:
+            data = cache["activations"]
+            for start in range(0, len(held_out_rows), batch_size):
+                rows = held_out_rows[start:start + batch_size]
+                block = data[rows[0]:rows[-1] + 1]
+                yield np.asarray(block[rows - rows[0]], dtype=np.float32)
+
+    quality = {"model": model_name, "layer": layer, "sae": sae_name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+               "architecture": sae.cfg.architecture, "k": sae.cfg.k}
+    quality.update(evaluate_sae(sae, held_out_batches()))
+    if loss_windows > 0:
+        device = default_device()
+        model, tokenizer, _ = load_model(manifest_path, device=device)
+        windows = [w for w in read_windows(windows_path) if held_out_mask(w.window_index, held_out_every)][:loss_windows]
+        from .activations import prepare_tokenizer, tokenize_windows
+
+        prepare_tokenizer(tokenizer)
+        batch = tokenize_windows(tokenizer, windows)
+        loss = splice_loss_recovered(
+            model, batch.input_ids.to(device), layer, sae.to(device),
+            attention_mask=batch.attention_mask.to(device), splice_mask=torch.from_numpy(batch.keep).to(device),
+        )
+        quality.update(loss)
+    else:
+        quality.update({"ce_clean": np.nan, "ce_sae": np.nan, "ce_zero": np.nan, "fraction_recovered": np.nan})
+    with atomic_path(out_path, suffix=".tsv") as temporary:
+        pd.DataFrame([quality]).to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    print(json.dumps(quality), file=sys.stderr)
+    return quality
+
+
+def collect_tables(paths: list[str | Path], out_path: str | Path) -> pd.DataFrame:
+    """Concatenate one-row (or many-row) TSVs into one table."""
+    table = pd.concat([pd.read_csv(path, sep="\t") for path in paths], ignore_index=True)
+    with atomic_path(out_path, suffix=".tsv") as temporary:
+        table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    return table
+
+
+def plot_training_curves(curve_paths: list[str | Path], out_path: str | Path) -> None:
+    """One row of panels per SAE: loss, FVU, mean L0 and dead fraction over training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [pd.read_csv(path, sep="\t") for path in curve_paths]
+    metrics = ["loss", "fvu", "mean_l0", "dead_fraction"]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
+    for curve in curves:
+        label = f"{curve['model'].iloc[0]} L{curve['layer'].iloc[0]} {curve['sae'].iloc[0]}"
+        for axis, metric in zip(axes[0], metrics):
+            axis.plot(curve["step"], curve[metric], label=label, linewidth=1)
+    for axis, metric in zip(axes[0], metrics):
+        axis.set_title(metric)
+        axis.set_xlabel("step")
+    axes[0][0].set_yscale("log")
+    axes[0][-1].legend(fontsize=6, loc="upper right")
+    figure.tight_layout()
+    with atomic_path(out_path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=110, format="png")
+    plt.close(figure)
+
+
+def encode(sae_dir: str | Path, cache_path: str | Path, out_path: str | Path, pre_activations: bool) -> None:
+    """Sparse codes (or dense pre-activations) of every cached position (see codes.py)."""
+    from .codes import encode_cache_to_codes
+    from .sae_formats import load_sae
+
+    encode_cache_to_codes(load_sae("saelens", path=sae_dir), cache_path, out_path, pre_activations=pre_activations)
