@@ -14,6 +14,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/alignment.smk"
 include: "workflow/rules/saes.smk"
+include: "workflow/rules/matching.smk"
 
 
 rule all:

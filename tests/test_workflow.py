@@ -74,3 +74,38 @@ def test_rerun_does_nothing_and_one_target_regenerates_alone(finished_run):
     snakemake(finished_run, "results/activations/neox/layer2.h5")
     with h5py.File(target, "r") as cache:
         np.testing.assert_array_equal(cache["activations"][:], before)  # same config, same results
+
+
+def test_sae_quality_table_is_complete_and_plausible(finished_run):
+    quality = pd.read_csv(finished_run / "results/saes/quality.tsv", sep="\t")
+    expected = {(m, l, s) for m, layers in (("neox", (0, 2)), ("llama", (1, 3))) for l in layers for s in ("seed0", "seed1")}
+    assert set(zip(quality["model"], quality["layer"], quality["sae"])) == expected
+    assert (quality["fvu"] > 0).all() and (quality["fvu"] < 1).all(), "trained SAEs explain some variance"
+    assert (quality["mean_l0"] <= 4 + 1e-9).all(), "TopK with k=4 keeps at most 4 latents"
+    assert quality["ce_zero"].notna().all() and quality["ce_clean"].notna().all()
+    assert (finished_run / "results/saes/training_curves.png").stat().st_size > 10_000
+
+
+def test_matched_correlations_equal_a_float64_recomputation(finished_run):
+    from sae_universality.codes import read_code_rows
+
+    table = pd.read_csv(finished_run / "results/matching/neox--llama/layer2--layer1.tsv", sep="\t")
+    with h5py.File(finished_run / "results/alignment/neox--llama.h5", "r") as alignment:
+        rows_a, rows_b = alignment["rows_a"][:], alignment["rows_b"][:]
+    codes_a = read_code_rows(finished_run / "results/codes/neox/layer2/seed0.h5", 0, 10**9).toarray()[rows_a].astype(np.float64)
+    codes_b = read_code_rows(finished_run / "results/codes/llama/layer1/seed0.h5", 0, 10**9).toarray()[rows_b].astype(np.float64)
+    alive_a = codes_a.std(axis=0) > 0
+    alive_b = codes_b.std(axis=0) > 0
+    correlation = np.corrcoef(codes_a[:, alive_a], codes_b[:, alive_b], rowvar=False)[: alive_a.sum(), alive_a.sum():]
+    index_a, index_b = np.flatnonzero(alive_a), np.flatnonzero(alive_b)
+    assert sorted(table["feature_b"]) == sorted(index_b.tolist())
+    best = {int(index_b[j]): float(correlation[:, j].max()) for j in range(len(index_b))}
+    np.testing.assert_allclose(table["correlation"], [best[b] for b in table["feature_b"]], atol=1e-5)
+    kept = table[table["kept"]]
+    assert kept["final_a"].is_unique and (kept["final_correlation"] >= 0.1).all()
+    summary = pd.read_csv(finished_run / "results/matching/neox--llama/summary.tsv", sep="\t")
+    row = summary[(summary["layer_a"] == 2) & (summary["layer_b"] == 1)].iloc[0]
+    assert row["n_after_threshold"] == len(kept) and row["n_alive_b"] == alive_b.sum()
+    assert len(summary) == 4  # every (layer_a, layer_b)
+    page = (finished_run / "results/matching/neox--llama/pairs.html").read_text()
+    assert "<mark>" in page and "neox layer 2" in page

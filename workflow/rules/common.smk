@@ -23,6 +23,8 @@ wildcard_constraints:
     layer=r"\d+",
     shard=r"\d+",
     sae=r"seed\d+|pretrained",
+    layer_a=r"\d+",
+    layer_b=r"\d+",
 
 
 def model_source_entry(wildcards):
@@ -60,7 +62,7 @@ def alignment_targets():
 
 
 def final_targets():
-    return activation_targets() + alignment_targets() + ["results/saes/quality.tsv"] + code_targets()
+    return activation_targets() + alignment_targets() + ["results/saes/quality.tsv"] + code_targets() + matching_targets()
 
 
 # ---------------------------------------------------------------- SAEs
@@ -102,3 +104,56 @@ def training_curves(wildcards):
 
 def code_targets():
     return [f"results/codes/{target.removeprefix('results/saes/')}.h5" for target in sae_targets()]
+
+
+# ---------------------------------------------------------------- matching
+
+
+def layer_pairs(model_a, model_b):
+    return [(la, lb) for la in sorted(MODELS[model_a]["layers"]) for lb in sorted(MODELS[model_b]["layers"])]
+
+
+def matching_inputs(wildcards):
+    a, b = wildcards.model_a, wildcards.model_b
+    return {
+        "codes_a": f"results/codes/{a}/layer{wildcards.layer_a}/{primary_sae(a)}.h5",
+        "codes_b": f"results/codes/{b}/layer{wildcards.layer_b}/{primary_sae(b)}.h5",
+        "alignment": f"results/alignment/{a}--{b}.h5",
+        "cache_a": f"results/activations/{a}/layer{wildcards.layer_a}.h5",
+        "cache_b": f"results/activations/{b}/layer{wildcards.layer_b}.h5",
+        "manifest_a": f"resources/models/{a}/manifest.json",
+        "manifest_b": f"resources/models/{b}/manifest.json",
+    }
+
+
+def matching_settings(wildcards):
+    settings = dict(config["matching"])
+    settings["one_to_one"] = None if settings["one_to_one"] == "none" else settings["one_to_one"]
+    settings["device"] = None if settings["device"] == "auto" else settings["device"]
+    return settings
+
+
+def matching_labels(wildcards):
+    return {"model_a": wildcards.model_a, "model_b": wildcards.model_b,
+            "layer_a": int(wildcards.layer_a), "layer_b": int(wildcards.layer_b)}
+
+
+def pair_matching_files(wildcards, suffix):
+    return [
+        f"results/matching/{wildcards.model_a}--{wildcards.model_b}/layer{la}--layer{lb}{suffix}"
+        for la, lb in layer_pairs(wildcards.model_a, wildcards.model_b)
+    ]
+
+
+def pair_summaries(wildcards):
+    return pair_matching_files(wildcards, ".summary.tsv")
+
+
+def pair_examples(wildcards):
+    return pair_matching_files(wildcards, ".examples.json")
+
+
+def matching_targets():
+    return [f"results/matching/{a}--{b}/summary.tsv" for a, b in PAIRS] + [
+        f"results/matching/{a}--{b}/pairs.html" for a, b in PAIRS
+    ]

@@ -1,0 +1,42 @@
+rule match_features:
+    input:
+        unpack(matching_inputs),
+    output:
+        table="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv",
+        summary="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.summary.tsv",
+        examples="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.examples.json",
+    log:
+        "logs/match_features/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
+    benchmark:
+        "results/benchmarks/match_features/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv"
+    params:
+        settings=matching_settings,
+        labels=matching_labels,
+    threads: 2
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/match_features.py"
+
+
+rule matching_summary:
+    input:
+        summaries=pair_summaries,
+        examples=pair_examples,
+    output:
+        summary=report(
+            "results/matching/{model_a}--{model_b}/summary.tsv",
+            caption="../report/matching_summary.rst",
+            category="Matching",
+        ),
+        page=report(
+            "results/matching/{model_a}--{model_b}/pairs.html",
+            caption="../report/matched_pairs.rst",
+            category="Matching",
+        ),
+    log:
+        "logs/matching_summary/{model_a}--{model_b}.log",
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/matching_summary.py"
