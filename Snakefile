@@ -15,6 +15,7 @@ include: "workflow/rules/activations.smk"
 include: "workflow/rules/alignment.smk"
 include: "workflow/rules/saes.smk"
 include: "workflow/rules/matching.smk"
+include: "workflow/rules/similarity.smk"
 
 
 rule all:

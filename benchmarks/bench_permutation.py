@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000, help="matched pairs")
     parser.add_argument("--d", type=int, default=768, help="width of both sides")
     parser.add_argument("--permutations", type=int, default=1000)
-    parser.add_argument("--naive-permutations", type=int, default=10,
+    parser.add_argument("--naive-permutations", type=int, default=5,
                         help="permutations the baseline is timed on (then extrapolated)")
     parser.add_argument("--metrics", default="svcca,rsa", help="comma-separated, or 'all'")
     parser.add_argument("--variance", type=float, default=0.99, help="svcca variance kept")

@@ -9,6 +9,7 @@ def main(snakemake):
         snakemake.input.cache_a, snakemake.input.cache_b, snakemake.input.manifest_a, snakemake.input.manifest_b,
         snakemake.output.table, snakemake.output.summary, snakemake.output.examples,
         settings=snakemake.params.settings, labels=snakemake.params.labels,
+        categories=snakemake.params.categories, out_semantic=snakemake.output.semantic,
     )
 
 

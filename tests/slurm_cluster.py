@@ -10,7 +10,10 @@ Everything is private to the folder: munge listens on its own socket with its
 own key, SLURM on two free ports, with state, spool, pid and log files in the
 folder. A munged or SLURM already running on the machine is neither used nor
 touched. Clients (`sbatch`, `squeue`, Snakemake) find the cluster through the
-`SLURM_CONF` variable of `SlurmCluster.environment`.
+`SLURM_CONF` variable of `SlurmCluster.environment`. The slurm-jobstep plugin
+(0.6) removes every `SLURM_*` variable, `SLURM_CONF` included, before the `srun`
+it runs inside each job; a real cluster's `srun` then finds /etc/slurm/slurm.conf,
+so `environment` puts a one-line `srun` first on PATH that sets `SLURM_CONF` again.
 
 The node advertises the resources of a typical GPU node (`VIRTUAL_CPUS`,
 `VIRTUAL_MEMORY_MB`, `VIRTUAL_GPUS`) whatever the machine has
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-REQUIRED_PROGRAMS = ("munge", "munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel",
+REQUIRED_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scancel",
                      "sinfo", "scontrol")
 PARTITION = "debug"
 VIRTUAL_CPUS = 16
@@ -107,6 +110,11 @@ def slurm_conf_text(*, folder: Path, hostname: str, controller_port: int, node_p
 def gres_conf_text(hostname: str, gpu_devices: list[Path]) -> str:
     """gres.conf naming one device file per GPU (SLURM accepts GPUs only with a device file)."""
     return "".join(f"NodeName={hostname} Name=gpu File={device}\n" for device in gpu_devices)
+
+
+def srun_wrapper_text(slurm_conf: Path, srun: str) -> str:
+    """A shell script that runs the real `srun` with SLURM_CONF pointing at this cluster."""
+    return f'#!/bin/sh\nSLURM_CONF="{slurm_conf}" exec "{srun}" "$@"\n'
 
 
 def free_port() -> int:
@@ -220,7 +228,13 @@ def start_cluster(folder: Path, n_gpus: int = VIRTUAL_GPUS, timeout: float = 60)
     (folder / "slurm.conf").write_text(slurm_conf_text(
         folder=folder, hostname=hostname, controller_port=free_port(), node_port=free_port(),
         munge_socket=munge_socket, n_gpus=n_gpus))
-    environment = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")}
+    wrapper_folder = folder / "bin"
+    wrapper_folder.mkdir(exist_ok=True)
+    srun_wrapper = wrapper_folder / "srun"
+    srun_wrapper.write_text(srun_wrapper_text(folder / "slurm.conf", shutil.which("srun")))
+    srun_wrapper.chmod(0o755)
+    environment = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"),
+                   "PATH": f"{wrapper_folder}{os.pathsep}{os.environ.get('PATH', '')}"}
     cluster = SlurmCluster(folder=folder, environment=environment)
     try:
         (folder / "gres.conf").write_text(gres_conf_text(hostname, _make_gpu_devices(folder, n_gpus)))

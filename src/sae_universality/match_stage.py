@@ -27,7 +27,12 @@ from .matching import match_features, summarize_matches, top_activations, top_ex
 N_EXAMPLE_PAIRS = 40  # pairs of each kind shown on the browsable page
 
 
-def read_alignment(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def read_alignment(path: str | Path | None, codes_a: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned rows of A and B; with no alignment file (two SAEs of one model) every row pairs with itself."""
+    if path is None:
+        with h5py.File(codes_a, "r") as codes:
+            rows = np.arange(int(codes.attrs["n_positions"]), dtype=np.int64)
+        return rows, rows
     with h5py.File(path, "r") as alignment:
         return alignment["rows_a"][:], alignment["rows_b"][:]
 
@@ -66,15 +71,21 @@ def feature_top_tokens(codes_path, rows, cache_path, manifest_path, n_top: int, 
 def match_layer_pair(
     codes_a, codes_b, alignment_path, cache_a, cache_b, manifest_a, manifest_b,
     out_table, out_summary, out_examples, *, settings: dict, labels: dict,
+    categories: dict | None = None, out_semantic=None,
 ) -> dict:
-    """Match the features of one (pair, layer_a, layer_b); write table, summary and examples."""
-    rows_a, rows_b = read_alignment(alignment_path)
+    """Match the features of one (pair, layer_a, layer_b); write table, summary and examples.
+
+    With `categories` and `out_semantic`, also rematch features within each
+    semantic category (METHOD.md section 8) and write those pairs.
+    """
+    rows_a, rows_b = read_alignment(alignment_path, codes_a)
     chunk_rows = settings["chunk_rows"]
     n_top = settings["n_top_tokens"]
     tokens_a, contexts_a = feature_top_tokens(codes_a, rows_a, cache_a, manifest_a, n_top, chunk_rows)
     tokens_b, contexts_b = feature_top_tokens(codes_b, rows_b, cache_b, manifest_b, n_top, chunk_rows)
+    chunks = _aligned_chunks(codes_a, codes_b, rows_a, rows_b, chunk_rows)
     table = match_features(
-        _aligned_chunks(codes_a, codes_b, rows_a, rows_b, chunk_rows),
+        chunks,
         top_tokens_a=tokens_a,
         top_tokens_b=tokens_b,
         junk_filter=settings["junk_filter"],
@@ -92,10 +103,54 @@ def match_layer_pair(
         table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
     with atomic_path(out_summary, suffix=".tsv") as temporary:
         pd.DataFrame([summary]).to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    if out_semantic is not None:
+        semantic = semantic_pairs(chunks, tokens_a, contexts_a, tokens_b, contexts_b, categories or {}, settings)
+        with atomic_path(out_semantic, suffix=".tsv") as temporary:
+            semantic.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
     examples = example_pairs(table, tokens_a, tokens_b, contexts_a, contexts_b)
     with atomic_path(out_examples, suffix=".json") as temporary:
         temporary.write_text(json.dumps({**labels, **examples}, ensure_ascii=False))
     return summary
+
+
+def semantic_pairs(chunks, tokens_a, contexts_a, tokens_b, contexts_b, categories: dict, settings: dict) -> pd.DataFrame:
+    """Within each category, rematch its A and B features by correlation, one to one.
+
+    A feature is in a category when its top token is one of the category's
+    keywords, read as a word in its top context. Returns one row per B feature
+    of the category with its best A feature of the category (feature indices
+    of the whole SAEs), `kept` after one-to-one and the threshold; a category
+    with no feature on one side gets one placeholder row (feature -1) so it is
+    reported with its counts.
+    """
+    from .similarity import assign_categories
+
+    members_a = assign_categories(tokens_a, contexts_a, categories)
+    members_b = assign_categories(tokens_b, contexts_b, categories)
+    frames = []
+    for category in categories:
+        features_a, features_b = members_a[category], members_b[category]
+        counts = {"category": category, "n_features_a": len(features_a), "n_features_b": len(features_b)}
+        if len(features_a) == 0 or len(features_b) == 0:
+            frames.append(pd.DataFrame([{**counts, "feature_a": -1, "feature_b": -1, "correlation": np.nan, "kept": False}]))
+            continue
+
+        def category_chunks(features_a=features_a, features_b=features_b):
+            return ((block_a[:, features_a], block_b[:, features_b]) for block_a, block_b in chunks())
+
+        table = match_features(category_chunks, junk_filter=False, one_to_one="highest", threshold=settings["threshold"])
+        if table.empty:
+            frames.append(pd.DataFrame([{**counts, "feature_a": -1, "feature_b": -1, "correlation": np.nan, "kept": False}]))
+            continue
+        frames.append(pd.DataFrame({
+            **counts,
+            "feature_a": features_a[table["final_a"].to_numpy()],
+            "feature_b": features_b[table["feature_b"].to_numpy()],
+            "correlation": table["final_correlation"].to_numpy(),
+            "kept": table["kept"].to_numpy(),
+        }))
+    columns = ["category", "n_features_a", "n_features_b", "feature_a", "feature_b", "correlation", "kept"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def example_pairs(table, tokens_a, tokens_b, contexts_a, contexts_b) -> dict:

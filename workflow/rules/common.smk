@@ -62,7 +62,7 @@ def alignment_targets():
 
 
 def final_targets():
-    return activation_targets() + alignment_targets() + ["results/saes/quality.tsv"] + code_targets() + matching_targets()
+    return activation_targets() + alignment_targets() + ["results/saes/quality.tsv"] + code_targets() + matching_targets() + similarity_targets()
 
 
 # ---------------------------------------------------------------- SAEs
@@ -157,3 +157,100 @@ def matching_targets():
     return [f"results/matching/{a}--{b}/summary.tsv" for a, b in PAIRS] + [
         f"results/matching/{a}--{b}/pairs.html" for a, b in PAIRS
     ]
+
+
+# ---------------------------------------------------------------- similarity
+
+
+def similarity_settings(wildcards):
+    return config["similarity"]
+
+
+def semantic_categories(wildcards):
+    from sae_universality.similarity import load_categories
+
+    semantic = config["semantic"]
+    if not semantic["enabled"]:
+        return {}
+    return load_categories(semantic["categories_file"], semantic["extra_categories"])
+
+
+def match_outputs_of_pair(wildcards):
+    a, b = wildcards.model_a, wildcards.model_b
+    return {
+        "matches": f"results/matching/{a}--{b}/layer{wildcards.layer_a}--layer{wildcards.layer_b}.tsv",
+        "semantic": f"results/matching/{a}--{b}/layer{wildcards.layer_a}--layer{wildcards.layer_b}.semantic.tsv",
+        "sae_a": f"results/saes/{a}/layer{wildcards.layer_a}/{primary_sae(a)}",
+        "sae_b": f"results/saes/{b}/layer{wildcards.layer_b}/{primary_sae(b)}",
+    }
+
+
+def has_ceiling(model):
+    return len(saes_of(model)) > 1
+
+
+def ceiling_match_inputs(wildcards):
+    first, second = saes_of(wildcards.model)[:2]
+    prefix = f"results/codes/{wildcards.model}/layer{wildcards.layer}"
+    return {
+        "codes_a": f"{prefix}/{first}.h5",
+        "codes_b": f"{prefix}/{second}.h5",
+        "cache": f"results/activations/{wildcards.model}/layer{wildcards.layer}.h5",
+        "manifest": f"resources/models/{wildcards.model}/manifest.json",
+    }
+
+
+def ceiling_score_inputs(wildcards):
+    first, second = saes_of(wildcards.model)[:2]
+    prefix = f"results/saes/{wildcards.model}/layer{wildcards.layer}"
+    return {
+        "matches": f"results/similarity/ceiling/{wildcards.model}/layer{wildcards.layer}.matches.tsv",
+        "sae_a": f"{prefix}/{first}",
+        "sae_b": f"{prefix}/{second}",
+    }
+
+
+def ceiling_labels(wildcards):
+    return {"model": wildcards.model, "layer": int(wildcards.layer)}
+
+
+def pair_score_files(wildcards):
+    return pair_similarity_files(wildcards, "")
+
+
+def pair_semantic_files(wildcards):
+    return pair_similarity_files(wildcards, ".semantic")
+
+
+def pair_similarity_files(wildcards, kind):
+    return [
+        f"results/similarity/{wildcards.model_a}--{wildcards.model_b}/layer{la}--layer{lb}{kind}.tsv"
+        for la, lb in layer_pairs(wildcards.model_a, wildcards.model_b)
+    ]
+
+
+def pair_ceiling_files(wildcards):
+    files = []
+    for model in (wildcards.model_a, wildcards.model_b):
+        if has_ceiling(model):
+            files += [f"results/similarity/ceiling/{model}/layer{layer}.tsv" for layer in sorted(MODELS[model]["layers"])]
+    return sorted(set(files))
+
+
+def similarity_targets():
+    targets = []
+    for a, b in PAIRS:
+        targets += [f"results/similarity/{a}--{b}/table.tsv", f"results/similarity/{a}--{b}/heatmaps.png"]
+        if config["semantic"]["enabled"]:
+            targets += [f"results/similarity/{a}--{b}/semantic.tsv", f"results/similarity/{a}--{b}/semantic.png"]
+    return targets + ["results/similarity/all_scores.tsv"]
+
+
+def all_pair_score_tables(wildcards):
+    return [f"results/similarity/{a}--{b}/scores.tsv" for a, b in PAIRS]
+
+
+def all_pair_semantic_tables(wildcards):
+    if not config["semantic"]["enabled"]:
+        return []
+    return [f"results/similarity/{a}--{b}/semantic.tsv" for a, b in PAIRS]

@@ -5,6 +5,7 @@ rule match_features:
         table="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv",
         summary="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.summary.tsv",
         examples="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.examples.json",
+        semantic="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.semantic.tsv",
     log:
         "logs/match_features/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
     benchmark:
@@ -12,6 +13,7 @@ rule match_features:
     params:
         settings=matching_settings,
         labels=matching_labels,
+        categories=semantic_categories,
     threads: 2
     conda:
         "../../envs/workflow.yaml"

@@ -1,0 +1,12 @@
+"""Snakemake script: every metric on the kept pairs' decoder rows (whole match and per semantic category)."""
+from sae_universality.entry import run_script
+from sae_universality.similarity_stage import score_layer_pair, score_semantic
+
+
+def main(snakemake):
+    inputs, settings, labels = snakemake.input, snakemake.params.settings, snakemake.params.labels
+    score_layer_pair(inputs.matches, inputs.sae_a, inputs.sae_b, snakemake.output.scores, settings=settings, labels=labels)
+    score_semantic(inputs.semantic, inputs.sae_a, inputs.sae_b, snakemake.output.semantic, settings=settings, labels=labels)
+
+
+run_script(snakemake, main)

@@ -1,0 +1,107 @@
+rule score_matches:
+    input:
+        unpack(match_outputs_of_pair),
+    output:
+        scores="results/similarity/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv",
+        semantic="results/similarity/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.semantic.tsv",
+    log:
+        "logs/score_matches/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
+    benchmark:
+        "results/benchmarks/score_matches/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv"
+    params:
+        settings=similarity_settings,
+        labels=matching_labels,
+    threads: 2
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/score_matches.py"
+
+
+rule match_ceiling:
+    input:
+        unpack(ceiling_match_inputs),
+    output:
+        table="results/similarity/ceiling/{model}/layer{layer}.matches.tsv",
+        summary="results/similarity/ceiling/{model}/layer{layer}.summary.tsv",
+        examples="results/similarity/ceiling/{model}/layer{layer}.examples.json",
+    log:
+        "logs/match_ceiling/{model}/layer{layer}.log",
+    params:
+        settings=matching_settings,
+        labels=ceiling_labels,
+    threads: 2
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/match_ceiling.py"
+
+
+rule score_ceiling:
+    input:
+        unpack(ceiling_score_inputs),
+    output:
+        scores="results/similarity/ceiling/{model}/layer{layer}.tsv",
+    log:
+        "logs/score_ceiling/{model}/layer{layer}.log",
+    params:
+        settings=similarity_settings,
+        labels=ceiling_labels,
+    threads: 2
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/score_ceiling.py"
+
+
+rule similarity_tables:
+    input:
+        scores=pair_score_files,
+        semantic=pair_semantic_files,
+        ceilings=pair_ceiling_files,
+    output:
+        table=report(
+            "results/similarity/{model_a}--{model_b}/table.tsv",
+            caption="../report/similarity_table.rst",
+            category="Similarity",
+        ),
+        scores="results/similarity/{model_a}--{model_b}/scores.tsv",
+        heatmaps=report(
+            "results/similarity/{model_a}--{model_b}/heatmaps.png",
+            caption="../report/heatmaps.rst",
+            category="Similarity",
+        ),
+        semantic=report(
+            "results/similarity/{model_a}--{model_b}/semantic.tsv",
+            caption="../report/semantic_table.rst",
+            category="Semantic subspaces",
+        ),
+        semantic_plot=report(
+            "results/similarity/{model_a}--{model_b}/semantic.png",
+            caption="../report/semantic_bars.rst",
+            category="Semantic subspaces",
+        ),
+    log:
+        "logs/similarity_tables/{model_a}--{model_b}.log",
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/similarity_tables.py"
+
+
+rule all_scores:
+    input:
+        scores=all_pair_score_tables,
+        semantic=all_pair_semantic_tables,
+    output:
+        tidy=report(
+            "results/similarity/all_scores.tsv",
+            caption="../report/all_scores.rst",
+            category="Similarity",
+        ),
+    log:
+        "logs/all_scores.log",
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/all_scores.py"
