@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-models.txt
 
 run: install
 	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES)
+	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) --report results/report.html
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -145,6 +145,7 @@ def write_tiny_experiment(workdir: Path, model_folders: dict) -> Path:
             "seeds": [0, 1], "held_out_every": 3, "loss_windows": 2,
             "train": {"expansion_factor": 2, "k": 4, "batch_size": 32, "epochs": 2, "checkpoint_every": 5, "aux_k": 8},
         },
+        "similarity": {"n_permutations": 200, "random_subset_draws": 3, "min_pairs": 5},
     }
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))

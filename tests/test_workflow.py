@@ -109,3 +109,34 @@ def test_matched_correlations_equal_a_float64_recomputation(finished_run):
     assert len(summary) == 4  # every (layer_a, layer_b)
     page = (finished_run / "results/matching/neox--llama/pairs.html").read_text()
     assert "<mark>" in page and "neox layer 2" in page
+
+
+def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
+    from safetensors.numpy import load_file
+
+    from sae_universality.similarity import compute_metric
+
+    matches = pd.read_csv(finished_run / "results/matching/neox--llama/layer2--layer1.tsv", sep="\t")
+    kept = matches[matches["kept"]]
+    W_a = load_file(str(finished_run / "results/saes/neox/layer2/seed0/sae_weights.safetensors"))["W_dec"].astype(np.float64)
+    W_b = load_file(str(finished_run / "results/saes/llama/layer1/seed0/sae_weights.safetensors"))["W_dec"].astype(np.float64)
+    X, Y = W_a[kept["final_a"].to_numpy()], W_b[kept["feature_b"].to_numpy()]
+    scores = pd.read_csv(finished_run / "results/similarity/neox--llama/scores.tsv", sep="\t")
+    cell = scores[(scores["layer_a"] == 2) & (scores["layer_b"] == 1)].set_index("metric")
+    assert set(cell.index) == {"svcca", "rsa", "linear_cka", "mutual_knn", "procrustes"}
+    if len(kept) >= 5:
+        assert cell.loc["rsa", "observed"] == pytest.approx(compute_metric("rsa", X, Y), abs=1e-9)
+        assert cell.loc["svcca", "observed"] == pytest.approx(compute_metric("svcca", X, Y, variance=0.99), abs=1e-9)
+        assert (cell["p"] >= 1 / 201).all() and (cell["p"] <= 1).all()  # 200 permutations: p is never 0
+    # The ceiling control (two seeds) exists for every (model, layer) and feeds the normalized score.
+    for model, layer in (("neox", 0), ("neox", 2), ("llama", 1), ("llama", 3)):
+        ceiling = pd.read_csv(finished_run / f"results/similarity/ceiling/{model}/layer{layer}.tsv", sep="\t")
+        assert set(ceiling["metric"]) == set(cell.index)
+    table = pd.read_csv(finished_run / "results/similarity/neox--llama/table.tsv", sep="\t")
+    assert len(table) == 4 and {"svcca_observed", "svcca_null_mean", "svcca_p", "svcca_normalized"} <= set(table.columns)
+    semantic = pd.read_csv(finished_run / "results/similarity/neox--llama/semantic.tsv", sep="\t")
+    assert {"time", "calendar", "nature", "emotions", "month_names", "countries", "biology"} <= set(semantic["category"])
+    assert semantic.loc[semantic["n_pairs"] < 5, "skipped"].all()  # min_pairs: 5
+    tidy = pd.read_csv(finished_run / "results/similarity/all_scores.tsv", sep="\t")
+    assert {"all", "time"} <= set(tidy["category"]) and len(tidy) == len(scores) + len(semantic)
+    assert (finished_run / "results/similarity/neox--llama/heatmaps.png").stat().st_size > 10_000

@@ -228,12 +228,14 @@ def rsa(X, Y) -> float:
     Args:
         X: (n, d_a), Y: (n, d_b), n >= 3, no constant row.
     Returns:
-        Spearman correlation in [-1, 1].
+        Spearman correlation in [-1, 1]; NaN when one side's correlations are all equal.
     """
     X, Y = _check_pair(X, Y, min_rows=3)
     ranks_x = _upper_triangle_centered_ranks(X, "X")
     ranks_y = _upper_triangle_centered_ranks(Y, "Y")
-    return float(ranks_x @ ranks_y / (np.linalg.norm(ranks_x) * np.linalg.norm(ranks_y)))
+    scale = np.linalg.norm(ranks_x) * np.linalg.norm(ranks_y)
+    # All correlations tied on one side: the rank correlation is undefined.
+    return float(ranks_x @ ranks_y / scale) if scale > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,7 +413,7 @@ def _prepare_permuted_nuclear_norms(left: np.ndarray, right: np.ndarray, device:
         values = np.empty(len(permutations))
         for index, permutation in enumerate(permutations):
             # Preallocated outputs: fresh arrays of this size per permutation cost page faults.
-            np.take(right, permutation, axis=0, out=gathered)
+            np.take(right, permutation, axis=0, out=gathered, mode="clip")  # "raise" would buffer a copy
             np.matmul(left_t, gathered, out=cross)
             np.matmul(cross.T, cross, out=gram) if cross.shape[1] == small else np.matmul(cross, cross.T, out=gram)
             values[index] = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None)).sum()
@@ -506,6 +508,8 @@ def _null_rsa(X, Y, device):
     ranks_x = _upper_triangle_centered_ranks(X, "X")
     ranks_y = _upper_triangle_centered_ranks(Y, "Y")
     scale = np.linalg.norm(ranks_x) * np.linalg.norm(ranks_y)
+    if scale == 0:
+        return lambda permutations: np.full(len(permutations), np.nan)
     # Ranks of a row-permuted similarity matrix are the permuted ranks: rank once, gather per permutation.
     quadratic = _prepare_permuted_quadratic_forms(
         _symmetric_from_upper(ranks_x, n, np.float32), _symmetric_from_upper(ranks_y, n, np.float32),
