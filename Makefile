@@ -1,13 +1,14 @@
 # Two commands on a fresh machine:
 #   make run    install everything pinned into .venv, then run the default experiment
 #   make test   install, then the whole test suite and `snakemake --lint`
+# CI runs `make install-slurm test` (.ci/run): the SLURM test then runs instead of skipping.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint benchmark clean
+.PHONY: install install-slurm run test test-slurm lint benchmark clean
 
 install: $(STAMP)
 
@@ -29,6 +30,14 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 	$(BIN)/snakemake --lint
+
+# Debian's slurm-wlm and munge (root and apt-get; otherwise says why and does nothing).
+install-slurm:
+	bash .ci/install-slurm.sh
+
+# Only the cluster test: a private single-node SLURM runs the tiny experiment.
+test-slurm: install
+	$(BIN)/python -m pytest -q tests/test_slurm.py
 
 lint: install
 	$(BIN)/snakemake --lint

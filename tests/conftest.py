@@ -136,7 +136,7 @@ def write_tiny_experiment(workdir: Path, model_folders: dict) -> Path:
     config = {
         "models": {
             "neox": {"path": str(model_folders["gpt_neox"]), "layers": [0, 2]},
-            "llama": {"path": str(model_folders["llama"]), "layers": [1, 3], "batch_size": 2},
+            "llama": {"path": str(model_folders["llama"]), "layers": [1], "batch_size": 2},
         },
         "pairs": [{"a": "neox", "b": "llama"}],
         "corpus": {"source": "files", "paths": corpus_files, "window_chars": 150, "token_budget": None, "order": "first"},

@@ -436,15 +436,6 @@ def evaluate_sae(sae: SparseAutoencoder, batches: Iterable) -> dict:
             "dead_fraction": float((~fired).float().mean()), "n_positions": n_positions}
 
 
-def _decoder_blocks(model) -> torch.nn.ModuleList:
-    """The list of transformer blocks of a transformers causal LM."""
-    n_layers = model.config.num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise UserError(f"cannot find the {n_layers} transformer blocks of {type(model).__name__}")
-
-
 def _mean_next_token_loss(model, input_ids: Tensor, attention_mask: Tensor) -> float:
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
     targets = input_ids[:, 1:]
@@ -464,7 +455,9 @@ def splice_loss_recovered(model, input_ids: Tensor, layer: int, sae: SparseAutoe
     Returns ce_clean, ce_sae, ce_zero and fraction_recovered =
     (ce_zero - ce_sae) / (ce_zero - ce_clean).
     """
-    blocks = _decoder_blocks(model)
+    from .models import decoder_layers
+
+    blocks = decoder_layers(model)
     if not 0 <= layer < len(blocks):
         raise UserError(f"layer {layer} is out of range: the model has blocks 0..{len(blocks) - 1}")
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
