@@ -42,7 +42,8 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 # merges, alignment, SAE training and encoding (GPU), matching of one layer pair.
 TARGETS = ("results/alignment/neox--llama.tsv", "results/matching/neox--llama/layer0--layer1.tsv")
 CANCELLED_RULE = "cache_activations"
-SECONDS_RUNNING_BEFORE_CANCEL = 4
+SECONDS_RUNNING_BEFORE_CANCEL = 6
+ACCOUNT = "sae-ci"  # accepted unchecked: there is no accounting database
 RUN_TIMEOUT_SECONDS = 280
 # Timings differ between runs by nature; pictures and pages are renderings of compared tables.
 SKIPPED_FOLDERS = ("results/benchmarks/",)
@@ -231,18 +232,25 @@ class Runs:
     seconds: float
 
 
-@pytest.fixture(scope="module")
-def cluster():
+@contextlib.contextmanager
+def cluster_or_skip(**options):
+    """running_cluster(), or a skip (a failure in CI) saying why SLURM cannot run here."""
     reason = unavailable_reason()
     if reason:
         skip_or_fail(reason)
     stack = contextlib.ExitStack()
     try:
-        started = stack.enter_context(running_cluster())
+        started = stack.enter_context(running_cluster(**options))
     except ClusterUnavailable as error:
         skip_or_fail(str(error))
-    daemons = dict(started.processes)
     with stack:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with cluster_or_skip() as started:
+        daemons = dict(started.processes)
         yield started
     still_running = [name for name, process in daemons.items() if process.poll() is None]
     assert not still_running, f"{still_running} still running after the cluster stopped"
@@ -260,9 +268,10 @@ def runs(cluster, tiny_models, tmp_path_factory) -> Runs:
     environment["HDF5_USE_FILE_LOCKING"] = "FALSE"
     started = time.monotonic()
     deadline = started + RUN_TIMEOUT_SECONDS
-    # The README's command with this cluster's partition; no accounting database, so squeue reports job states.
+    # The README's command with this cluster's site settings; no accounting database, so squeue reports job states.
     slurm_run = snakemake_process(on_cluster, [
-        "--workflow-profile", str(PROFILE), "--default-resources", f"slurm_partition={cluster.partition}",
+        "--workflow-profile", str(PROFILE),
+        "--default-resources", f"slurm_account={ACCOUNT}", f"slurm_partition={cluster.partition}",
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1", "--verbose",
     ], environment, on_cluster / "snakemake.log")
     local_run = snakemake_process(local, ["--cores", "2"], environment, local / "snakemake.log")
@@ -306,11 +315,8 @@ def rule_of(call: str, rules) -> str | None:
 
 def test_a_cluster_stops_whatever_happens():
     """An error inside the cluster's block still ends its daemons (by their ids) and its running job."""
-    reason = unavailable_reason()
-    if reason:
-        skip_or_fail(reason)
     with pytest.raises(RuntimeError, match="something went wrong"):
-        with running_cluster(n_gpus=0) as cluster:
+        with cluster_or_skip(n_gpus=0) as cluster:
             daemons = dict(cluster.processes)
             folder = cluster.folder
             job_id = cluster.run("sbatch", "--parsable", "--output=/dev/null", "--wrap", "sleep 300").stdout.strip()
@@ -343,7 +349,8 @@ def test_jobs_ask_for_what_the_profile_says(runs):
     for call in calls:
         rule = rule_of(call, profile["set-resources"])
         assert rule is not None, f"{call}: rule missing from the profile's set-resources"
-        assert option(call, "-p") == "debug" and option(call, "--mem") and option(call, "-t"), call
+        assert option(call, "-A") == ACCOUNT and option(call, "-p") == "debug", call
+        assert option(call, "--mem") and option(call, "-t"), call
         assert option(call, "--job-name").startswith("sae_"), call
         assert "--gres" not in call, call
         assert option(call, "--gpus") == ("1" if rule in gpu_rules else None), call
