@@ -130,8 +130,9 @@ def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
     cell = scores[(scores["layer_a"] == 2) & (scores["layer_b"] == 1)].set_index("metric")
     assert set(cell.index) == {"svcca", "rsa", "linear_cka", "mutual_knn", "procrustes"}
     if len(kept) >= 5:
-        assert cell.loc["rsa", "observed"] == pytest.approx(compute_metric("rsa", X, Y), abs=1e-9)
-        assert cell.loc["svcca", "observed"] == pytest.approx(compute_metric("svcca", X, Y, variance=0.99), abs=1e-9)
+        # Tables carry 6 significant digits.
+        assert cell.loc["rsa", "observed"] == pytest.approx(compute_metric("rsa", X, Y), rel=1e-5, abs=1e-8)
+        assert cell.loc["svcca", "observed"] == pytest.approx(compute_metric("svcca", X, Y, variance=0.99), rel=1e-5, abs=1e-8)
         assert (cell["p"] >= 1 / 201).all() and (cell["p"] <= 1).all()  # 200 permutations: p is never 0
     # The ceiling control (two seeds) exists for every (model, layer) and feeds the normalized score.
     for model, layer in (("neox", 0), ("neox", 2), ("llama", 1)):

@@ -16,6 +16,7 @@ import bz2
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Iterator
@@ -137,21 +138,31 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
 
 
 def read_hf_dataset(name: str, split: str, text_field: str, config_name: str | None, limit: int) -> Iterator[str]:
-    """The first `limit` documents of a Hugging Face dataset, streamed (needs the hub or its cache)."""
+    """The first `limit` documents of a Hugging Face dataset, streamed from the hub.
+
+    Only the build_corpus job calls this (so `datasets` is needed there alone);
+    streaming reads just the first shard instead of downloading the dataset.
+    """
     try:
         import datasets
     except ImportError:
         raise UserError("corpus.source 'hf-dataset' needs the `datasets` package: pip install datasets") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
         stream = datasets.load_dataset(name, config_name, split=split, streaming=True)
     except Exception as error:  # the datasets library raises many kinds; all mean "not reachable"
+        hint = ("streaming needs the hub but HF_HUB_OFFLINE is set: build resources/corpus/windows.jsonl once where "
+                "the hub is reachable" if offline else "check the name")
         raise UserError(
-            f"corpus.hf_dataset '{name}' could not be opened ({type(error).__name__}); "
-            "check the name, or use corpus.source 'files' with a local copy"
+            f"corpus.hf_dataset '{name}' could not be opened ({type(error).__name__}); {hint}, "
+            "or use corpus.source 'files' with a local copy"
         ) from None
     for count, record in enumerate(stream):
         if count >= limit:
             break
+        if text_field not in record:
+            raise UserError(f"corpus.hf_dataset '{name}' has no field '{text_field}' (fields: {', '.join(record)}); "
+                            "set corpus.hf_dataset.text_field")
         yield record[text_field]
 
 

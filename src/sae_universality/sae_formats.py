@@ -5,14 +5,20 @@ does (W_enc (d_in, d_sae), W_dec (d_sae, d_in), b_enc, b_dec, and threshold for
 JumpReLU). `load_sae(format, path=..., repo=..., id=...)` reads:
 
 - "saelens": a folder with cfg.json + sae_weights.safetensors (architectures
-  standard = ReLU, topk, jumprelu), e.g. release gemma-2b-res-jb.
+  standard = ReLU, topk, jumprelu), e.g. release gemma-2b-res-jb. In the hub
+  repos of SAELENS_RELEASES, id may be SAELens's sae_id
+  ("blocks.12.hook_resid_post"): it names the folder as SAELens's release
+  directory does, and an SAE trained on normalized inputs gets the release's
+  norm scaling factor folded into its weights, as SAE.from_pretrained does.
 - "sparsify": EleutherAI sparsify, a folder per hookpoint (id "layers.N") with
   cfg.json (d_in, k, num_latents, expansion_factor, ...) + sae.safetensors
   (encoder.weight (d_sae, d_in), encoder.bias, W_dec (d_sae, d_in), b_dec).
 - "gemma_scope": a folder with params.npz (W_enc, W_dec, b_enc, b_dec, threshold;
   JumpReLU, b_dec not subtracted from the input), id like
   "layer_12/width_16k/average_l0_82", or "layer_12/width_16k/canonical" for
-  the folder of that layer and width whose average L0 is closest to 100.
+  the folder of that layer and width whose average L0 is closest to 100 (on
+  google/gemma-scope-2b-pt-res this is, for every layer at width 16k, the
+  folder SAELens's release gemma-scope-2b-pt-res-canonical names).
 - "dictionary_learning": a folder with ae.pt (a state dict) + config.json whose
   trainer.dict_class is AutoEncoder (ReLU), AutoEncoderTopK, BatchTopKSAE or
   JumpReluAutoEncoder.
@@ -38,6 +44,21 @@ from sae_universality.saes import SaeConfig, SparseAutoencoder, sae_from_weights
 FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 CANONICAL_L0 = 100
+
+# SAELens's release directory (sae_lens/pretrained_saes.yaml) for the releases Lan et al. used:
+# hub repo -> {SAELens sae_id: (folder in the repo, activation norm scaling factor SAELens folds in, or None)}.
+SAELENS_RELEASES = {
+    "jbloom/Gemma-2b-Residual-Stream-SAEs": {  # release gemma-2b-res-jb
+        "blocks.0.hook_resid_post": ("gemma_2b_blocks.0.hook_resid_post_16384_anthropic", None),
+        "blocks.6.hook_resid_post": ("gemma_2b_blocks.6.hook_resid_post_16384_anthropic_fast_lr", None),
+        "blocks.10.hook_resid_post": ("gemma_2b_blocks.10.hook_resid_post_16384", None),
+        "blocks.12.hook_resid_post": ("gemma_2b_blocks.12.hook_resid_post_16384", 0.21381938399317255),
+        "blocks.17.hook_resid_post": ("gemma_2b_blocks.17.hook_resid_post_16384", None),
+    },
+}
+# Folder name -> norm scaling factor, so a local copy of a release folds it in too.
+NORM_SCALING_FACTORS = {folder: factor for release in SAELENS_RELEASES.values()
+                        for folder, factor in release.values() if factor is not None}
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -79,17 +100,24 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path) -> Path:
 
 
 def load_sae(format: str, path: str | Path | None = None, repo: str | None = None, id: str | None = None,
-             expected_d_in: int | None = None, cache_dir: str | Path | None = None) -> SparseAutoencoder:
+             expected_d_in: int | None = None, cache_dir: str | Path | None = None,
+             norm_scaling_factor: float | None = None) -> SparseAutoencoder:
     """Load a pretrained SAE as a float32 CPU `SparseAutoencoder`.
 
     format: one of FORMATS. path: a local folder; id, when given, is a subfolder
     of it. repo: a Hugging Face repo id to fetch from instead (id = subfolder,
-    e.g. "layers.3" for sparsify). expected_d_in: the model width the SAE must read.
+    e.g. "layers.3" for sparsify, or a SAELens sae_id of SAELENS_RELEASES).
+    expected_d_in: the model width the SAE must read. norm_scaling_factor: for a
+    SAELens SAE trained on inputs scaled by this constant (normalize_activations
+    "expected_average_only_in"), folded into the weights so the SAE reads raw
+    activations; default: the factor SAELens's release directory gives its folder.
     """
     if format not in FORMATS:
         raise UserError(f"unknown SAE format {format!r}; use one of {', '.join(FORMATS)}")
     if (path is None) == (repo is None):
         raise UserError("give exactly one of path (a local folder) or repo (a Hugging Face repo id) to load an SAE")
+    if format == "saelens" and id is not None:
+        id = saelens_release_folder(id, repo=repo, path=path)
     if format == "gemma_scope" and id is not None and id.endswith("/canonical"):
         id = pick_canonical_gemma_scope(id, path=path, repo=repo, cache_dir=cache_dir)
     needed = {"saelens": ["cfg.json", SAELENS_WEIGHTS], "sparsify": ["cfg.json", "sae.safetensors"],
@@ -100,8 +128,11 @@ def load_sae(format: str, path: str | Path | None = None, repo: str | None = Non
         missing = []  # the state dict alone tells the architecture
     if missing:
         raise UserError(f"{folder} has no {', '.join(missing)}; is it a {format} SAE folder?")
-    sae = {"saelens": _load_saelens, "sparsify": _load_sparsify, "gemma_scope": _load_gemma_scope,
-           "dictionary_learning": _load_dictionary_learning}[format](folder)
+    if format == "saelens":
+        sae = _load_saelens(folder, norm_scaling_factor or NORM_SCALING_FACTORS.get(folder.name))
+    else:
+        sae = {"sparsify": _load_sparsify, "gemma_scope": _load_gemma_scope,
+               "dictionary_learning": _load_dictionary_learning}[format](folder)
     if expected_d_in is not None and sae.cfg.d_in != expected_d_in:
         raise UserError(f"the SAE in {folder} reads d_in={sae.cfg.d_in} but the model's hidden size is {expected_d_in}; pick the SAE trained for this model and layer")
     return sae
@@ -135,6 +166,23 @@ def _hub_folder(repo: str, subfolder: str | None, needed: list[str], cache_dir) 
     return folder
 
 
+def saelens_release_folder(sae_id: str, repo: str | None = None, path: str | Path | None = None) -> str:
+    """The folder holding SAELens sae_id in repo's release (SAELENS_RELEASES); any other id is a folder already.
+
+    With a local path, a sae_id that is not a folder there is looked up in every
+    release, and its folder used when the copy holds it.
+    """
+    if repo is not None:
+        return SAELENS_RELEASES.get(repo, {}).get(sae_id, (sae_id,))[0]
+    if (Path(path) / sae_id).is_dir():
+        return sae_id
+    for release in SAELENS_RELEASES.values():
+        folder = release.get(sae_id, (None,))[0]
+        if folder is not None and (Path(path) / folder).is_dir():
+            return folder
+    return sae_id
+
+
 def pick_canonical_gemma_scope(id: str, path=None, repo=None, cache_dir=None) -> str:
     """Turn "layer_L/width_W/canonical" into the average_l0_N folder with N closest to 100 (ties: smaller N).
 
@@ -166,7 +214,7 @@ def _hub_subfolders(repo: str, base: str, cache_dir) -> list[str]:
     return sorted({f.split("/")[-2] for f in files if f.startswith(base + "/") and f.endswith("/params.npz")})
 
 
-def _load_saelens(folder: Path) -> SparseAutoencoder:
+def _load_saelens(folder: Path, norm_scaling_factor: float | None = None) -> SparseAutoencoder:
     raw = json.loads((folder / "cfg.json").read_text())
     architecture = raw.get("architecture", "standard")
     activation = raw.get("activation_fn_str", raw.get("activation_fn", "relu"))
@@ -174,22 +222,33 @@ def _load_saelens(folder: Path) -> SparseAutoencoder:
         architecture = "topk"  # older SAELens configs name TopK through the activation function
     if architecture not in ("standard", "topk", "jumprelu"):
         raise UserError(f"SAELens architecture {architecture!r} in {folder} is not supported; use standard, topk or jumprelu SAEs")
-    if raw.get("normalize_activations") not in (None, "none", False):
-        raise UserError(f"{folder} uses normalize_activations={raw['normalize_activations']!r}; only SAEs that read raw activations ('none') are supported")
+    normalization = raw.get("normalize_activations")
+    # Older SAELens wrote a bool: true meant scaling inputs by one constant ("expected_average_only_in").
+    normalization = {True: "expected_average_only_in", False: "none", None: "none"}.get(normalization, normalization)
+    if normalization not in ("none", "expected_average_only_in") or (normalization != "none" and norm_scaling_factor is None):
+        raise UserError(f"{folder} uses normalize_activations={raw['normalize_activations']!r}; only SAEs that read raw "
+                        "activations ('none'), or constant-scaled inputs with a known norm scaling factor, are supported")
     if raw.get("rescale_acts_by_decoder_norm"):
         raise UserError(f"{folder} sets rescale_acts_by_decoder_norm; fold the decoder norms into the weights first")
     k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k") or 32
     metadata = raw.get("metadata") or {}
-    cfg = SaeConfig(d_in=raw["d_in"], d_sae=raw["d_sae"], architecture={"standard": "relu"}.get(architecture, architecture), k=int(k),
+    tensors = load_file(str(folder / SAELENS_WEIGHTS))
+    d_in, d_sae = tensors["W_enc"].shape
+    cfg = SaeConfig(d_in=int(raw.get("d_in", d_in)), d_sae=int(raw.get("d_sae", d_sae)),
+                    architecture={"standard": "relu"}.get(architecture, architecture), k=int(k),
                     apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
                     l1_coefficient=float(raw.get("l1_coefficient", SaeConfig.l1_coefficient)),
                     model_name=metadata.get("model_name", raw.get("model_name", "")) or "",
                     hook_name=metadata.get("hook_name", raw.get("hook_name", raw.get("hook_point", ""))) or "")
-    tensors = load_file(str(folder / SAELENS_WEIGHTS))
+    W_enc, b_dec = tensors["W_enc"].float(), tensors["b_dec"].float()
     W_dec = tensors["W_dec"].float()
     if "scaling_factor" in tensors:
         W_dec = tensors["scaling_factor"].float()[:, None] * W_dec  # finetuning scale multiplies codes before decoding
-    return sae_from_weights(cfg, tensors["W_enc"], tensors["b_enc"], W_dec, tensors["b_dec"], tensors.get("threshold"))
+    if normalization == "expected_average_only_in":
+        # It encodes x * s and reconstructs x * s: scaling W_enc by s and W_dec, b_dec by 1/s reads and returns raw x.
+        scale = float(norm_scaling_factor)
+        W_enc, W_dec, b_dec = W_enc * scale, W_dec / scale, b_dec / scale
+    return sae_from_weights(cfg, W_enc, tensors["b_enc"], W_dec, b_dec, tensors.get("threshold"))
 
 
 def _load_sparsify(folder: Path) -> SparseAutoencoder:
