@@ -368,6 +368,10 @@ def test_a_cancelled_job_is_resubmitted_with_more_memory_and_time(runs):
     first, second = attempts
     assert int(option(second, "--mem")) == 2 * int(option(first, "--mem"))
     assert int(option(second, "-t")) == 2 * int(option(first, "-t"))
+    # SLURM's log of the failed job is kept in the profile's log folder, under the rule's name.
+    kept_logs = list((runs.cluster / "logs" / "slurm" / f"rule_{CANCELLED_RULE}").rglob(f"{job['job_id']}.log"))
+    assert len(kept_logs) == 1 and f"JOB {job['job_id']} ON" in kept_logs[0].read_text(), kept_logs
+    assert "CANCELLED" in kept_logs[0].read_text()
     assert runs.cluster_exit == 0
 
 
