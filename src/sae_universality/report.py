@@ -6,6 +6,7 @@ writes one PNG atomically.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,9 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str) -> Non
     layers_b = sorted(scores["layer_b"].unique())
     columns = min(3, len(metrics))
     rows = int(np.ceil(len(metrics) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.2 + 0.9 * len(layers_b) * columns, 1.0 + 0.8 * len(layers_a) * rows),
-                                squeeze=False)
+    panel_width = max(3.4, 1.4 + 0.75 * len(layers_b))
+    panel_height = max(2.8, 1.2 + 0.55 * len(layers_a))
+    figure, axes = plt.subplots(rows, columns, figsize=(panel_width * columns, panel_height * rows + 0.4), squeeze=False)
     for axis in axes.flat[len(metrics):]:
         axis.axis("off")
     for axis, metric in zip(axes.flat, metrics):
@@ -56,8 +58,10 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str) -> Non
             for j in range(len(layers_b)):
                 significant = np.isfinite(p_values[i, j]) and p_values[i, j] < SIGNIFICANCE
                 text = "–" if not np.isfinite(values[i, j]) else f"{values[i, j]:.2f}"
-                axis.text(j, i, text, ha="center", va="center", fontsize=8,
-                          color="white" if significant else "lightgrey", fontweight="bold" if significant else "normal")
+                bright = np.isfinite(values[i, j]) and image.norm(values[i, j]) > 0.6  # viridis is light at the top
+                color = ("black" if bright else "white") if significant else ("dimgray" if bright else "lightgrey")
+                axis.text(j, i, text, ha="center", va="center", fontsize=8, color=color,
+                          fontweight="bold" if significant else "normal")
                 if not significant:
                     axis.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey", linewidth=0))
         axis.set_xticks(range(len(layers_b)), layers_b)
@@ -65,8 +69,10 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str) -> Non
         axis.set_xlabel(f"layer of {scores['model_b'].iloc[0]}")
         axis.set_ylabel(f"layer of {scores['model_a'].iloc[0]}")
         axis.set_title(metric)
-        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-    figure.suptitle(title + "  (hatched: p >= 0.05 against random pairings)", fontsize=10)
+        colorbar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+        colorbar.locator = plt.MaxNLocator(4)
+        colorbar.update_ticks()
+    figure.suptitle(f"{title}\nhatched, grey: p >= 0.05 against random pairings", fontsize=10)
     figure.tight_layout()
     _save(figure, out_path, plt)
 
@@ -99,7 +105,7 @@ def plot_semantic_bars(semantic: pd.DataFrame, out_path: str | Path, title: str,
         axis.set_ylim(0, 1.05)
         if len(skipped):
             note = "skipped (pairs): " + ", ".join(f"{c} ({n})" for c, n in zip(skipped["category"], skipped["n_pairs"]))
-            axis.text(0.01, 0.99, note, transform=axis.transAxes, fontsize=6, va="top", wrap=True)
+            axis.text(0.02, 0.98, textwrap.fill(note, 55), transform=axis.transAxes, fontsize=6, va="top")
     figure.suptitle(f"{title}: {metric} per semantic category (bar; dark = p < 0.05) vs random pairings "
                     "(black: null mean +- 2 std)", fontsize=9)
     figure.tight_layout()
