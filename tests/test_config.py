@@ -44,6 +44,8 @@ def test_default_config_is_valid_and_defaults_are_filled():
 CHOICES_WITHOUT_DEFAULT = {
     "models.*.hf", "models.*.path", "models.*.embedded", "models.*.gguf", "models.*.layers",
     "pairs[].a", "pairs[].b", "corpus.hf_dataset.name",
+    "models.*.sae.pretrained", "models.*.sae.pretrained.format", "models.*.sae.pretrained.path",
+    "models.*.sae.pretrained.repo", "models.*.sae.pretrained.id",
 }
 
 
@@ -87,6 +89,13 @@ def test_every_schema_key_has_a_description_and_a_default():
         ({"corpus.source": "files"}, r"corpus.paths: empty while corpus.source is files"),
         ({"corpus.source": "files", "corpus.paths": ["/no/such.txt"]}, r"corpus.paths: /no/such.txt does not exist"),
         ({"corpus.source": "hf-dataset"}, r"corpus.hf_dataset.name: missing"),
+        ({"models.smollm2.sae": {"train": {"widht": 3}}}, r"models.smollm2.sae.train: unknown key\(s\) widht; allowed: "),
+        ({"models.smollm2.sae": {"pretrained": {"format": "sparsify", "repo": "x/y", "path": "/tmp"}}},
+         r"models.smollm2.sae.pretrained: give exactly one of path \(a local folder\) or repo"),
+        ({"models.smollm2.sae": {"pretrained": {"format": "onnx", "repo": "x/y"}}}, r"models.smollm2.sae.pretrained.format: 'onnx' is not one of"),
+        ({"saes.train.architecture": "gated"}, r"saes.train.architecture: 'gated' is not one of \['topk', 'batchtopk', 'relu'\]"),
+        ({"matching.one_to_one": "best"}, r"matching.one_to_one: 'best' is not one of"),
+        ({"similarity.metrics": ["svcca", "cosine"]}, r"similarity.metrics\[1\]: 'cosine' is not one of"),
     ],
 )
 def test_user_mistakes_give_one_clear_line(changes, message):
