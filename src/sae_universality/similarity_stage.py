@@ -28,8 +28,9 @@ def decoder_rows(sae_dir: str | Path) -> np.ndarray:
     return load_file(str(Path(sae_dir) / "sae_weights.safetensors"))["W_dec"].astype(np.float64)
 
 
-def metric_options(settings: dict) -> dict:
-    options = {"variance": settings["svcca_variance"], "k": settings["knn_k"]}
+def metric_options(settings: dict, n_pairs: int) -> dict:
+    # mutual_knn needs k < n: a small category gets as many neighbours as it has.
+    options = {"variance": settings["svcca_variance"], "k": max(1, min(settings["knn_k"], n_pairs - 1))}
     if settings["svcca_components"] is not None:
         options["components"] = settings["svcca_components"]
     return options
@@ -48,7 +49,7 @@ def score_pairs(W_dec_a, W_dec_b, feature_a, feature_b, settings: dict, random_s
     if n_pairs < settings["min_pairs"]:
         return pd.DataFrame({"metric": metrics, "n_pairs": n_pairs}, columns=SCORE_COLUMNS)
     X, Y = W_dec_a[np.asarray(feature_a)], W_dec_b[np.asarray(feature_b)]
-    options = metric_options(settings)
+    options = metric_options(settings, n_pairs)
     scores = permutation_test(X, Y, metrics=metrics, n_permutations=settings["n_permutations"],
                               seed=settings["seed"], **options)
     if random_subset:

@@ -1,4 +1,5 @@
 # Configuration check, wildcard constraints, and every target list and input function.
+import functools
 import sys
 
 from sae_universality.config import check_config, sae_names
@@ -166,13 +167,19 @@ def similarity_settings(wildcards):
     return config["similarity"]
 
 
-def semantic_categories(wildcards):
+@functools.cache
+def configured_categories():
+    # Read once per Snakemake process: the file is the same for every matching job.
     from sae_universality.similarity import load_categories
 
     semantic = config["semantic"]
     if not semantic["enabled"]:
         return {}
     return load_categories(semantic["categories_file"], semantic["extra_categories"])
+
+
+def semantic_categories(wildcards):
+    return configured_categories()
 
 
 def match_outputs_of_pair(wildcards):
