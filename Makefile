@@ -28,7 +28,7 @@ run: install
 	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) --report results/report.html
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 	$(BIN)/snakemake --lint
 
 # Debian's slurm-wlm and munge (root and apt-get; otherwise says why and does nothing).
