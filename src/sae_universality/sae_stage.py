@@ -143,7 +143,7 @@ def evaluate(
     from .data import read_windows
     from .models import default_device, load_model
     from .sae_formats import load_sae
-    from .training import evaluate_sae, splice_loss_recovered
+    from .training import evaluate_sae, read_rows, splice_loss_recovered
 
     sae = load_sae("saelens", path=sae_dir)
     _, held_out_rows = split_rows(cache_path, held_out_every)
@@ -154,9 +154,7 @@ def evaluate(
         with h5py.File(cache_path, "r") as cache:
             data = cache["activations"]
             for start in range(0, len(held_out_rows), batch_size):
-                rows = held_out_rows[start:start + batch_size]
-                block = data[rows[0]:rows[-1] + 1]
-                yield np.asarray(block[rows - rows[0]], dtype=np.float32)
+                yield read_rows(data, held_out_rows[start:start + batch_size])
 
     quality = {"model": model_name, "layer": layer, "sae": sae_name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
                "architecture": sae.cfg.architecture, "k": sae.cfg.k}

@@ -387,7 +387,7 @@ def _epoch_batches(data, selected: np.ndarray, batch_size: int, seed: tuple[int,
             position += group_size
             continue
         shuffle = np.random.default_rng([*seed, group_index]).permutation(group_size)
-        block = np.concatenate([_read_rows(data, chunk) for chunk in chunks])[shuffle]
+        block = np.concatenate([read_rows(data, chunk) for chunk in chunks])[shuffle]
         pending = np.concatenate([pending, block[max(0, skip_rows - position):]])
         position += group_size
         while len(pending) >= batch_size and rows_left > 0:
@@ -397,7 +397,7 @@ def _epoch_batches(data, selected: np.ndarray, batch_size: int, seed: tuple[int,
             return
 
 
-def _read_rows(data, rows: np.ndarray) -> np.ndarray:
+def read_rows(data, rows: np.ndarray) -> np.ndarray:
     """Rows of an HDF5 dataset as float32, read as one contiguous slice covering them."""
     block = data[rows[0]:rows[-1] + 1]
     return np.asarray(block[rows - rows[0]], dtype=np.float32)
