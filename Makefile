@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml requirements.lock requirements-models.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+# Model-holding jobs share the GPUs; on a CPU-only machine each core is a slot.
+GPU_SLOTS ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or $(CORES))" 2>/dev/null || echo 1)
+
 run: install
-	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES)
+	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) --resources gpu=$(GPU_SLOTS)
 	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) --report results/report.html
 
 test: install

@@ -88,8 +88,14 @@ def test_shards_merge_to_the_single_shard_cache(prepared, windows_file, tmp_path
     rows = merge_shards([tmp_path / f"s{shard}" / "layer1.h5" for shard in range(3)], tmp_path / "merged.h5", rows_per_block=7)
     with h5py.File(tmp_path / "whole" / "layer1.h5", "r") as whole, h5py.File(tmp_path / "merged.h5", "r") as merged:
         assert rows == whole["activations"].shape[0] == merged.attrs["n_positions"]
-        for name in ("activations", "token_ids", "window_index", "doc_index", "position", "char_end"):
+        for name in ("token_ids", "window_index", "doc_index", "position", "char_end"):
             np.testing.assert_array_equal(whole[name][:], merged[name][:], err_msg=name)
+        # Shards batch other windows together (other padding, other matmul shapes), so a float32
+        # sum may round differently and land one float16 step away: allow one step, no more.
+        whole_acts, merged_acts = whole["activations"][:].astype(np.float32), merged["activations"][:].astype(np.float32)
+        step = np.spacing(np.abs(whole_acts).astype(np.float16)).astype(np.float32)
+        assert (np.abs(whole_acts - merged_acts) <= step).all()
+        assert (whole_acts == merged_acts).mean() > 0.99
     # One shard is linked, not copied.
     merge_shards([tmp_path / "whole" / "layer1.h5"], tmp_path / "linked.h5")
     assert (tmp_path / "linked.h5").stat().st_ino == (tmp_path / "whole" / "layer1.h5").stat().st_ino

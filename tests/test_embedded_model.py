@@ -54,3 +54,33 @@ def test_cache_of_the_real_model_equals_the_gguf_models_hidden_states(smollm2):
                 np.testing.assert_allclose(cached[rows], hidden[keep].numpy(), rtol=1e-3, atol=1e-3)
                 # A real model's residual stream is far from zero and not constant across positions.
                 assert np.abs(cached[rows]).mean() > 0.05 and cached[rows].std(axis=0).mean() > 0.05
+
+
+def test_token_decoder_equals_the_transformers_tokenizer(smollm2):
+    from transformers import AutoTokenizer
+
+    from sae_universality.models import token_decoder
+
+    root, manifest = smollm2
+    decode = token_decoder(root / "model" / "manifest.json")
+    reference = AutoTokenizer.from_pretrained(manifest["load_from"])
+    # Accents, a dash and CJK: byte-level BPE splits these characters across tokens.
+    ids = reference("Café owners in São Paulo — naïve 日本語 text, 3.14159!\n" + " ".join(TEXTS))["input_ids"]
+    assert len(ids) > 40
+    pieces = [ids[i:i + n] for n in (1, 2, 5) for i in range(len(ids) - n + 1)]
+    assert [decode(piece) for piece in pieces] == [reference.decode(piece) for piece in pieces]
+    assert any("\ufffd" in decode([token]) for token in ids), "some single tokens are partial characters"
+
+
+def test_gguf_metadata_is_parsed_once_per_file(tmp_path):
+    import gguf
+
+    from sae_universality.models import _gguf_parsed_once
+
+    path = EMBEDDED["smollm2-135m-instruct"].locate_gguf(tmp_path)
+    original = gguf.GGUFReader
+    with _gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first
+        assert len(first.tensors) > 100
+    assert gguf.GGUFReader is original

@@ -502,3 +502,23 @@ def test_summary_is_json_ready(random_pair):
     assert json.loads(json.dumps(summary)) == summary
     assert summary["n_after_threshold"] == int(table["kept"].sum())
     assert isinstance(table, pd.DataFrame)
+
+
+def test_lazy_contexts_equal_the_eager_ones():
+    from sae_universality.matching import LazyContexts, top_tokens
+
+    rng = np.random.default_rng(3)
+    vocabulary = [f" w{i}" for i in range(30)]
+    token_ids = rng.integers(0, 30, 200)
+    group = np.repeat(np.arange(10), 20)
+    top_rows = rng.integers(-1, 200, (12, 4))
+
+    def decode(ids):
+        return "".join(vocabulary[i] for i in ids)
+
+    tokens, contexts = top_examples(top_rows, token_ids, decode, group=group)
+    lazy = LazyContexts(top_rows, token_ids, decode, group=group)
+    assert top_tokens(top_rows, token_ids, decode) == tokens
+    assert len(lazy) == 12
+    assert [lazy[feature] for feature in reversed(range(12))] == contexts[::-1]
+    assert lazy[2:5] == contexts[2:5]

@@ -10,6 +10,8 @@ against recomputing each metric from scratch.
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -301,6 +303,18 @@ def test_fast_null_handles_more_columns_than_rows(name):
     np.testing.assert_allclose(fast, naive, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("options", [{}, {"components": 40}, {"components": 49}, {"variance": 0.9}])
+def test_svcca_null_through_complements_equals_naive(options):
+    # n = 60 pairs, many kept components: the kernel works on the orthogonal complements
+    # (k_x + k_y > n); unequal widths make k_x != k_y.
+    X, Y = coupled_pair(43, n=60, d_a=80, d_b=50)
+    permutations = sim.draw_permutations(60, 25, seed=7)
+    fast = sim.permutation_null("svcca", X, Y, permutations=permutations, **options)
+    naive = np.array([sim.compute_metric("svcca", X, Y[p], **options) for p in permutations])
+    np.testing.assert_allclose(fast, naive, rtol=0, atol=1e-10)
+    assert np.ptp(naive) > 1e-4, "the permutations must actually move the score"
+
+
 def test_permutation_test_equals_naive_loop():
     X, Y = coupled_pair(41, n=30, noise=3.0)
     table = sim.permutation_test(X, Y, metrics=tuple(sim.METRICS), n_permutations=60, seed=9, k=3)
@@ -471,3 +485,19 @@ def test_assign_categories_needs_keyword_token_that_reads_as_a_word():
     np.testing.assert_array_equal(without_context["emotions"], [3, 5])
     with pytest.raises(UserError, match="contexts"):
         sim.assign_categories(top_tokens, contexts[:-1], categories)
+
+
+def test_average_ranks_equal_scipys_with_ties():
+    import scipy.stats
+
+    rng = np.random.default_rng(11)
+    values = np.round(rng.standard_normal(500), 1)  # many ties
+    np.testing.assert_array_equal(sim._average_ranks(values), scipy.stats.rankdata(values, method="average"))
+    np.testing.assert_array_equal(sim._average_ranks(np.array([3.0, 3.0, 3.0])), [2.0, 2.0, 2.0])
+
+
+def test_importing_the_similarity_module_imports_neither_torch_nor_scipy_stats():
+    # Matching jobs import it for the semantic categories; torch and scipy.stats cost them seconds.
+    code = "import sys, sae_universality.similarity; print('torch' in sys.modules, 'scipy.stats' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]

@@ -19,6 +19,7 @@ from sae_universality.training import (
     SaeTrainer,
     TrainConfig,
     count_batches,
+    downstream_losses,
     evaluate_sae,
     geometric_median,
     iter_hdf5_batches,
@@ -352,3 +353,22 @@ def test_splice_loss_recovered(model_index):
     torch.testing.assert_close(recorder.seen, hidden[2])  # block 1's output is hidden_states[2]
     with pytest.raises(UserError, match="layer 3"):
         splice_loss_recovered(model, input_ids, 3, useless)
+
+
+@pytest.mark.parametrize("model_index", [0, 1])
+def test_downstream_losses_of_several_saes_equal_one_at_a_time(model_index):
+    model = tiny_models()[model_index]
+    input_ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(2))
+    splice_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    splice_mask[:, :3] = False  # positions a cache would not store keep their clean values
+    noisy, useless = identity_sae(16), SparseAutoencoder(SaeConfig(d_in=16, d_sae=8, k=2))
+    with torch.no_grad():
+        noisy.W_dec.mul_(0.5)
+        useless.W_dec.zero_()
+    saes = [identity_sae(16), noisy, useless]
+    together = downstream_losses(model, input_ids, 1, saes, splice_mask=splice_mask)
+    alone = [splice_loss_recovered(model, input_ids, 1, sae, splice_mask=splice_mask) for sae in saes]
+    assert together == alone
+    assert len({row["ce_sae"] for row in together}) == 3, "each SAE gets its own spliced pass"
+    assert together[0]["fraction_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert together[2]["ce_sae"] == pytest.approx(together[2]["ce_zero"], rel=1e-5)

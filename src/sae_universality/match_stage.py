@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path
-from .matching import match_features, summarize_matches, top_activations, top_examples
+from .matching import LazyContexts, match_features, summarize_matches, top_activations, top_tokens
 
 N_EXAMPLE_PAIRS = 40  # pairs of each kind shown on the browsable page
 
@@ -46,15 +46,6 @@ def _aligned_chunks(codes_a, codes_b, rows_a, rows_b, chunk_rows):
     return chunks
 
 
-def _tokenizer(manifest_path: str | Path):
-    from transformers import AutoTokenizer
-
-    from .models import read_manifest
-
-    manifest = read_manifest(manifest_path)
-    return AutoTokenizer.from_pretrained(manifest["load_from"], revision=manifest["revision"] or None)
-
-
 def feature_top_tokens(codes_path, rows, cache_path, manifest_path, n_top: int, chunk_rows: int):
     """Per feature: top activating token strings and contexts over the given (aligned) rows."""
     from .codes import iter_code_chunks
@@ -64,8 +55,10 @@ def feature_top_tokens(codes_path, rows, cache_path, manifest_path, n_top: int, 
         token_ids, window_index = cache["token_ids"][:], cache["window_index"][:]
     # Rows of the aligned sequence -> rows of the cache, where contexts are contiguous.
     cache_rows = np.where(top_rows >= 0, rows[np.maximum(top_rows, 0)], -1)
-    tokenizer = _tokenizer(manifest_path)
-    return top_examples(cache_rows, token_ids, tokenizer.decode, group=window_index)
+    from .models import token_decoder
+
+    decode = token_decoder(manifest_path)
+    return top_tokens(cache_rows, token_ids, decode), LazyContexts(cache_rows, token_ids, decode, group=window_index)
 
 
 def match_layer_pair(

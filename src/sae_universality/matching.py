@@ -680,6 +680,22 @@ def top_activations(chunks: Any, n_top: int = 10) -> tuple[np.ndarray, np.ndarra
     return top_rows, top_values
 
 
+def top_tokens(top_rows: np.ndarray, token_ids: np.ndarray, decode: Callable[[list[int]], str]) -> list[list[str]]:
+    """Per feature, the decoded token of each of its top activating rows (-1 rows skipped).
+
+    top_rows (F, n_top) from `top_activations`; token_ids (N,) the token of each row;
+    decode: list of ids -> string. Each distinct token is decoded once.
+    """
+    token_ids = np.asarray(token_ids)
+    top_rows = np.asarray(top_rows)
+    if top_rows.size and top_rows.max() >= len(token_ids):
+        raise UserError(f"top_rows refers to row {int(top_rows.max())} but token_ids has {len(token_ids)} rows")
+    present = top_rows >= 0
+    distinct = np.unique(token_ids[top_rows[present]]) if present.any() else np.array([], dtype=np.int64)
+    strings = {int(token): decode([int(token)]) for token in distinct}
+    return [[strings[int(token_ids[row])] for row in feature_rows[feature_rows >= 0]] for feature_rows in top_rows]
+
+
 def top_examples(
     top_rows: np.ndarray,
     token_ids: np.ndarray,
@@ -698,38 +714,54 @@ def top_examples(
     Returns (tokens, contexts): per feature, a list of decoded tokens and a
     list of contexts with the activating token in double brackets.
     """
+    tokens = top_tokens(top_rows, token_ids, decode)
     token_ids = np.asarray(token_ids)
-    top_rows = np.asarray(top_rows)
-    if top_rows.size and top_rows.max() >= len(token_ids):
-        raise UserError(f"top_rows refers to row {int(top_rows.max())} but token_ids has {len(token_ids)} rows")
-    decoded: dict[int, str] = {}
-
-    def token_string(token: int) -> str:
-        if token not in decoded:
-            decoded[token] = decode([token])
-        return decoded[token]
 
     def same_group(row: int, other: int) -> bool:
         return group is None or group[other] == group[row]
 
-    tokens, contexts = [], []
-    for feature_rows in top_rows:
-        feature_tokens, feature_contexts = [], []
-        for row in (int(r) for r in feature_rows[feature_rows >= 0]):
+    contexts = []
+    for feature_rows, feature_tokens in zip(np.asarray(top_rows), tokens):
+        feature_contexts = []
+        for row, token in zip((int(r) for r in feature_rows[feature_rows >= 0]), feature_tokens):
             start = row
             while start > max(0, row - context_before) and same_group(row, start - 1):
                 start -= 1
             stop = row + 1
             while stop < min(len(token_ids), row + context_after + 1) and same_group(row, stop):
                 stop += 1
-            token = token_string(int(token_ids[row]))
             before = decode([int(t) for t in token_ids[start:row]])
             after = decode([int(t) for t in token_ids[row + 1 : stop]])
-            feature_tokens.append(token)
             feature_contexts.append(f"{before}[[{token}]]{after}")
-        tokens.append(feature_tokens)
         contexts.append(feature_contexts)
     return tokens, contexts
+
+
+class LazyContexts(Sequence):
+    """`top_examples(...)[1]`, each feature's contexts decoded on first access.
+
+    A matching job reads the contexts of few features (category members, the
+    pairs on the examples page) out of thousands; decoding all of them would
+    cost more than the correlations.
+    """
+
+    def __init__(self, top_rows: np.ndarray, token_ids: np.ndarray, decode: Callable[[list[int]], str],
+                 group: np.ndarray | None = None):
+        self._top_rows, self._token_ids, self._decode, self._group = np.asarray(top_rows), token_ids, decode, group
+        self._decoded: dict[int, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._top_rows)
+
+    def __getitem__(self, feature):
+        if isinstance(feature, slice):
+            return [self[index] for index in range(*feature.indices(len(self)))]
+        feature = int(feature)
+        if feature not in self._decoded:
+            _, contexts = top_examples(self._top_rows[feature : feature + 1], self._token_ids, self._decode,
+                                       group=self._group)
+            self._decoded[feature] = contexts[0]
+        return self._decoded[feature]
 
 
 # ---------------------------------------------------------------------------

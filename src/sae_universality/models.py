@@ -15,6 +15,8 @@ with one clear line, not in every activation job. It writes a manifest that
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import json
 import os
@@ -174,13 +176,42 @@ def prepare_model(name: str, entry: dict, out_dir: str | Path) -> dict:
     return manifest
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Within the block, every `gguf.GGUFReader(path)` of one path returns the same reader.
+
+    transformers opens a GGUF file three times (tokenizer, config, weights), and
+    parsing its metadata (the vocabulary as one field per token) costs more than
+    dequantizing the weights: Gemma-3-270M's 262k-token vocabulary takes ~20 s a
+    parse on this project's CPUs. transformers imports the class from the module
+    at each call, so replacing the module attribute is enough.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], object] = {}
+
+    def shared_reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _load_gguf(gguf_file: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
 
     folder, filename = str(gguf_file.parent), gguf_file.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     return model, tokenizer
 
 
@@ -207,6 +238,30 @@ def _load_transformers(name: str, kind: str, location: str, revision: str | None
     if device is not None:
         model.to(device)
     return model, tokenizer
+
+
+def token_decoder(manifest_path: str | Path) -> Callable[[list[int]], str]:
+    """`decode(ids) -> str` of a prepared model's tokenizer, as `tokenizer.decode(ids)` gives it.
+
+    Jobs that only turn token ids into text (matching, reports) read the folder's
+    tokenizer.json with the `tokenizers` library: the same Rust decoder that
+    transformers' fast tokenizers call, without importing transformers (seconds
+    per job). Where that file is missing, or the tokenizer cleans up spaces after
+    decoding, the transformers tokenizer is loaded instead.
+    """
+    manifest = read_manifest(manifest_path)
+    folder = Path(manifest["load_from"])
+    tokenizer_file, settings_file = folder / "tokenizer.json", folder / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    if tokenizer_file.is_file() and settings_file.is_file() and not settings.get("clean_up_tokenization_spaces", False):
+        from tokenizers import Tokenizer
+
+        rust_tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        return lambda ids: rust_tokenizer.decode(list(ids), skip_special_tokens=False)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(manifest["load_from"], revision=manifest["revision"] or None)
+    return tokenizer.decode
 
 
 def read_manifest(manifest_path: str | Path) -> dict:

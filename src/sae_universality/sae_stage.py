@@ -13,7 +13,6 @@ was evaluated on was seen by its SAE.
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from pathlib import Path
 
@@ -119,7 +118,7 @@ def cache_width(cache_path: str | Path) -> int:
 
 
 def evaluate(
-    sae_dir: str | Path,
+    sae_dirs: dict[str, str | Path],
     cache_path: str | Path,
     manifest_path: str | Path,
     windows_path: str | Path,
@@ -127,25 +126,27 @@ def evaluate(
     *,
     model_name: str,
     layer: int,
-    sae_name: str,
     held_out_every: int,
     loss_windows: int,
     batch_size: int = 4096,
-) -> dict:
-    """Quality of one SAE on held-out positions -> a one-row TSV.
+) -> pd.DataFrame:
+    """Quality of the SAEs of one (model, layer) on held-out positions -> a TSV with a row per SAE.
 
+    `sae_dirs` maps SAE names (seed0, pretrained, ...) to saved SAEs. Per SAE:
     fvu, explained_variance, mean_l0, dead_fraction over every held-out
     position; downstream loss (clean, SAE spliced in at the layer, zero
-    ablation, fraction recovered) over the first `loss_windows` held-out windows.
+    ablation, fraction recovered) over the first `loss_windows` held-out
+    windows. The model is loaded once and its clean and zero-ablation passes
+    are shared by the SAEs.
     """
     import torch
 
     from .data import read_windows
     from .models import default_device, load_model
     from .sae_formats import load_sae
-    from .training import evaluate_sae, read_rows, splice_loss_recovered
+    from .training import downstream_losses, evaluate_sae, read_rows
 
-    sae = load_sae("saelens", path=sae_dir)
+    saes = {name: load_sae("saelens", path=path) for name, path in sae_dirs.items()}
     _, held_out_rows = split_rows(cache_path, held_out_every)
     if len(held_out_rows) == 0:
         raise UserError(f"{model_name} layer {layer}: no held-out positions; raise corpus.token_budget or lower saes.held_out_every")
@@ -156,9 +157,14 @@ def evaluate(
             for start in range(0, len(held_out_rows), batch_size):
                 yield read_rows(data, held_out_rows[start:start + batch_size])
 
-    quality = {"model": model_name, "layer": layer, "sae": sae_name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
-               "architecture": sae.cfg.architecture, "k": sae.cfg.k}
-    quality.update(evaluate_sae(sae, held_out_batches()))
+    rows = []
+    for name, sae in saes.items():
+        quality = {"model": model_name, "layer": layer, "sae": name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+                   "architecture": sae.cfg.architecture, "k": sae.cfg.k}
+        quality.update(evaluate_sae(sae, held_out_batches()))
+        rows.append(quality)
+    no_loss = {"ce_clean": np.nan, "ce_sae": np.nan, "ce_zero": np.nan, "fraction_recovered": np.nan}
+    losses = [no_loss] * len(rows)
     if loss_windows > 0:
         device = default_device()
         model, tokenizer, _ = load_model(manifest_path, device=device)
@@ -167,17 +173,15 @@ def evaluate(
 
         prepare_tokenizer(tokenizer)
         batch = tokenize_windows(tokenizer, windows)
-        loss = splice_loss_recovered(
-            model, batch.input_ids.to(device), layer, sae.to(device),
+        losses = downstream_losses(
+            model, batch.input_ids.to(device), layer, [sae.to(device) for sae in saes.values()],
             attention_mask=batch.attention_mask.to(device), splice_mask=torch.from_numpy(batch.keep).to(device),
         )
-        quality.update(loss)
-    else:
-        quality.update({"ce_clean": np.nan, "ce_sae": np.nan, "ce_zero": np.nan, "fraction_recovered": np.nan})
+    table = pd.DataFrame([{**quality, **loss} for quality, loss in zip(rows, losses)])
     with atomic_path(out_path, suffix=".tsv") as temporary:
-        pd.DataFrame([quality]).to_csv(temporary, sep="\t", index=False, float_format="%.6g")
-    print(json.dumps(quality), file=sys.stderr)
-    return quality
+        table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    print(table.to_string(), file=sys.stderr)
+    return table
 
 
 def collect_tables(paths: list[str | Path], out_path: str | Path) -> pd.DataFrame:

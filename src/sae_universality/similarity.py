@@ -26,14 +26,13 @@ import importlib.resources
 import inspect
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.stats
-import torch
 
 from .errors import UserError
 
@@ -83,7 +82,8 @@ _GATHER_BUDGET_BYTES = 256 * 2**20
 
 def _as_matrix(values, name: str) -> np.ndarray:
     """A finite float64 (rows, columns) numpy copy of a numpy array or (any-device) torch tensor."""
-    if isinstance(values, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported: never import it here
+    if torch is not None and isinstance(values, torch.Tensor):
         values = values.detach().to("cpu", torch.float64).numpy()
     matrix = np.array(values, dtype=np.float64)
     if matrix.ndim != 2:
@@ -110,6 +110,8 @@ def _center_columns(matrix: np.ndarray) -> np.ndarray:
 
 def _default_device() -> torch.device | None:
     """CUDA when present; None selects the CPU kernels (numpy where it is faster, torch for gathers)."""
+    import torch
+
     return torch.device("cuda") if torch.cuda.is_available() else None
 
 
@@ -204,6 +206,20 @@ def _row_correlations(matrix: np.ndarray, name: str) -> np.ndarray:
     return unit @ unit.T
 
 
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of a 1-D array, ties sharing their mean rank (scipy.stats.rankdata's "average").
+
+    Here rather than scipy.stats, whose import alone costs a matching or scoring job seconds.
+    """
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    run_starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    run_stops = np.r_[run_starts[1:], len(values)]
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat((run_starts + run_stops + 1) / 2.0, run_stops - run_starts)
+    return ranks
+
+
 def _upper_triangle_centered_ranks(matrix: np.ndarray, name: str) -> np.ndarray:
     """Average ranks of the strict upper triangle of the row correlations, minus their mean (float64).
 
@@ -213,7 +229,7 @@ def _upper_triangle_centered_ranks(matrix: np.ndarray, name: str) -> np.ndarray:
     correlations = _row_correlations(matrix, name)
     upper = np.round(correlations[np.triu_indices(matrix.shape[0], k=1)], 12)
     del correlations
-    ranks = scipy.stats.rankdata(upper, method="average")
+    ranks = _average_ranks(upper)
     # Average ranks are multiples of 1/2, so centered ranks stay exact in float32 up to n ~ 5,800.
     return ranks - (upper.size + 1) / 2.0
 
@@ -424,6 +440,8 @@ def _prepare_permuted_nuclear_norms(left: np.ndarray, right: np.ndarray, device:
 
 def _prepare_permuted_nuclear_norms_torch(left: np.ndarray, right: np.ndarray, device: torch.device):
     """`_prepare_permuted_nuclear_norms` batched over permutations in torch (for CUDA)."""
+    import torch
+
     left_t = torch.as_tensor(np.ascontiguousarray(left.T), device=device)
     right_t = torch.as_tensor(right, device=device)
     n, width = right.shape
@@ -452,6 +470,8 @@ def _prepare_permuted_quadratic_forms(first: np.ndarray, second: np.ndarray, dty
     blocks once, and per permutation each block meets the matching gathered rows
     and columns of `second`. Products run in `dtype`, sums accumulate in float64.
     """
+    import torch
+
     n = first.shape[0]
     device = device if device is not None else torch.device("cpu")
     diagonal_first = torch.as_tensor(np.diagonal(first).astype(np.float64), device=device)
@@ -493,17 +513,37 @@ def _symmetric_from_upper(upper: np.ndarray, n: int, dtype) -> np.ndarray:
     return full
 
 
+def _orthogonal_complement(basis: np.ndarray) -> np.ndarray:
+    """(n, n - k) orthonormal basis of the complement in R^n of the span of an (n, k) orthonormal basis."""
+    complete, _ = np.linalg.qr(basis, mode="complete")
+    return complete[:, basis.shape[1]:]
+
+
 def _null_svcca(X, Y, device, variance: float = 0.99, components: int | None = None):
     _check_svcca_options(variance, components)
     basis_x = _svcca_basis(X, variance, components, "X")
     basis_y = _svcca_basis(Y, variance, components, "Y")
-    nuclear = _prepare_permuted_nuclear_norms(basis_x, basis_y, device)
-    n_canonical = min(basis_x.shape[1], basis_y.shape[1])
+    n, kept_x, kept_y = X.shape[0], basis_x.shape[1], basis_y.shape[1]
+    n_canonical = min(kept_x, kept_y)
+    # The complements of two subspaces of R^n have the same nontrivial principal angles, and
+    # dim(U & V) - dim(U' & V') = k_x + k_y - n (CS decomposition), so exactly
+    #   ||U^T P V||_* = ||U'^T P V'||_* + k_x + k_y - n.
+    # With few pairs and many kept components (SVCCA's overfitting regime: k near n) the
+    # complements are far narrower, and each permutation costs (n - k)^2 n instead of k^2 n.
+    if (n - kept_x) * (n - kept_y) < kept_x * kept_y:
+        nuclear = _prepare_permuted_nuclear_norms(_orthogonal_complement(basis_x), _orthogonal_complement(basis_y),
+                                                  device)
+        offset = kept_x + kept_y - n
+    else:
+        nuclear = _prepare_permuted_nuclear_norms(basis_x, basis_y, device)
+        offset = 0
     # The nuclear norm sums canonical correlations; each is <= 1, so clip rounding overshoot of the mean.
-    return lambda permutations: np.minimum(nuclear(permutations) / n_canonical, 1.0)
+    return lambda permutations: np.minimum((nuclear(permutations) + offset) / n_canonical, 1.0)
 
 
 def _null_rsa(X, Y, device):
+    import torch
+
     n = X.shape[0]
     ranks_x = _upper_triangle_centered_ranks(X, "X")
     ranks_y = _upper_triangle_centered_ranks(Y, "Y")
@@ -520,6 +560,8 @@ def _null_rsa(X, Y, device):
 
 
 def _null_linear_cka(X, Y, device, debiased: bool = False):
+    import torch
+
     n = X.shape[0]
     X, Y = _center_columns(X), _center_columns(Y)
     gram_x, gram_y = X @ X.T, Y @ Y.T
@@ -742,7 +784,12 @@ def permutation_null(metric: str, X, Y, n_permutations: int = 1000, seed: int = 
     entry = _metric(metric)
     _route_options([metric], options)
     X, Y = _check_pair(X, Y)
-    device = torch.device(device) if device is not None else _default_device()
+    if device is not None:
+        import torch
+
+        device = torch.device(device)
+    else:
+        device = _default_device()
     evaluate = entry.prepare_null(X, Y, device, **options)
     n = X.shape[0]
     if permutations is None:

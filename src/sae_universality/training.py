@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -438,13 +438,17 @@ def evaluate_sae(sae: SparseAutoencoder, batches: Iterable) -> dict:
 
 def _mean_next_token_loss(model, input_ids: Tensor, attention_mask: Tensor) -> float:
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-    targets = input_ids[:, 1:]
-    counted = (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
-    losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return float(losses[counted.reshape(-1)].mean())
+    # Targets shifted onto the logits, instead of slicing the logits: with a 262k-token
+    # vocabulary a copy of the (batch, seq, vocab) logits costs as much as the loss.
+    counted = torch.zeros_like(attention_mask, dtype=torch.bool)
+    counted[:, :-1] = (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
+    targets = torch.full_like(input_ids, -100)
+    targets[:, :-1] = input_ids[:, 1:]
+    targets[~counted] = -100
+    losses = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), reduction="sum", ignore_index=-100)
+    return float(losses / counted.sum())
 
 
-@torch.no_grad()
 def splice_loss_recovered(model, input_ids: Tensor, layer: int, sae: SparseAutoencoder,
                           attention_mask: Tensor | None = None, splice_mask: Tensor | None = None) -> dict:
     """Next-token loss with the SAE's reconstruction spliced into the residual stream.
@@ -455,6 +459,19 @@ def splice_loss_recovered(model, input_ids: Tensor, layer: int, sae: SparseAutoe
     Returns ce_clean, ce_sae, ce_zero and fraction_recovered =
     (ce_zero - ce_sae) / (ce_zero - ce_clean).
     """
+    return downstream_losses(model, input_ids, layer, [sae], attention_mask, splice_mask)[0]
+
+
+@torch.no_grad()
+def downstream_losses(model, input_ids: Tensor, layer: int, saes: Sequence[SparseAutoencoder],
+                      attention_mask: Tensor | None = None, splice_mask: Tensor | None = None) -> list[dict]:
+    """`splice_loss_recovered` for several SAEs of one layer: one dict per SAE, in order.
+
+    The clean and zero-ablation passes do not depend on the SAE, so they run
+    once; each SAE costs one more forward pass. Several SAEs per layer are the
+    rule here (the ceiling control trains two seeds), and on models with large
+    vocabularies the passes dominate an evaluation job.
+    """
     from .models import decoder_layers
 
     blocks = decoder_layers(model)
@@ -462,7 +479,6 @@ def splice_loss_recovered(model, input_ids: Tensor, layer: int, sae: SparseAutoe
         raise UserError(f"layer {layer} is out of range: the model has blocks 0..{len(blocks) - 1}")
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     mask = torch.ones_like(input_ids, dtype=torch.bool) if splice_mask is None else splice_mask.bool()
-    sae = sae.to(input_ids.device)
 
     def replace_with(make_replacement):
         def hook(module, inputs, output):
@@ -471,14 +487,20 @@ def splice_loss_recovered(model, input_ids: Tensor, layer: int, sae: SparseAutoe
             return (spliced, *output[1:]) if isinstance(output, tuple) else spliced
         return hook
 
-    ce_clean = _mean_next_token_loss(model, input_ids, attention_mask)
-    results = {"ce_clean": ce_clean}
-    for name, replacement in (("ce_sae", lambda h: sae(h.float())), ("ce_zero", torch.zeros_like)):
-        handle = blocks[layer].register_forward_hook(replace_with(replacement))
+    def spliced_loss(make_replacement) -> float:
+        handle = blocks[layer].register_forward_hook(replace_with(make_replacement))
         try:
-            results[name] = _mean_next_token_loss(model, input_ids, attention_mask)
+            return _mean_next_token_loss(model, input_ids, attention_mask)
         finally:
             handle.remove()
-    gap = results["ce_zero"] - ce_clean
-    results["fraction_recovered"] = (results["ce_zero"] - results["ce_sae"]) / gap if gap != 0 else float("nan")
+
+    ce_clean = _mean_next_token_loss(model, input_ids, attention_mask)
+    ce_zero = spliced_loss(torch.zeros_like)
+    gap = ce_zero - ce_clean
+    results = []
+    for sae in saes:
+        sae = sae.to(input_ids.device)
+        ce_sae = spliced_loss(lambda hidden, sae=sae: sae(hidden.float()))
+        results.append({"ce_clean": ce_clean, "ce_sae": ce_sae, "ce_zero": ce_zero,
+                        "fraction_recovered": (ce_zero - ce_sae) / gap if gap != 0 else float("nan")})
     return results

@@ -13,7 +13,7 @@ rule cache_activations:
         n_shards=N_SHARDS,
         dtype=config["activations"]["dtype"],
         batch_size=model_batch_size,
-    threads: 2
+    threads: 1
     conda:
         "../../envs/workflow.yaml"
     script:

@@ -95,8 +95,13 @@ def sae_targets():
     ]
 
 
+def saes_of_layer(wildcards):
+    # Every SAE of one (model, layer) is evaluated in one job: the model's clean and zero-ablation passes are shared.
+    return [f"results/saes/{wildcards.model}/layer{wildcards.layer}/{sae}" for sae in saes_of(wildcards.model)]
+
+
 def quality_rows(wildcards):
-    return [f"{target}.quality.tsv" for target in sae_targets()]
+    return [f"results/saes/{model}/layer{layer}/quality.tsv" for model, entry in MODELS.items() for layer in entry["layers"]]
 
 
 def training_curves(wildcards):

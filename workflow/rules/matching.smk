@@ -14,7 +14,7 @@ rule match_features:
         settings=matching_settings,
         labels=matching_labels,
         categories=semantic_categories,
-    threads: 2
+    threads: 1
     conda:
         "../../envs/workflow.yaml"
     script:

@@ -8,7 +8,7 @@ rule prepare_model:
     params:
         entry=model_source_entry,
         out_dir=subpath(output.manifest, parent=True),
-    threads: 2
+    threads: 1
     conda:
         "../../envs/workflow.yaml"
     script:

@@ -15,7 +15,7 @@ rule train_sae:
         held_out_every=config["saes"]["held_out_every"],
         # Outside the output folder: Snakemake removes outputs of a failed job, checkpoints must survive it.
         checkpoint_dir="results/checkpoints/{model}/layer{layer}/{sae}",
-    threads: 2
+    threads: 1
     conda:
         "../../envs/workflow.yaml"
     script:
@@ -39,26 +39,26 @@ rule load_pretrained_sae:
         "../../scripts/load_pretrained_sae.py"
 
 
-rule evaluate_sae:
+rule evaluate_saes:
     input:
-        sae="results/saes/{model}/layer{layer}/{sae}",
+        saes=saes_of_layer,
         cache="results/activations/{model}/layer{layer}.h5",
         manifest="resources/models/{model}/manifest.json",
         windows="resources/corpus/windows.jsonl",
     output:
-        quality="results/saes/{model}/layer{layer}/{sae}.quality.tsv",
+        quality="results/saes/{model}/layer{layer}/quality.tsv",
     log:
-        "logs/evaluate_sae/{model}/layer{layer}/{sae}.log",
+        "logs/evaluate_saes/{model}/layer{layer}.log",
     benchmark:
-        "results/benchmarks/evaluate_sae/{model}/layer{layer}/{sae}.tsv"
+        "results/benchmarks/evaluate_saes/{model}/layer{layer}.tsv"
     params:
         held_out_every=config["saes"]["held_out_every"],
         loss_windows=config["saes"]["loss_windows"],
-    threads: 2
+    threads: 1
     conda:
         "../../envs/workflow.yaml"
     script:
-        "../../scripts/evaluate_sae.py"
+        "../../scripts/evaluate_saes.py"
 
 
 rule sae_quality:
@@ -96,7 +96,7 @@ rule encode_features:
         "results/benchmarks/encode_features/{model}/layer{layer}/{sae}.tsv"
     params:
         pre_activations=config["saes"]["pre_activations"],
-    threads: 2
+    threads: 1
     conda:
         "../../envs/workflow.yaml"
     script:

@@ -11,7 +11,7 @@ rule score_matches:
     params:
         settings=similarity_settings,
         labels=matching_labels,
-    threads: 2
+    threads: 1
     conda:
         "../../envs/workflow.yaml"
     script:
@@ -30,7 +30,7 @@ rule match_ceiling:
     params:
         settings=matching_settings,
         labels=ceiling_labels,
-    threads: 2
+    threads: 1
     conda:
         "../../envs/workflow.yaml"
     script:
@@ -47,7 +47,7 @@ rule score_ceiling:
     params:
         settings=similarity_settings,
         labels=ceiling_labels,
-    threads: 2
+    threads: 1
     conda:
         "../../envs/workflow.yaml"
     script:

@@ -1,0 +1,17 @@
+"""Snakemake script: quality of the SAEs of one (model, layer) on held-out positions -> a row per SAE."""
+from pathlib import Path
+
+from sae_universality.entry import run_script
+from sae_universality.sae_stage import evaluate
+
+
+def main(snakemake):
+    evaluate(
+        {Path(sae).name: sae for sae in snakemake.input.saes}, snakemake.input.cache, snakemake.input.manifest,
+        snakemake.input.windows, snakemake.output.quality,
+        model_name=snakemake.wildcards.model, layer=int(snakemake.wildcards.layer),
+        held_out_every=snakemake.params.held_out_every, loss_windows=snakemake.params.loss_windows,
+    )
+
+
+run_script(snakemake, main)
