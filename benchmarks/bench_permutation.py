@@ -16,6 +16,8 @@ Usage:
     python benchmarks/bench_permutation.py --quick         # n=1500, d=256, 200 permutations
     python benchmarks/bench_permutation.py --metrics all
     python benchmarks/bench_permutation.py --threads 1    # one BLAS/OpenMP thread (steadier on a busy machine)
+    # the default experiment's regime: hundreds of pairs, more dimensions than pairs
+    python benchmarks/bench_permutation.py --n 600 --d 576 --d-b 640 --metrics all --naive-permutations 20
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n=1500, d=256, 200 permutations, 10 naive")
     parser.add_argument("--n", type=int, default=5000, help="matched pairs")
-    parser.add_argument("--d", type=int, default=768, help="width of both sides")
+    parser.add_argument("--d", type=int, default=768, help="width of X (and of Y unless --d-b)")
+    parser.add_argument("--d-b", type=int, default=None, help="width of Y (default: --d)")
     parser.add_argument("--permutations", type=int, default=1000)
     parser.add_argument("--naive-permutations", type=int, default=5,
                         help="permutations the baseline is timed on (then extrapolated)")
@@ -77,15 +80,16 @@ def main() -> None:
     names = list(similarity.METRICS) if args.metrics == "all" else args.metrics.split(",")
     naive_count = min(args.naive_permutations, args.permutations)
 
-    X, Y = synthetic_decoders(args.n, args.d, args.d, seed=0)
+    d_b = args.d_b or args.d
+    X, Y = synthetic_decoders(args.n, args.d, d_b, seed=0)
     options = {"svcca": {"variance": args.variance, "components": args.components}}
     permutations = similarity.draw_permutations(args.n, args.permutations, seed=0)
     print(f"threads: torch {torch.get_num_threads()}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
-    print(f"n={args.n} pairs, d={args.d}, {args.permutations} permutations; baseline timed on "
+    print(f"n={args.n} pairs, d={args.d} vs {d_b}, {args.permutations} permutations; baseline timed on "
           f"{naive_count} permutations and extrapolated x{args.permutations / naive_count:g}")
     if "svcca" in names:
-        kept = args.components or kept_components(X, args.variance)
-        print(f"svcca keeps {kept} components per side (variance={args.variance}, components={args.components})")
+        kept = args.components or f"{kept_components(X, args.variance)} / {kept_components(Y, args.variance)}"
+        print(f"svcca keeps {kept} components of X / Y (variance={args.variance}, components={args.components})")
     header = f"{'metric':<13}{'fast s':>9}{'naive s/perm':>14}{'naive s (extrap.)':>19}{'speedup':>9}{'max |diff|':>12}"
     print(header)
     print("-" * len(header))

@@ -496,8 +496,11 @@ def test_average_ranks_equal_scipys_with_ties():
     np.testing.assert_array_equal(sim._average_ranks(np.array([3.0, 3.0, 3.0])), [2.0, 2.0, 2.0])
 
 
-def test_importing_the_similarity_module_imports_neither_torch_nor_scipy_stats():
+def test_scoring_on_cpu_imports_neither_torch_nor_scipy_stats():
     # Matching jobs import it for the semantic categories; torch and scipy.stats cost them seconds.
-    code = "import sys, sae_universality.similarity; print('torch' in sys.modules, 'scipy.stats' in sys.modules)"
+    code = ("import sys, numpy as np, sae_universality.similarity as sim; "
+            "X, Y = np.random.default_rng(0).standard_normal((2, 40, 6)); "
+            "sim.permutation_test(X, Y, metrics=list(sim.METRICS), n_permutations=5); "
+            "print('torch' in sys.modules, 'scipy.stats' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]

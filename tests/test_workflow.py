@@ -83,6 +83,12 @@ def test_sae_quality_table_is_complete_and_plausible(finished_run):
     assert (quality["fvu"] > 0).all() and (quality["fvu"] < 1).all(), "trained SAEs explain some variance"
     assert (quality["mean_l0"] <= 4 + 1e-9).all(), "TopK with k=4 keeps at most 4 latents"
     assert quality["ce_zero"].notna().all() and quality["ce_clean"].notna().all()
+    # The seeds of one layer share its clean and zero-ablation passes, and differ in their own.
+    for _, layer in quality.groupby(["model", "layer"]):
+        assert layer["ce_clean"].nunique() == 1 and layer["ce_zero"].nunique() == 1
+        assert layer["ce_sae"].nunique() == len(layer) == 2
+    expected_recovered = (quality["ce_zero"] - quality["ce_sae"]) / (quality["ce_zero"] - quality["ce_clean"])
+    np.testing.assert_allclose(quality["fraction_recovered"], expected_recovered, rtol=1e-4)
     assert (finished_run / "results/saes/training_curves.png").stat().st_size > 10_000
 
 

@@ -77,38 +77,54 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str) -> Non
     _save(figure, out_path, plt)
 
 
-def plot_semantic_bars(semantic: pd.DataFrame, out_path: str | Path, title: str, metric: str = "svcca") -> None:
-    """Per category: observed score (bar) and the null mean +- 2 std (black marker) for one metric.
+def plot_semantic_bars(semantic: pd.DataFrame, out_path: str | Path, title: str) -> None:
+    """Per (layer_a, layer_b) with a scored category: every metric per category, against its null.
 
-    One panel per (layer_a, layer_b) that has any scored category; skipped
-    categories are listed in the panel with their pair counts.
+    Bars are the observed scores (grouped by category, one colour per metric,
+    solid = p < 0.05, pale = not); the black marker on each bar is the null
+    mean +- 2 std of random pairings. Layer pairs where no category reached
+    `min_pairs` get no panel; the figure's footnote lists the largest skipped
+    categories with their pair counts, so an empty result still says why.
     """
     plt = _pyplot()
-    data = semantic[semantic["metric"] == metric]
-    cells = data.groupby(["layer_a", "layer_b"], sort=True)
-    n_cells = max(1, cells.ngroups)
-    columns = min(4, n_cells)
-    rows = int(np.ceil(n_cells / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
-    for axis in axes.flat[cells.ngroups:]:
+    metrics = list(dict.fromkeys(semantic["metric"])) if len(semantic) else []
+    skipped_rows = semantic[semantic["skipped"].astype(bool)] if len(semantic) else semantic
+    scored_rows = semantic[~semantic["skipped"].astype(bool)] if len(semantic) else semantic
+    cells = list(scored_rows.groupby(["layer_a", "layer_b"], sort=True)) if len(scored_rows) else []
+    columns = min(4, max(1, len(cells)))
+    rows = int(np.ceil(max(1, len(cells)) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(max(9.0, 4.6 * columns), 3.4 * rows + 0.9), squeeze=False)
+    for axis in axes.flat[len(cells):]:
         axis.axis("off")
+    colours = plt.get_cmap("tab10")
+    width = 0.8 / max(1, len(metrics))
     for axis, ((layer_a, layer_b), cell) in zip(axes.flat, cells):
-        scored = cell[~cell["skipped"].astype(bool)]
-        skipped = cell[cell["skipped"].astype(bool)]
-        positions = np.arange(len(scored))
-        colors = ["tab:blue" if p < SIGNIFICANCE else "lightsteelblue" for p in scored["p"]]
-        axis.bar(positions, scored["observed"], color=colors)
-        axis.errorbar(positions, scored["null_mean"], yerr=2 * scored["null_std"], fmt="_", color="black", capsize=3)
-        axis.set_xticks(positions, [f"{c}\n(n={n})" for c, n in zip(scored["category"], scored["n_pairs"])],
-                        rotation=45, ha="right", fontsize=7)
+        categories = list(dict.fromkeys(cell["category"]))
+        for index, metric in enumerate(metrics):
+            rows_of_metric = cell[cell["metric"] == metric].set_index("category").reindex(categories)
+            positions = np.arange(len(categories)) + (index - (len(metrics) - 1) / 2) * width
+            significant = rows_of_metric["p"].to_numpy() < SIGNIFICANCE
+            shades = [(*colours(index)[:3], 1.0 if flag else 0.35) for flag in significant]
+            axis.bar(positions, rows_of_metric["observed"], width, color=shades, label=metric)
+            axis.errorbar(positions, rows_of_metric["null_mean"], yerr=2 * rows_of_metric["null_std"], fmt="_",
+                          color="black", capsize=2, linewidth=0.8, markersize=6)
+        n_pairs = cell.groupby("category", sort=False)["n_pairs"].first().reindex(categories)
+        axis.set_xticks(range(len(categories)), [f"{c}\n(n={int(n)})" for c, n in zip(categories, n_pairs)], fontsize=7)
         axis.set_title(f"layer {layer_a} vs {layer_b}", fontsize=9)
-        axis.set_ylim(0, 1.05)
-        if len(skipped):
-            note = "skipped (pairs): " + ", ".join(f"{c} ({n})" for c, n in zip(skipped["category"], skipped["n_pairs"]))
-            axis.text(0.02, 0.98, textwrap.fill(note, 55), transform=axis.transAxes, fontsize=6, va="top")
-    figure.suptitle(f"{title}: {metric} per semantic category (bar; dark = p < 0.05) vs random pairings "
+        axis.set_ylim(min(0.0, float(np.nanmin(cell["observed"]))) if len(cell) else 0, 1.05)
+    if cells:
+        axes.flat[0].legend(fontsize=6, loc="lower right", ncol=2)
+    else:
+        axes.flat[0].axis("off")
+        axes.flat[0].text(0.5, 0.6, "no semantic category reached min_pairs in any layer pair", ha="center",
+                          va="center", fontsize=10, transform=axes.flat[0].transAxes)
+    if len(skipped_rows):
+        largest = (skipped_rows.groupby("category")["n_pairs"].max().sort_values(ascending=False))
+        note = "skipped (too few pairs; most in any layer pair): " + ", ".join(f"{c} {int(n)}" for c, n in largest.items())
+        figure.text(0.01, 0.005, textwrap.fill(note, 180), fontsize=7, va="bottom")
+    figure.suptitle(f"{title}: semantic categories, every metric (solid = p < 0.05) vs random pairings "
                     "(black: null mean +- 2 std)", fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     _save(figure, out_path, plt)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.resources
 import inspect
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -109,7 +110,13 @@ def _center_columns(matrix: np.ndarray) -> np.ndarray:
 
 
 def _default_device() -> torch.device | None:
-    """CUDA when present; None selects the CPU kernels (numpy where it is faster, torch for gathers)."""
+    """CUDA when present; None selects the CPU kernels (numpy).
+
+    torch is imported only where an NVIDIA driver could be present: its import alone
+    costs a CPU-only scoring job seconds.
+    """
+    if os.name != "nt" and not Path("/proc/driver/nvidia/version").exists():
+        return None
     import torch
 
     return torch.device("cuda") if torch.cuda.is_available() else None
@@ -460,7 +467,7 @@ def _prepare_permuted_nuclear_norms_torch(left: np.ndarray, right: np.ndarray, d
     return evaluate
 
 
-def _prepare_permuted_quadratic_forms(first: np.ndarray, second: np.ndarray, dtype: torch.dtype,
+def _prepare_permuted_quadratic_forms(first: np.ndarray, second: np.ndarray, dtype: type,
                                       device: torch.device | None):
     """Evaluator of sum_ij first[i, j] * second[p_i, p_j] for each permutation p.
 
@@ -468,13 +475,40 @@ def _prepare_permuted_quadratic_forms(first: np.ndarray, second: np.ndarray, dty
     RSA and CKA that a row permutation changes. By symmetry it is twice the strict
     upper triangle plus the diagonal; the upper triangle of `first` is cut into row
     blocks once, and per permutation each block meets the matching gathered rows
-    and columns of `second`. Products run in `dtype`, sums accumulate in float64.
+    and columns of `second`. Products run in `dtype` (np.float32 or np.float64), sums
+    accumulate in float64. With `device` None this runs in numpy (no torch import:
+    seconds of a short scoring job), else in torch on that device.
     """
+    n = first.shape[0]
+    diagonal_first = np.diagonal(first).astype(np.float64)
+    if device is None:
+        second = np.ascontiguousarray(second, dtype=dtype)
+        diagonal_second = np.diagonal(second).astype(np.float64)
+        blocks = [(start, min(n, start + _ROWS_PER_BLOCK),
+                   np.triu(np.asarray(first[start : start + _ROWS_PER_BLOCK, start:], dtype=dtype), k=1))
+                  for start in range(0, n, _ROWS_PER_BLOCK)]
+        # Reused buffers: fresh allocations of this size per block would cost page faults every time.
+        row_buffer = np.empty(_ROWS_PER_BLOCK * n, dtype=dtype)
+        gather_buffer = np.empty(_ROWS_PER_BLOCK * n, dtype=dtype)
+
+        def evaluate_numpy(permutations: np.ndarray) -> np.ndarray:
+            values = np.empty(len(permutations))
+            for index, permutation in enumerate(permutations):
+                upper = 0.0
+                for start, stop, block in blocks:
+                    rows = row_buffer[: (stop - start) * n].reshape(stop - start, n)
+                    np.take(second, permutation[start:stop], axis=0, out=rows, mode="clip")  # "raise" would buffer
+                    gathered = gather_buffer[: block.size].reshape(block.shape)
+                    np.take(rows, permutation[start:], axis=1, out=gathered, mode="clip")
+                    upper += float(np.multiply(gathered, block, out=gathered).sum(dtype=np.float64))
+                values[index] = 2.0 * upper + float(diagonal_first @ diagonal_second[permutation])
+            return values
+
+        return evaluate_numpy
     import torch
 
-    n = first.shape[0]
-    device = device if device is not None else torch.device("cpu")
-    diagonal_first = torch.as_tensor(np.diagonal(first).astype(np.float64), device=device)
+    dtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+    diagonal_first = torch.as_tensor(diagonal_first, device=device)
     second_t = torch.as_tensor(second, dtype=dtype, device=device)
     diagonal_second = torch.diagonal(second_t).to(torch.float64)
     first_t = torch.as_tensor(first, dtype=dtype, device=device)
@@ -542,8 +576,6 @@ def _null_svcca(X, Y, device, variance: float = 0.99, components: int | None = N
 
 
 def _null_rsa(X, Y, device):
-    import torch
-
     n = X.shape[0]
     ranks_x = _upper_triangle_centered_ranks(X, "X")
     ranks_y = _upper_triangle_centered_ranks(Y, "Y")
@@ -553,15 +585,13 @@ def _null_rsa(X, Y, device):
     # Ranks of a row-permuted similarity matrix are the permuted ranks: rank once, gather per permutation.
     quadratic = _prepare_permuted_quadratic_forms(
         _symmetric_from_upper(ranks_x, n, np.float32), _symmetric_from_upper(ranks_y, n, np.float32),
-        torch.float32, device,
+        np.float32, device,
     )
     # The full symmetric sum counts every upper-triangle pair twice.
     return lambda permutations: quadratic(permutations) / (2.0 * scale)
 
 
 def _null_linear_cka(X, Y, device, debiased: bool = False):
-    import torch
-
     n = X.shape[0]
     X, Y = _center_columns(X), _center_columns(Y)
     gram_x, gram_y = X @ X.T, Y @ Y.T
@@ -569,12 +599,12 @@ def _null_linear_cka(X, Y, device, debiased: bool = False):
         scale = np.linalg.norm(gram_x) * np.linalg.norm(gram_y)
         if scale == 0:
             raise UserError("X or Y has no variance across its rows (all rows equal); CKA is undefined")
-        quadratic = _prepare_permuted_quadratic_forms(gram_x, gram_y, torch.float64, device)
+        quadratic = _prepare_permuted_quadratic_forms(gram_x, gram_y, np.float64, device)
         return lambda permutations: quadratic(permutations) / scale
     hollow_x, total_x, rows_x = _unbiased_hsic_parts(gram_x)
     hollow_y, total_y, rows_y = _unbiased_hsic_parts(gram_y)
     denominator = _self_unbiased_hsic(hollow_x, total_x, rows_x) * _self_unbiased_hsic(hollow_y, total_y, rows_y)
-    quadratic = _prepare_permuted_quadratic_forms(hollow_x, hollow_y, torch.float64, device)
+    quadratic = _prepare_permuted_quadratic_forms(hollow_x, hollow_y, np.float64, device)
 
     def evaluate(permutations: np.ndarray) -> np.ndarray:
         if denominator <= 0:
@@ -776,7 +806,7 @@ def permutation_null(metric: str, X, Y, n_permutations: int = 1000, seed: int = 
         n_permutations, seed: draw `draw_permutations(n, n_permutations, seed)`.
         permutations: (m, n) explicit row permutations instead (then n_permutations/seed are ignored).
         device: torch device for every kernel; default CUDA when present, else CPU with numpy
-            for the SVD-based nulls (svcca, procrustes) and torch for the n x n gathers.
+            for every kernel (torch is then never imported).
         **options: the metric's keyword options.
     Returns:
         (m,) float64 null values.
