@@ -504,3 +504,10 @@ def test_scoring_on_cpu_imports_neither_torch_nor_scipy_stats():
             "print('torch' in sys.modules, 'scipy.stats' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_normalized_score_against_the_ceilings_own_null():
+    # Chance is 0.5 for the cross-model pairs and 0.4 for the seed-to-seed ceiling.
+    assert sim.normalized_score(0.6, 0.5, 0.9, ceiling_null_mean=0.4) == pytest.approx(0.2)
+    assert sim.normalized_score(0.5, 0.5, 0.9, ceiling_null_mean=0.4) == 0.0
+    assert np.isnan(sim.normalized_score(0.6, 0.5, 0.4, ceiling_null_mean=0.4))

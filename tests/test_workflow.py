@@ -88,7 +88,8 @@ def test_sae_quality_table_is_complete_and_plausible(finished_run):
         assert layer["ce_clean"].nunique() == 1 and layer["ce_zero"].nunique() == 1
         assert layer["ce_sae"].nunique() == len(layer) == 2
     expected_recovered = (quality["ce_zero"] - quality["ce_sae"]) / (quality["ce_zero"] - quality["ce_clean"])
-    np.testing.assert_allclose(quality["fraction_recovered"], expected_recovered, rtol=1e-4)
+    # Six significant digits of nearly equal losses (tiny random models): compare loosely.
+    np.testing.assert_allclose(quality["fraction_recovered"], expected_recovered, rtol=5e-3)
     assert (finished_run / "results/saes/training_curves.png").stat().st_size > 10_000
 
 
@@ -140,10 +141,19 @@ def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
         assert cell.loc["rsa", "observed"] == pytest.approx(compute_metric("rsa", X, Y), rel=1e-5, abs=1e-8)
         assert cell.loc["svcca", "observed"] == pytest.approx(compute_metric("svcca", X, Y, variance=0.99), rel=1e-5, abs=1e-8)
         assert (cell["p"] >= 1 / 201).all() and (cell["p"] <= 1).all()  # 200 permutations: p is never 0
-    # The ceiling control (two seeds) exists for every (model, layer) and feeds the normalized score.
+    # The ceiling control (two seeds) exists for every (model, layer) and feeds the normalized score:
+    # the cell's excess over its null as a fraction of the ceiling's excess over the ceiling's own null.
+    ceilings = {}
     for model, layer in (("neox", 0), ("neox", 2), ("llama", 1)):
         ceiling = pd.read_csv(finished_run / f"results/similarity/ceiling/{model}/layer{layer}.tsv", sep="\t")
         assert set(ceiling["metric"]) == set(cell.index)
+        ceilings[model, layer] = ceiling.set_index("metric")
+    for metric, row in cell.iterrows():
+        both = [ceilings["neox", 2].loc[metric], ceilings["llama", 1].loc[metric]]
+        span = np.mean([c["observed"] for c in both]) - np.mean([c["null_mean"] for c in both])
+        if np.isfinite(row["observed"]) and np.isfinite(span) and abs(span) > 1e-6:
+            expected = (row["observed"] - row["null_mean"]) / span
+            assert row["normalized"] == pytest.approx(expected, rel=1e-4, abs=1e-4), metric
     table = pd.read_csv(finished_run / "results/similarity/neox--llama/table.tsv", sep="\t")
     assert len(table) == 2 and {"svcca_observed", "svcca_null_mean", "svcca_p", "svcca_normalized"} <= set(table.columns)
     semantic = pd.read_csv(finished_run / "results/similarity/neox--llama/semantic.tsv", sep="\t")

@@ -926,16 +926,22 @@ def random_subset_baseline(W_dec_a, W_dec_b, n: int, metrics: Sequence[str] = ("
     return pd.DataFrame(rows, columns=["draw", "metric", "value"])
 
 
-def normalized_score(observed, null_mean, ceiling=None):
-    """(observed - null_mean) / (ceiling - null_mean): 0 at chance, 1 at the same-model ceiling.
+def normalized_score(observed, null_mean, ceiling=None, ceiling_null_mean=None):
+    """(observed - null_mean) / (ceiling - ceiling_null_mean): 0 at chance, 1 at the same-model ceiling.
 
-    Works on scalars or arrays (broadcast). NaN where the ceiling is missing
-    (None or NaN) or equals the null mean.
+    The ceiling is the seed-to-seed score of one model and layer; its own pairing
+    null (`ceiling_null_mean`) is what "chance" means for it. Raw values of a metric
+    at chance depend on the number of pairs and on the spaces (linear CKA of random
+    pairings of decoder rows is about 0.5 here), so subtracting the cross-model null
+    from the ceiling would mix two chance levels; with `ceiling_null_mean` None it
+    is `null_mean`, the literal METHOD.md formula. Works on scalars or arrays
+    (broadcast). NaN where the ceiling is missing (None or NaN) or at its chance level.
     """
     observed = np.asarray(observed, dtype=np.float64)
     null_mean = np.asarray(null_mean, dtype=np.float64)
     ceiling = np.asarray(np.nan if ceiling is None else ceiling, dtype=np.float64)
-    span = ceiling - null_mean
+    ceiling_null_mean = null_mean if ceiling_null_mean is None else np.asarray(ceiling_null_mean, dtype=np.float64)
+    span = ceiling - ceiling_null_mean
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(np.isfinite(span) & (span != 0), (observed - null_mean) / span, np.nan)
     return float(score) if score.ndim == 0 else score

@@ -101,24 +101,25 @@ def pair_table(score_files: list, ceiling_files: list, out_wide: str | Path, out
     """One row per (layer_a, layer_b) of a pair: every metric with null mean, p and the normalized score.
 
     The ceiling of a (layer_a, layer_b) cell is the mean of the two SAEs' own
-    seed-to-seed scores ((A, layer_a) and (B, layer_b)) where they exist.
+    seed-to-seed scores ((A, layer_a) and (B, layer_b)) where they exist, with
+    the mean of their own null means as its chance level (see normalized_score).
     """
     from .similarity import normalized_score
 
     scores = pd.concat([pd.read_csv(path, sep="\t") for path in score_files], ignore_index=True)
     ceilings = (pd.concat([pd.read_csv(path, sep="\t") for path in ceiling_files], ignore_index=True)
-                if ceiling_files else pd.DataFrame(columns=["model", "layer", "metric", "observed"]))
-    ceiling_of = {(row.model, int(row.layer), row.metric): row.observed for row in ceilings.itertuples()}
+                if ceiling_files else pd.DataFrame(columns=["model", "layer", "metric", "observed", "null_mean"]))
+    ceiling_of = {(row.model, int(row.layer), row.metric): (row.observed, row.null_mean) for row in ceilings.itertuples()}
 
-    def ceiling(row):
-        values = [ceiling_of.get((row.model_a, int(row.layer_a), row.metric)),
-                  ceiling_of.get((row.model_b, int(row.layer_b), row.metric))]
-        values = [v for v in values if v is not None and np.isfinite(v)]
-        return float(np.mean(values)) if values else np.nan
+    def ceiling(row) -> tuple[float, float]:
+        found = [ceiling_of.get((row.model_a, int(row.layer_a), row.metric)),
+                 ceiling_of.get((row.model_b, int(row.layer_b), row.metric))]
+        found = [pair for pair in found if pair is not None and np.isfinite(pair).all()]
+        return tuple(np.mean(found, axis=0)) if found else (np.nan, np.nan)
 
-    scores["ceiling"] = [ceiling(row) for row in scores.itertuples()]
+    scores[["ceiling", "ceiling_null_mean"]] = [ceiling(row) for row in scores.itertuples()]
     scores["normalized"] = normalized_score(scores["observed"].to_numpy(), scores["null_mean"].to_numpy(),
-                                            scores["ceiling"].to_numpy())
+                                            scores["ceiling"].to_numpy(), scores["ceiling_null_mean"].to_numpy())
     keys = ["model_a", "model_b", "layer_a", "layer_b"]
     wide = scores.pivot_table(index=keys, columns="metric",
                               values=["observed", "null_mean", "p", "normalized", "random_subset_mean"],
