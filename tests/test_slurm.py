@@ -274,7 +274,13 @@ def runs(cluster, tiny_models, tmp_path_factory) -> Runs:
         "--default-resources", f"slurm_account={ACCOUNT}", f"slurm_partition={cluster.partition}",
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1", "--verbose",
     ], environment, on_cluster / "snakemake.log")
-    local_run = snakemake_process(local, ["--cores", "2"], environment, local / "snakemake.log")
+    # Some CPU kernels round differently at one thread than at several (one value of 201 x 32 in a
+    # tiny Llama cache, by 4e-9): the local run gives each rule the cluster profile's threads.
+    cluster_threads = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-threads"]
+    local_run = snakemake_process(local, [
+        "--set-threads", *[f"{rule}={threads}" for rule, threads in cluster_threads.items()],
+        "--cores", str(max(cluster_threads.values())),  # after the list: it ends --set-threads' values
+    ], environment, local / "snakemake.log")
     try:
         cancelled_job = cancel_one_running_job(cluster, CANCELLED_RULE, slurm_run, deadline)
         cluster_exit = wait_or_kill(slurm_run, deadline)
@@ -328,7 +334,12 @@ def test_a_cluster_stops_whatever_happens():
     assert sorted(daemons) == ["munged", "slurmctld", "slurmd"]
     assert all(process.poll() is not None for process in daemons.values())
     assert not folder.exists()
-    sleepers = subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, text=True).stdout.split()
+    # The job's process gets its signal as slurmd stops; give it a moment to be gone.
+    deadline = time.monotonic() + 15
+    while (sleepers := subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, text=True).stdout.split()):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert not sleepers, "the running job outlived the cluster"
 
 
