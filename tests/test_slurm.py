@@ -274,7 +274,7 @@ def runs(cluster, tiny_models, tmp_path_factory) -> Runs:
         "--default-resources", f"slurm_account={ACCOUNT}", f"slurm_partition={cluster.partition}",
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1", "--verbose",
     ], environment, on_cluster / "snakemake.log")
-    # Some CPU kernels round differently at one thread than at several (one value of 201 x 32 in a
+    # Some CPU kernels round differently at one thread than at several (one row of 201 x 32 in a
     # tiny Llama cache, by 4e-9): the local run gives each rule the cluster profile's threads.
     cluster_threads = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-threads"]
     local_run = snakemake_process(local, [
