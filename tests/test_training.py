@@ -21,6 +21,7 @@ from sae_universality.training import (
     count_batches,
     downstream_losses,
     evaluate_sae,
+    evaluate_saes,
     geometric_median,
     iter_hdf5_batches,
     learning_rate_at,
@@ -295,6 +296,26 @@ def test_evaluate_sae_matches_numpy():
     assert metrics["mean_l0"] == pytest.approx((codes > 0).sum(1).mean())
     assert metrics["dead_fraction"] == pytest.approx((codes > 0).any(0).__invert__().mean())
     assert 0 < metrics["dead_fraction"] < 1 and metrics["n_positions"] == 300
+
+
+def test_evaluate_saes_in_one_pass_equal_one_at_a_time():
+    rng = np.random.default_rng(12)
+    saes = [SparseAutoencoder(SaeConfig(d_in=8, d_sae=d_sae, k=3), seed=seed) for seed, d_sae in ((1, 40), (2, 24))]
+    data = rng.normal(size=(300, 8)).astype(np.float32) + 1
+    batches = list(np.split(data, [100, 250]))
+    consumed = []
+
+    def stream():  # one pass only: a second read of the batches would show here
+        for batch in batches:
+            consumed.append(len(batch))
+            yield batch
+
+    together = evaluate_saes(saes, stream())
+    assert consumed == [100, 150, 50]
+    assert together == [evaluate_sae(sae, batches) for sae in saes]
+    assert together[0]["fvu"] != together[1]["fvu"]
+    with pytest.raises(UserError, match="share d_in"):
+        evaluate_saes([saes[0], SparseAutoencoder(SaeConfig(d_in=6, d_sae=12, k=2))], batches)
 
 
 def identity_sae(d):

@@ -16,7 +16,6 @@ with one clear line, not in every activation job. It writes a manifest that
 from __future__ import annotations
 
 import contextlib
-
 import importlib.util
 import json
 import os
@@ -252,8 +251,8 @@ def token_decoder(manifest_path: str | Path) -> Callable[[list[int]], str]:
     manifest = read_manifest(manifest_path)
     folder = Path(manifest["load_from"])
     tokenizer_file, settings_file = folder / "tokenizer.json", folder / "tokenizer_config.json"
-    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-    if tokenizer_file.is_file() and settings_file.is_file() and not settings.get("clean_up_tokenization_spaces", False):
+    if (tokenizer_file.is_file() and settings_file.is_file()
+            and not json.loads(settings_file.read_text()).get("clean_up_tokenization_spaces", False)):
         from tokenizers import Tokenizer
 
         rust_tokenizer = Tokenizer.from_file(str(tokenizer_file))

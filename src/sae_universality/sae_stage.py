@@ -144,7 +144,7 @@ def evaluate(
     from .data import read_windows
     from .models import default_device, load_model
     from .sae_formats import load_sae
-    from .training import downstream_losses, evaluate_sae, read_rows
+    from .training import downstream_losses, evaluate_saes, read_rows
 
     saes = {name: load_sae("saelens", path=path) for name, path in sae_dirs.items()}
     _, held_out_rows = split_rows(cache_path, held_out_every)
@@ -157,12 +157,9 @@ def evaluate(
             for start in range(0, len(held_out_rows), batch_size):
                 yield read_rows(data, held_out_rows[start:start + batch_size])
 
-    rows = []
-    for name, sae in saes.items():
-        quality = {"model": model_name, "layer": layer, "sae": name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
-                   "architecture": sae.cfg.architecture, "k": sae.cfg.k}
-        quality.update(evaluate_sae(sae, held_out_batches()))
-        rows.append(quality)
+    rows = [{"model": model_name, "layer": layer, "sae": name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+             "architecture": sae.cfg.architecture, "k": sae.cfg.k, **reconstruction}
+            for (name, sae), reconstruction in zip(saes.items(), evaluate_saes(list(saes.values()), held_out_batches()))]
     no_loss = {"ce_clean": np.nan, "ce_sae": np.nan, "ce_zero": np.nan, "fraction_recovered": np.nan}
     losses = [no_loss] * len(rows)
     if loss_windows > 0:

@@ -411,29 +411,47 @@ def evaluate_sae(sae: SparseAutoencoder, batches: Iterable) -> dict:
     positions), explained_variance (1 - fvu), mean_l0 (active latents per
     position), dead_fraction (latents that never fired) and n_positions.
     """
-    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
-    sum_x = torch.zeros(d_in, dtype=torch.float64)
-    sum_square_norm = squared_error = 0.0
-    n_positions = n_active = 0
-    fired = torch.zeros(d_sae, dtype=torch.bool)
+    return evaluate_saes([sae], batches)[0]
+
+
+@torch.no_grad()
+def evaluate_saes(saes: Sequence[SparseAutoencoder], batches: Iterable) -> list[dict]:
+    """`evaluate_sae` for several SAEs of one layer in one pass over the batches: one dict per SAE, in order.
+
+    The seeds of a layer are evaluated on the same held-out positions; reading
+    them once serves all of them.
+    """
+    if len({sae.cfg.d_in for sae in saes}) > 1:
+        raise UserError(f"SAEs of one layer must share d_in; got {sorted({sae.cfg.d_in for sae in saes})}")
+    sum_x = torch.zeros(saes[0].cfg.d_in, dtype=torch.float64)
+    sum_square_norm = 0.0
+    n_positions = 0
+    squared_errors = [0.0] * len(saes)
+    n_active = [0] * len(saes)
+    fired = [torch.zeros(sae.cfg.d_sae, dtype=torch.bool) for sae in saes]
     for batch in batches:
-        x = torch.as_tensor(batch).to(sae.device, torch.float32)
-        active = sae.encode_sparse(x)
-        residual = x - sae.decode_sparse(active)
-        x64 = x.double().cpu()
+        x = torch.as_tensor(batch).to(torch.float32)
+        x64 = x.double()
         sum_x += x64.sum(dim=0)
         sum_square_norm += float(x64.pow(2).sum())
-        squared_error += float(residual.double().pow(2).sum())
         n_positions += len(x)
-        nonzero = active.values > 0
-        n_active += int(nonzero.sum())
-        fired[active.latents[nonzero].cpu()] = True
+        for index, sae in enumerate(saes):
+            x_device = x.to(sae.device)
+            active = sae.encode_sparse(x_device)
+            residual = x_device - sae.decode_sparse(active)
+            squared_errors[index] += float(residual.double().pow(2).sum())
+            nonzero = active.values > 0
+            n_active[index] += int(nonzero.sum())
+            fired[index][active.latents[nonzero].cpu()] = True
     if n_positions == 0:
         raise UserError("no positions to evaluate the SAE on; check the held-out split")
     total_variance = sum_square_norm - float(sum_x.pow(2).sum()) / n_positions
-    fvu = squared_error / total_variance if total_variance > 0 else float("nan")
-    return {"fvu": fvu, "explained_variance": 1 - fvu, "mean_l0": n_active / n_positions,
-            "dead_fraction": float((~fired).float().mean()), "n_positions": n_positions}
+    results = []
+    for squared_error, active_count, fired_latents in zip(squared_errors, n_active, fired):
+        fvu = squared_error / total_variance if total_variance > 0 else float("nan")
+        results.append({"fvu": fvu, "explained_variance": 1 - fvu, "mean_l0": active_count / n_positions,
+                        "dead_fraction": float((~fired_latents).float().mean()), "n_positions": n_positions})
+    return results
 
 
 def _mean_next_token_loss(model, input_ids: Tensor, attention_mask: Tensor) -> float:
