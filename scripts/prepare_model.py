@@ -4,7 +4,8 @@ from sae_universality.models import prepare_model
 
 
 def main(snakemake):
-    prepare_model(snakemake.wildcards.model, snakemake.params.entry, snakemake.params.out_dir)
+    prepare_model(snakemake.wildcards.model, snakemake.params.entry, snakemake.params.out_dir,
+                  source_manifest=snakemake.input.get("source_manifest"))
 
 
 run_script(snakemake, main)

@@ -138,14 +138,15 @@ def write_tiny_experiment(workdir: Path, model_folders: dict) -> Path:
             "neox": {"path": str(model_folders["gpt_neox"]), "layers": [0, 2]},
             "llama": {"path": str(model_folders["llama"]), "layers": [1], "batch_size": 2},
         },
-        "pairs": [{"a": "neox", "b": "llama"}],
+        # The floor control runs too: a re-randomized copy of llama against neox, through every rule.
+        "pairs": [{"a": "neox", "b": "llama", "floor": True}],
         "corpus": {"source": "files", "paths": corpus_files, "window_chars": 150, "token_budget": None, "order": "first"},
         "activations": {"dtype": "float32", "shards": 2},
         "saes": {
             "seeds": [0, 1], "held_out_every": 3, "loss_windows": 2,
             "train": {"expansion_factor": 2, "k": 4, "batch_size": 32, "epochs": 2, "checkpoint_every": 5, "aux_k": 8},
         },
-        "similarity": {"n_permutations": 200, "random_subset_draws": 3, "min_pairs": 5},
+        "similarity": {"n_permutations": 200, "random_subset_draws": 3, "min_pairs": 5, "bootstrap_draws": 20},
     }
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))

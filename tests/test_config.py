@@ -43,6 +43,7 @@ def test_default_config_is_valid_and_defaults_are_filled():
 # What a user must choose: a model's source and layers, a pair's models, a dataset's name.
 CHOICES_WITHOUT_DEFAULT = {
     "models.*.hf", "models.*.path", "models.*.embedded", "models.*.gguf", "models.*.layers",
+    "models.*.rerandomized", "models.*.rerandomized.from",
     "pairs[].a", "pairs[].b", "corpus.hf_dataset.name",
     "models.*.sae.pretrained", "models.*.sae.pretrained.format", "models.*.sae.pretrained.path",
     "models.*.sae.pretrained.repo", "models.*.sae.pretrained.id",
@@ -78,7 +79,7 @@ def test_every_schema_key_has_a_description_and_a_default():
         ({"models.smollm2.layers": [3, 40]}, r"models.smollm2.layers: \[40\] out of range; smollm2 has blocks 0..29"),
         ({"models.smollm2.layers": [-1]}, r"models.smollm2.layers\[0\]: -1 is less than the minimum of 0"),
         ({"models.smollm2.layers": []}, r"models.smollm2.layers: \[\] should be non-empty"),
-        ({"models.smollm2.hf": "EleutherAI/pythia-70m"}, r"models.smollm2: give exactly one of hf, path, embedded, gguf \(found hf, embedded\)"),
+        ({"models.smollm2.hf": "EleutherAI/pythia-70m"}, r"models.smollm2: give exactly one of hf, path, embedded, gguf, rerandomized \(found hf, embedded\)"),
         ({"models.smollm2.embedded": "gpt-5"}, r"models.smollm2.embedded: 'gpt-5' is not one of"),
         ({"models.gemma3.path": "/nonexistent/model"}, r"give exactly one of"),
         ({"pairs": [{"a": "smollm2", "b": "gemma9"}]}, r"pairs\[0\].b: model 'gemma9' is not defined; use one of smollm2, gemma3"),
@@ -105,7 +106,7 @@ def test_user_mistakes_give_one_clear_line(changes, message):
 
 
 def test_missing_source_and_missing_path(tmp_path):
-    with pytest.raises(UserError, match=r"models.gemma3: give exactly one of hf, path, embedded, gguf \(found none\)"):
+    with pytest.raises(UserError, match=r"models.gemma3: give exactly one of hf, path, embedded, gguf, rerandomized \(found none\)"):
         checked(remove=("models.gemma3.embedded",))
     config = copy.deepcopy(DEFAULT)
     config["models"]["gemma3"] = {"path": str(tmp_path / "nothing"), "layers": [0]}

@@ -37,9 +37,10 @@ NAMES = ["gemma-corrected", "gemma-paper", "pythia-corrected", "pythia-own-saes"
 # The published settings, each a path into the config and its value; corrected presets keep the defaults.
 PAPER_SETTINGS = {
     "pythia": {("saes", "pre_activations"): True, ("matching", "junk_filter"): False,
-               ("matching", "one_to_one"): "first", ("similarity", "svcca_components"): 1},
+               ("matching", "one_to_one"): "first", ("similarity", "svcca_components"): 1,
+               ("similarity", "metrics"): ["svcca", "rsa"]},
     "gemma": {("matching", "junk_filter"): False, ("matching", "one_to_one"): "first",
-              ("similarity", "svcca_components"): 1},
+              ("similarity", "svcca_components"): 1, ("similarity", "metrics"): ["svcca", "rsa"]},
 }
 SIZES = {"similarity": {"n_permutations": 20, "random_subset_draws": 2, "min_pairs": 5, "knn_k": 3}}
 
@@ -77,12 +78,17 @@ def test_presets_folder_holds_both_variants_of_both_experiments_and_own_saes():
 @pytest.mark.parametrize("family", ["pythia", "gemma"])
 def test_paper_and_corrected_differ_exactly_in_the_published_settings(family):
     paper, corrected = load_preset(f"{family}-paper"), load_preset(f"{family}-corrected")
-    shared = ("models", "pairs", "corpus", "activations")
+    shared = ("corpus", "activations")
     assert {key: paper[key] for key in shared} == {key: corrected[key] for key in shared}
+    assert paper["models"] == corrected["models"]
+    # The corrected variant adds the floor control: a re-randomized copy of B, whose SAEs are the only
+    # ones it trains (saes.train sizes them like the published ones).
+    assert [{**pair, "floor": True} for pair in paper["pairs"]] == corrected["pairs"]
+    assert set(corrected["saes"]) == {"train"} and set(corrected["saes"]["train"]) == {"d_sae", "k"}
     published = {(section, key): value for section in ("saes", "matching", "similarity")
                  for key, value in paper.get(section, {}).items()}
     assert published == PAPER_SETTINGS[family]
-    assert not {"saes", "matching", "similarity"} & set(corrected), "corrected = this project's defaults"
+    assert not {"matching", "similarity"} & set(corrected), "corrected = this project's defaults"
 
 
 @pytest.mark.parametrize("name", ["pythia-paper", "gemma-paper", "pythia-own-saes"])
@@ -264,18 +270,24 @@ def job_counts(dry_run_output: str) -> dict:
 @pytest.mark.parametrize("name", NAMES)
 def test_dry_run_lists_every_layer_pair_without_the_hub(dry_runs, name):
     preset, output = load_preset(name), dry_runs[name]
-    (a, b), = [(pair["a"], pair["b"]) for pair in preset["pairs"]]
+    (a, b, floor), = [(pair["a"], pair["b"], pair.get("floor", False)) for pair in preset["pairs"]]
+    assert floor == name.endswith("-corrected"), "the corrected variants run the floor control"
     layers_a, layers_b = preset["models"][a]["layers"], preset["models"][b]["layers"]
     assert layer_pairs_listed(output, f"{a}--{b}") == set(product(layers_a, layers_b))
+    if floor:  # the floor pair: every layer pair of A against the re-randomized copy of B
+        assert layer_pairs_listed(output, f"{a}--{b}-rerandomized") == set(product(layers_a, layers_b))
     counts = job_counts(output)
     n_saes = len(layers_a) + len(layers_b)
-    assert counts["match_features"] == counts["score_matches"] == len(layers_a) * len(layers_b)
-    assert counts["prepare_model"] == 2 and counts["build_corpus"] == 1
+    pairs = 2 if floor else 1
+    assert counts["match_features"] == counts["score_matches"] == pairs * len(layers_a) * len(layers_b)
+    assert counts["prepare_model"] == 2 + floor and counts["build_corpus"] == 1
     if name == "pythia-own-saes":
         assert counts["train_sae"] == 2 * n_saes and "load_pretrained_sae" not in counts
         assert counts["cache_activations"] == 2 * 4  # activations.shards: 4
     else:
-        assert counts["load_pretrained_sae"] == n_saes and "train_sae" not in counts
+        assert counts["load_pretrained_sae"] == n_saes
+        # Published SAEs are loaded; only the floor's are trained (one per seed, the schema's default [0]).
+        assert counts.get("train_sae", 0) == (len(layers_b) if floor else 0)
     assert "smollm2" not in output and "gemma3" not in output, "the preset replaces config.yaml"
 
 

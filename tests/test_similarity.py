@@ -254,8 +254,10 @@ def test_identical_inputs_score_one(name):
     assert sim.compute_metric(name, X, X) == pytest.approx(1.0, abs=1e-9)
 
 
-@pytest.mark.parametrize("name", list(sim.METRICS))
+@pytest.mark.parametrize("name", [name for name in sim.METRICS if name != "heldout_svcca"])
 def test_permuting_both_sides_together_changes_nothing(name):
+    # heldout_svcca is left out: its folds are drawn over row positions, so reordering the pairs
+    # draws another split (its spread over splits is part of its interval).
     X, Y = coupled_pair(23, n=30)
     order = np.random.default_rng(1).permutation(30)
     assert sim.compute_metric(name, X[order], Y[order]) == pytest.approx(sim.compute_metric(name, X, Y), abs=1e-10)
@@ -294,6 +296,21 @@ def test_fast_null_equals_recomputing_from_scratch(name, options, device):
     np.testing.assert_array_equal(again, fast)
 
 
+@pytest.mark.parametrize("options", [{}, {"components": 3}, {"folds": 3, "fold_seed": 4}])
+def test_heldout_svcca_null_is_the_metric_under_within_fold_shuffles(options):
+    X, Y = coupled_pair(38, n=60, d_a=9, d_b=12)
+    permutations = sim.draw_permutations(60, 12, seed=5)
+    fast = sim.permutation_null("heldout_svcca", X, Y, permutations=permutations, **options)
+    labels = sim.heldout_folds(60, options.get("folds", 5), options.get("fold_seed", 0))
+    naive = []
+    for permutation in permutations:
+        within = sim.within_fold_permutation(permutation, labels)
+        assert all(set(within[labels == fold]) == set(np.flatnonzero(labels == fold)) for fold in set(labels))
+        naive.append(sim.heldout_svcca(X, Y[within], **options))
+    np.testing.assert_allclose(fast, naive, rtol=0, atol=1e-10)
+    assert np.ptp(naive) > 1e-3
+
+
 @pytest.mark.parametrize("name", ["svcca", "procrustes", "linear_cka", "rsa"])
 def test_fast_null_handles_more_columns_than_rows(name):
     X, Y = coupled_pair(39, n=10, d_a=15, d_b=12)
@@ -323,7 +340,10 @@ def test_permutation_test_equals_naive_loop():
     for row in table.itertuples():
         options = {"k": 3} if row.metric == "mutual_knn" else {}
         observed = sim.compute_metric(row.metric, X, Y, **options)
-        null = np.array([sim.compute_metric(row.metric, X, Y[p], **options) for p in permutations])
+        # heldout_svcca's random pairings shuffle within its folds (see its own null test).
+        shuffles = ([sim.within_fold_permutation(p, sim.heldout_folds(30, 5)) for p in permutations]
+                    if row.metric == "heldout_svcca" else permutations)
+        null = np.array([sim.compute_metric(row.metric, X, Y[p], **options) for p in shuffles])
         assert row.observed == observed
         assert row.null_mean == pytest.approx(null.mean(), abs=1e-12)
         assert row.null_std == pytest.approx(null.std(ddof=1), abs=1e-12)
@@ -511,3 +531,115 @@ def test_normalized_score_against_the_ceilings_own_null():
     assert sim.normalized_score(0.6, 0.5, 0.9, ceiling_null_mean=0.4) == pytest.approx(0.2)
     assert sim.normalized_score(0.5, 0.5, 0.9, ceiling_null_mean=0.4) == 0.0
     assert np.isnan(sim.normalized_score(0.6, 0.5, 0.4, ceiling_null_mean=0.4))
+
+
+# ------------------------------------------------------------------------------------------
+# Chance levels: held-out SVCCA and debiased CKA are about 0 on unrelated spaces
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [100, 300, 1000, 3000])
+@pytest.mark.parametrize("d", [64, 576, 640])
+def test_chance_free_metrics_average_zero_on_independent_spaces(n, d):
+    """50 values per metric on independent Gaussian X (n, d) and Y (n, 640 when d is 576, else d).
+
+    Five independent draws, each with its score and nine random pairings: a random pairing
+    of independent rows is itself an independent draw, and costs no new decomposition.
+    """
+    rng = np.random.default_rng(n + d)
+    values = {"heldout_svcca": [], "debiased_cka": []}
+    for draw in range(5):
+        X = rng.standard_normal((n, d))
+        Y = rng.standard_normal((n, 640 if d == 576 else d))
+        permutations = np.vstack([np.arange(n), sim.draw_permutations(n, 9, seed=draw)])
+        for name in values:
+            values[name].extend(sim.permutation_null(name, X, Y, permutations=permutations))
+    for name, scores in values.items():
+        assert len(scores) == 50
+        assert abs(np.mean(scores)) < 0.03, (name, np.mean(scores))
+    if n <= 1000 and d >= 576:
+        # In the same regime in-sample SVCCA at 99% variance is far from 0: k_x + k_y near or above n.
+        assert sim.svcca(X, Y, variance=0.99) > 0.5
+
+
+@pytest.mark.parametrize("name", ["heldout_svcca", "debiased_cka"])
+def test_chance_free_metrics_rise_monotonically_to_one_on_a_planted_rotation(name):
+    rng = np.random.default_rng(67)
+    X = rng.standard_normal((300, 64)) * np.linspace(2.0, 0.5, 64)
+    rotation = random_orthogonal(64, rng)
+    noise = rng.standard_normal((300, 64))
+    scores = [sim.compute_metric(name, X, X @ rotation + level * noise) for level in (8, 4, 2, 1, 0.5, 0.1, 0.01)]
+    assert np.all(np.diff(scores) > 0), scores
+    assert scores[-1] > 0.99 and abs(scores[0]) < 0.2
+
+
+@pytest.mark.parametrize(("components", "shapes"), [(1, (40, 8, 6)), (4, (40, 8, 6)), (7, (30, 80, 50))])
+def test_heldout_svcca_with_one_fold_is_in_sample_svcca(components, shapes):
+    n, d_a, d_b = shapes
+    X, Y = coupled_pair(71, n=n, d_a=d_a, d_b=d_b)
+    expected = reference_svcca(X, Y, components=components)  # the independent eigen-route CCA
+    assert sim.heldout_svcca(X, Y, components=components, folds=1) == pytest.approx(expected, abs=1e-9)
+
+
+def test_heldout_svcca_chooses_components_on_the_fit_folds_only():
+    X, Y = coupled_pair(73, n=200, d_a=30, d_b=20, noise=0.5)
+    choices = sim.heldout_svcca_choices(X, Y)
+    assert list(choices["fold"]) == [0, 1, 2, 3, 4] and choices["heldout_rows"].sum() == 200
+    assert set(choices["components"]) <= set(sim.HELDOUT_COMPONENT_GRID)
+    assert (choices["averaged"] <= choices["components"]).all()
+    # Changing only the rows of one fold leaves that fold's own choice unchanged: it never saw them.
+    labels = sim.heldout_folds(200, 5, 0)
+    changed = Y.copy()
+    changed[labels == 0] = np.random.default_rng(0).standard_normal(((labels == 0).sum(), 20))
+    again = sim.heldout_svcca_choices(X, changed)
+    assert again.loc[0, "components"] == choices.loc[0, "components"]
+    assert again.loc[0, "averaged"] == choices.loc[0, "averaged"]
+    with pytest.raises(UserError, match="components"):
+        sim.heldout_svcca(X, Y, folds=1)
+
+
+# ------------------------------------------------------------------------------------------
+# Adjusted p-values and intervals
+# ------------------------------------------------------------------------------------------
+
+
+def test_adjusted_p_values_equal_hand_computed_ones():
+    p = [0.01, 0.04, 0.03, np.nan, 0.005]
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max.
+    np.testing.assert_allclose(sim.adjust_p_values(p, "holm"), [0.03, 0.06, 0.06, np.nan, 0.02])
+    # BH: times 4/1, 4/2, 4/3, 4/4 = 0.02, 0.02, 0.04, 0.04 -> running min from the top.
+    np.testing.assert_allclose(sim.adjust_p_values(p, "bh"), [0.02, 0.04, 0.04, np.nan, 0.02])
+    np.testing.assert_allclose(sim.adjust_p_values([0.5, 0.9], "holm"), [1.0, 1.0])
+    np.testing.assert_allclose(sim.adjust_p_values([0.3, 0.2, 0.1], "bh"), [0.3, 0.3, 0.3])
+    assert np.isnan(sim.adjust_p_values([np.nan, np.nan])).all()
+    with pytest.raises(UserError, match="holm, bh"):
+        sim.adjust_p_values([0.1], "bonferroni")
+
+
+def test_interval_covers_the_true_value_at_about_the_nominal_rate():
+    """Debiased CKA of Y = X A + noise, whose population value is known in closed form."""
+    rng = np.random.default_rng(79)
+    d, sigma, n = 8, 1.0, 120
+    A = 0.5 * rng.standard_normal((d, d))
+    # Population covariances: Sxx = I, Sxy = A, Syy = A'A + sigma^2 I.
+    true = np.linalg.norm(A) ** 2 / (np.sqrt(d) * np.linalg.norm(A.T @ A + sigma**2 * np.eye(d)))
+    covered, widths = [], []
+    for simulation in range(100):
+        X = rng.standard_normal((n, d))
+        Y = X @ A + sigma * rng.standard_normal((n, d))
+        low, high = sim.bootstrap_interval("debiased_cka", X, Y, draws=100, seed=simulation)
+        covered.append(low <= true <= high)
+        widths.append(high - low)
+    assert 0.88 <= np.mean(covered) <= 0.99, np.mean(covered)
+    assert 0 < np.mean(widths) < 0.5
+
+
+def test_interval_contains_the_observed_score_and_is_seeded():
+    X, Y = coupled_pair(83, n=60)
+    for name in sim.METRICS:
+        options = {"k": 5} if name == "mutual_knn" else {}
+        low, high = sim.bootstrap_interval(name, X, Y, draws=30, seed=1, **options)
+        observed = sim.compute_metric(name, X, Y, **options)
+        assert low <= observed + 1e-12 and observed - 1e-12 <= high, name
+        assert (low, high) == sim.bootstrap_interval(name, X, Y, draws=30, seed=1, **options)
+    assert np.isnan(sim.bootstrap_interval("rsa", X[:7], Y[:7])).all()  # halves of 3 pairs: no interval

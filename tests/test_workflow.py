@@ -78,7 +78,8 @@ def test_rerun_does_nothing_and_one_target_regenerates_alone(finished_run):
 
 def test_sae_quality_table_is_complete_and_plausible(finished_run):
     quality = pd.read_csv(finished_run / "results/saes/quality.tsv", sep="\t")
-    expected = {(m, l, s) for m, layers in (("neox", (0, 2)), ("llama", (1,))) for l in layers for s in ("seed0", "seed1")}
+    models = (("neox", (0, 2)), ("llama", (1,)), ("llama-rerandomized", (1,)))  # the last: the floor control
+    expected = {(m, l, s) for m, layers in models for l in layers for s in ("seed0", "seed1")}
     assert set(zip(quality["model"], quality["layer"], quality["sae"])) == expected
     assert (quality["fvu"] > 0).all() and (quality["fvu"] < 1).all(), "trained SAEs explain some variance"
     assert (quality["mean_l0"] <= 4 + 1e-9).all(), "TopK with k=4 keeps at most 4 latents"
@@ -135,12 +136,21 @@ def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
     X, Y = W_a[kept["final_a"].to_numpy()], W_b[kept["feature_b"].to_numpy()]
     scores = pd.read_csv(finished_run / "results/similarity/neox--llama/scores.tsv", sep="\t")
     cell = scores[(scores["layer_a"] == 2) & (scores["layer_b"] == 1)].set_index("metric")
-    assert set(cell.index) == {"svcca", "rsa", "linear_cka", "mutual_knn", "procrustes"}
-    if len(kept) >= 5:
-        # Tables carry 6 significant digits.
-        assert cell.loc["rsa", "observed"] == pytest.approx(compute_metric("rsa", X, Y), rel=1e-5, abs=1e-8)
-        assert cell.loc["svcca", "observed"] == pytest.approx(compute_metric("svcca", X, Y, variance=0.99), rel=1e-5, abs=1e-8)
-        assert (cell["p"] >= 1 / 201).all() and (cell["p"] <= 1).all()  # 200 permutations: p is never 0
+    assert set(cell.index) == {"heldout_svcca", "rsa", "debiased_cka", "mutual_knn", "procrustes"}
+    assert len(kept) >= 5, "the tiny experiment must keep pairs enough to score"
+    # Tables carry 6 significant digits.
+    assert cell.loc["rsa", "observed"] == pytest.approx(compute_metric("rsa", X, Y), rel=1e-5, abs=1e-8)
+    assert cell.loc["debiased_cka", "observed"] == pytest.approx(compute_metric("debiased_cka", X, Y), rel=1e-5, abs=1e-8)
+    assert cell.loc["heldout_svcca", "observed"] == pytest.approx(
+        compute_metric("heldout_svcca", X, Y, folds=5, fold_seed=0), rel=1e-5, abs=1e-8)
+    assert (cell["p"] >= 1 / 201).all() and (cell["p"] <= 1).all()  # 200 permutations: p is never 0
+    np.testing.assert_allclose(cell["excess"], cell["observed"] - cell["null_mean"], rtol=0, atol=1e-6)  # 6 digits each
+    assert (cell["ci_low"] <= cell["observed"] + 1e-9).all() and (cell["ci_high"] >= cell["observed"] - 1e-9).all()
+    # Holm across the table's two layer pairs, per metric.
+    for metric, group in scores.groupby("metric"):
+        low, high = group.sort_values("p")["p"].to_numpy()
+        expected = [min(1, 2 * low), min(1, max(2 * low, high))]
+        np.testing.assert_allclose(group.sort_values("p")["p_adjusted"], expected, rtol=1e-5)
     # The ceiling control (two seeds) exists for every (model, layer) and feeds the normalized score:
     # the cell's excess over its null as a fraction of the ceiling's excess over the ceiling's own null.
     ceilings = {}
@@ -151,14 +161,60 @@ def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
     for metric, row in cell.iterrows():
         both = [ceilings["neox", 2].loc[metric], ceilings["llama", 1].loc[metric]]
         span = np.mean([c["observed"] for c in both]) - np.mean([c["null_mean"] for c in both])
-        if np.isfinite(row["observed"]) and np.isfinite(span) and abs(span) > 1e-6:
-            expected = (row["observed"] - row["null_mean"]) / span
-            assert row["normalized"] == pytest.approx(expected, rel=1e-4, abs=1e-4), metric
+        valid = all(c["p"] < 0.05 for c in both) and span > 0
+        assert row["ceiling_valid"] == valid
+        if valid:
+            assert row["normalized"] == pytest.approx((row["observed"] - row["null_mean"]) / span, rel=1e-4, abs=1e-4)
+            assert row["normalized_note"] != row["normalized_note"]  # NaN: no note where defined
+        else:
+            # Never a normalized score on a ceiling at chance: empty, and the note says why.
+            assert np.isnan(row["normalized"]) and "ceiling" in row["normalized_note"], metric
     table = pd.read_csv(finished_run / "results/similarity/neox--llama/table.tsv", sep="\t")
-    assert len(table) == 2 and {"svcca_observed", "svcca_null_mean", "svcca_p", "svcca_normalized"} <= set(table.columns)
+    assert len(table) == 2
+    for value in ("observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
+                  "normalized_note"):
+        assert f"heldout_svcca_{value}" in table.columns
     semantic = pd.read_csv(finished_run / "results/similarity/neox--llama/semantic.tsv", sep="\t")
     assert {"time", "calendar", "nature", "emotions", "month_names", "countries", "biology"} <= set(semantic["category"])
     assert semantic.loc[semantic["n_pairs"] < 5, "skipped"].all()  # min_pairs: 5
     tidy = pd.read_csv(finished_run / "results/similarity/all_scores.tsv", sep="\t")
-    assert {"all", "time"} <= set(tidy["category"]) and len(tidy) == len(scores) + len(semantic)
-    assert (finished_run / "results/similarity/neox--llama/heatmaps.png").stat().st_size > 10_000
+    floor_rows = sum(len(pd.read_csv(finished_run / f"results/similarity/neox--llama-rerandomized/{name}", sep="\t"))
+                     for name in ("scores.tsv", "semantic.tsv"))
+    assert {"all", "time"} <= set(tidy["category"]) and len(tidy) == len(scores) + len(semantic) + floor_rows
+    for figure in ("heatmaps.png", "heatmaps_raw.png"):
+        assert (finished_run / f"results/similarity/neox--llama/{figure}").stat().st_size > 10_000
+
+
+def test_floor_control_and_verdict(finished_run):
+    # The floor pair ran through every rule like a real pair, on the re-randomized copy of llama.
+    manifest = (finished_run / "resources/models/llama-rerandomized/manifest.json").read_text()
+    assert '"rerandomized_from": "llama"' in manifest
+    floor = pd.read_csv(finished_run / "results/similarity/neox--llama-rerandomized/scores.tsv", sep="\t")
+    real = pd.read_csv(finished_run / "results/similarity/neox--llama/scores.tsv", sep="\t")
+    assert len(floor) == len(real) and floor["observed"].notna().all()
+    assert not np.allclose(floor.sort_values(["layer_a", "metric"])["observed"],
+                           real.sort_values(["layer_a", "metric"])["observed"])
+    # The verdict: one row per metric of the real pair, its best cell being the largest z of the table.
+    verdict = pd.read_csv(finished_run / "results/verdict.tsv", sep="\t")
+    assert set(verdict["metric"]) == set(real["metric"]) and (verdict["model_b"] == "llama").all()
+    for row in verdict.itertuples():
+        cells = real[real["metric"] == row.metric]
+        best = cells.loc[cells["z"].idxmax()]
+        assert (row.best_layer_a, row.best_layer_b) == (best["layer_a"], best["layer_b"])
+        assert row.n_significant == int((cells["p_adjusted"] < 0.05).sum())
+        same = floor[(floor["metric"] == row.metric) & (floor["layer_a"] == best["layer_a"])].iloc[0]
+        assert row.floor_excess == pytest.approx(same["excess"], rel=1e-5)
+    text = (finished_run / "results/verdict.md").read_text()
+    assert text.startswith("**neox vs llama**")
+    if (verdict["n_significant"] == 0).all():
+        assert "**Nothing is significant.**" in text
+    assert "re-randomized floor (llama-rerandomized)" in text and "The SAEs these scores rest on" in text
+
+
+def test_report_opens_with_the_verdict(finished_run):
+    snakemake(finished_run, "--report", "report.html")
+    page = (finished_run / "report.html").read_text()
+    # The front page is embedded as JSON-escaped HTML: the verdict comes before the description.
+    opening = page.index("neox vs llama")
+    assert opening < page.index("learn the same features?")
+    assert "The SAEs these scores rest on" in page

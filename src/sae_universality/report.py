@@ -26,11 +26,19 @@ def _pyplot():
     return plt
 
 
-def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str) -> None:
-    """One heatmap per metric: layer of A (rows) x layer of B (columns), value in each cell.
+def _significant(frame: pd.DataFrame) -> np.ndarray:
+    """Adjusted p < SIGNIFICANCE where the table has it, else the raw p."""
+    column = "p_adjusted" if "p_adjusted" in frame else "p"
+    return frame[column].to_numpy(dtype=float) < SIGNIFICANCE
 
-    Cells whose permutation p >= 0.05 (or that were skipped) are hatched and
-    their value is shown in grey: not distinguishable from a random pairing.
+
+def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_by: str = "excess") -> None:
+    """One heatmap per metric: layer of A (rows) x layer of B (columns).
+
+    color_by "excess": cells coloured by observed - null mean on a scale centred at 0
+    (chance), each cell showing the observed score and a star where the adjusted p is
+    below 0.05. color_by "observed": the paper's style, coloured by the raw score; cells
+    that are not significant are hatched with grey numbers.
     """
     plt = _pyplot()
     metrics = list(dict.fromkeys(scores["metric"]))
@@ -40,30 +48,49 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str) -> Non
     rows = int(np.ceil(len(metrics) / columns))
     panel_width = max(3.4, 1.4 + 0.75 * len(layers_b))
     panel_height = max(2.8, 1.2 + 0.55 * len(layers_a))
-    figure, axes = plt.subplots(rows, columns, figsize=(panel_width * columns, panel_height * rows + 0.4), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(panel_width * columns, panel_height * rows + 0.5), squeeze=False)
     for axis in axes.flat[len(metrics):]:
         axis.axis("off")
     for axis, metric in zip(axes.flat, metrics):
-        cells = scores[scores["metric"] == metric].set_index(["layer_a", "layer_b"])
+        cells = scores[scores["metric"] == metric].copy()
+        cells["marked"] = _significant(cells)
+        cells = cells.set_index(["layer_a", "layer_b"])
         values = np.full((len(layers_a), len(layers_b)), np.nan)
-        p_values = np.full_like(values, np.nan)
+        observed = np.full_like(values, np.nan)
+        marked = np.zeros(values.shape, dtype=bool)
         for i, layer_a in enumerate(layers_a):
             for j, layer_b in enumerate(layers_b):
                 if (layer_a, layer_b) in cells.index:
-                    values[i, j] = cells.loc[(layer_a, layer_b), "observed"]
-                    p_values[i, j] = cells.loc[(layer_a, layer_b), "p"]
-        image = axis.imshow(values, cmap="viridis", vmin=np.nanmin(values) if np.isfinite(values).any() else 0,
-                            vmax=np.nanmax(values) if np.isfinite(values).any() else 1, aspect="auto")
+                    values[i, j] = cells.loc[(layer_a, layer_b), color_by]
+                    observed[i, j] = cells.loc[(layer_a, layer_b), "observed"]
+                    marked[i, j] = cells.loc[(layer_a, layer_b), "marked"]
+        finite = np.isfinite(values)
+        if color_by == "excess":
+            # Symmetric around 0 so that white is chance, whatever the metric's raw chance level.
+            span = float(np.nanmax(np.abs(values))) if finite.any() else 1.0
+            image = axis.imshow(values, cmap="RdBu_r", vmin=-max(span, 1e-6), vmax=max(span, 1e-6), aspect="auto")
+        else:
+            image = axis.imshow(values, cmap="viridis", vmin=np.nanmin(values) if finite.any() else 0,
+                                vmax=np.nanmax(values) if finite.any() else 1, aspect="auto")
         for i in range(len(layers_a)):
             for j in range(len(layers_b)):
-                significant = np.isfinite(p_values[i, j]) and p_values[i, j] < SIGNIFICANCE
-                text = "–" if not np.isfinite(values[i, j]) else f"{values[i, j]:.2f}"
-                bright = np.isfinite(values[i, j]) and image.norm(values[i, j]) > 0.6  # viridis is light at the top
-                color = ("black" if bright else "white") if significant else ("dimgray" if bright else "lightgrey")
+                if not np.isfinite(observed[i, j]):
+                    axis.text(j, i, "–", ha="center", va="center", fontsize=8, color="grey")
+                    continue
+                strength = image.norm(values[i, j]) if np.isfinite(values[i, j]) else 0.5
+                if color_by == "excess":
+                    dark = abs(strength - 0.5) > 0.3  # the ends of RdBu are dark
+                    color = "white" if dark else "black"
+                    text = f"{observed[i, j]:.2f}" + ("*" if marked[i, j] else "")
+                else:
+                    bright = strength > 0.6  # viridis is light at the top
+                    color = ("black" if bright else "white") if marked[i, j] else ("dimgray" if bright else "lightgrey")
+                    text = f"{observed[i, j]:.2f}"
+                    if not marked[i, j]:
+                        axis.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                                                     edgecolor="grey", linewidth=0))
                 axis.text(j, i, text, ha="center", va="center", fontsize=8, color=color,
-                          fontweight="bold" if significant else "normal")
-                if not significant:
-                    axis.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey", linewidth=0))
+                          fontweight="bold" if marked[i, j] else "normal")
         axis.set_xticks(range(len(layers_b)), layers_b)
         axis.set_yticks(range(len(layers_a)), layers_a)
         axis.set_xlabel(f"layer of {scores['model_b'].iloc[0]}")
@@ -72,7 +99,13 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str) -> Non
         colorbar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
         colorbar.locator = plt.MaxNLocator(4)
         colorbar.update_ticks()
-    figure.suptitle(f"{title}\nhatched, grey: p >= 0.05 against random pairings", fontsize=10)
+        if color_by == "excess":
+            colorbar.set_label("observed - null mean", fontsize=7)
+    adjusted = "adjusted " if "p_adjusted" in scores else ""
+    subtitle = (f"colour: excess over random pairings (0 = chance); number: observed score; *: {adjusted}p < 0.05"
+                if color_by == "excess" else
+                f"colour: raw observed score (as in the paper); hatched, grey: {adjusted}p >= 0.05")
+    figure.suptitle(f"{title}\n{subtitle}", fontsize=9)
     figure.tight_layout()
     _save(figure, out_path, plt)
 
@@ -80,9 +113,9 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str) -> Non
 def plot_semantic_bars(semantic: pd.DataFrame, out_path: str | Path, title: str) -> None:
     """Per (layer_a, layer_b) with a scored category: every metric per category, against its null.
 
-    Bars are the observed scores (grouped by category, one colour per metric,
-    solid = p < 0.05, pale = not); the black marker on each bar is the null
-    mean +- 2 std of random pairings. Layer pairs where no category reached
+    Bars are the excess of each observed score over its null mean (grouped by
+    category, one colour per metric, solid = adjusted p < 0.05, pale = not), with
+    the interval of the observed score shifted the same way as error bars; 0 is chance. Layer pairs where no category reached
     `min_pairs` get no panel; the figure's footnote lists the largest skipped
     categories with their pair counts, so an empty result still says why.
     """
@@ -103,15 +136,22 @@ def plot_semantic_bars(semantic: pd.DataFrame, out_path: str | Path, title: str)
         for index, metric in enumerate(metrics):
             rows_of_metric = cell[cell["metric"] == metric].set_index("category").reindex(categories)
             positions = np.arange(len(categories)) + (index - (len(metrics) - 1) / 2) * width
-            significant = rows_of_metric["p"].to_numpy() < SIGNIFICANCE
+            significant = _significant(rows_of_metric)
             shades = [(*colours(index)[:3], 1.0 if flag else 0.35) for flag in significant]
-            axis.bar(positions, rows_of_metric["observed"], width, color=shades, label=metric)
-            axis.errorbar(positions, rows_of_metric["null_mean"], yerr=2 * rows_of_metric["null_std"], fmt="_",
-                          color="black", capsize=2, linewidth=0.8, markersize=6)
+            excess = (rows_of_metric["observed"] - rows_of_metric["null_mean"]).to_numpy(dtype=float)
+            low = (rows_of_metric["ci_low"] - rows_of_metric["null_mean"]).to_numpy(dtype=float)
+            high = (rows_of_metric["ci_high"] - rows_of_metric["null_mean"]).to_numpy(dtype=float)
+            axis.bar(positions, excess, width, color=shades, label=metric)
+            # Intervals only where the category had pairs enough to resample.
+            has_interval = np.isfinite(low) & np.isfinite(high)
+            axis.errorbar(positions[has_interval], excess[has_interval],
+                          yerr=[excess[has_interval] - low[has_interval], high[has_interval] - excess[has_interval]],
+                          fmt="none", ecolor="black", capsize=2, linewidth=0.8)
         n_pairs = cell.groupby("category", sort=False)["n_pairs"].first().reindex(categories)
         axis.set_xticks(range(len(categories)), [f"{c}\n(n={int(n)})" for c, n in zip(categories, n_pairs)], fontsize=7)
         axis.set_title(f"layer {layer_a} vs {layer_b}", fontsize=9)
-        axis.set_ylim(min(0.0, float(np.nanmin(cell["observed"]))) if len(cell) else 0, 1.05)
+        axis.axhline(0.0, color="black", linewidth=0.6)
+        axis.set_ylabel("observed - null mean", fontsize=7)
     if cells:
         axes.flat[0].legend(fontsize=6, loc="lower right", ncol=2)
     else:
@@ -122,8 +162,8 @@ def plot_semantic_bars(semantic: pd.DataFrame, out_path: str | Path, title: str)
         largest = (skipped_rows.groupby("category")["n_pairs"].max().sort_values(ascending=False))
         note = "skipped (too few pairs; most in any layer pair): " + ", ".join(f"{c} {int(n)}" for c, n in largest.items())
         figure.text(0.01, 0.005, textwrap.fill(note, 180), fontsize=7, va="bottom")
-    figure.suptitle(f"{title}: semantic categories, every metric (solid = p < 0.05) vs random pairings "
-                    "(black: null mean +- 2 std)", fontsize=9)
+    figure.suptitle(f"{title}: semantic categories, excess of every metric over random pairings "
+                    "(0 = chance; solid = adjusted p < 0.05; bars: 95% interval)", fontsize=9)
     figure.tight_layout(rect=(0, 0.05, 1, 1))
     _save(figure, out_path, plt)
 

@@ -17,8 +17,8 @@ import pandas as pd
 
 from .io import atomic_path
 
-SCORE_COLUMNS = ["metric", "observed", "null_mean", "null_std", "z", "p", "n_pairs", "n_permutations",
-                 "random_subset_mean", "random_subset_std"]
+SCORE_COLUMNS = ["metric", "observed", "ci_low", "ci_high", "null_mean", "null_std", "excess", "z", "p",
+                 "n_pairs", "n_permutations", "random_subset_mean", "random_subset_std"]
 
 
 def decoder_rows(sae_dir: str | Path) -> np.ndarray:
@@ -29,20 +29,29 @@ def decoder_rows(sae_dir: str | Path) -> np.ndarray:
 
 
 def metric_options(settings: dict, n_pairs: int) -> dict:
-    # mutual_knn needs k < n: a small category gets as many neighbours as it has.
-    options = {"variance": settings["svcca_variance"], "k": max(1, min(settings["knn_k"], n_pairs - 1))}
-    if settings["svcca_components"] is not None:
-        options["components"] = settings["svcca_components"]
-    return options
+    """Keyword options of the configured metrics, only those some configured metric accepts."""
+    from .similarity import METRICS
+
+    options = {
+        "variance": settings["svcca_variance"],
+        "components": settings["svcca_components"],
+        "folds": settings["svcca_folds"],
+        "fold_seed": settings["seed"],
+        # mutual_knn needs k < n: a small category gets as many neighbours as it has.
+        "k": max(1, min(settings["knn_k"], n_pairs - 1)),
+    }
+    accepted = {option for name in settings["metrics"] for option in METRICS[name].options}
+    return {key: value for key, value in options.items() if key in accepted}
 
 
 def score_pairs(W_dec_a, W_dec_b, feature_a, feature_b, settings: dict, random_subset: bool = True) -> pd.DataFrame:
-    """Every metric on the paired decoder rows, with the permutation null and the random-subset baseline.
+    """Every metric on the paired decoder rows: observed with its interval, the permutation null,
+    the excess over it, and the random-subset baseline.
 
     Returns one row per metric (SCORE_COLUMNS); all NaN when there are fewer
     than `settings['min_pairs']` pairs.
     """
-    from .similarity import permutation_test, random_subset_baseline
+    from .similarity import METRICS, bootstrap_interval, permutation_test, random_subset_baseline
 
     metrics = settings["metrics"]
     n_pairs = len(feature_a)
@@ -52,6 +61,14 @@ def score_pairs(W_dec_a, W_dec_b, feature_a, feature_b, settings: dict, random_s
     options = metric_options(settings, n_pairs)
     scores = permutation_test(X, Y, metrics=metrics, n_permutations=settings["n_permutations"],
                               seed=settings["seed"], **options)
+    scores["excess"] = scores["observed"] - scores["null_mean"]
+    intervals = [
+        bootstrap_interval(row.metric, X, Y, draws=settings["bootstrap_draws"], level=settings["bootstrap_level"],
+                           seed=settings["seed"], observed=row.observed,
+                           **{key: value for key, value in options.items() if key in METRICS[row.metric].options})
+        for row in scores.itertuples()
+    ]
+    scores[["ci_low", "ci_high"]] = intervals
     if random_subset:
         baseline = random_subset_baseline(W_dec_a, W_dec_b, n=n_pairs, metrics=metrics,
                                           n_draws=settings["random_subset_draws"], seed=settings["seed"], **options)
@@ -97,33 +114,95 @@ def score_semantic(semantic_path, sae_a, sae_b, out_path, *, settings: dict, lab
     return table
 
 
-def pair_table(score_files: list, ceiling_files: list, out_wide: str | Path, out_long: str | Path) -> pd.DataFrame:
-    """One row per (layer_a, layer_b) of a pair: every metric with null mean, p and the normalized score.
+def with_adjusted_p(scores: pd.DataFrame, method: str, family: list[str]) -> pd.DataFrame:
+    """`p_adjusted`: p adjusted (holm or bh) within each group of `family` columns (e.g. per metric)."""
+    from .similarity import adjust_p_values
 
+    scores = scores.copy()
+    scores["p_adjusted"] = np.nan
+    for _, group in scores.groupby(family, sort=False):
+        scores.loc[group.index, "p_adjusted"] = adjust_p_values(group["p"].to_numpy(dtype=float), method)
+    return scores
+
+
+def ceilings_of(scores: pd.DataFrame, ceilings: pd.DataFrame, significance: float) -> pd.DataFrame:
+    """Per row of `scores`, its ceiling: the mean of the two layers' seed-to-seed scores and null means,
+    the larger of their p-values, and whether that ceiling is above chance (every contributing
+    ceiling's p < significance and the mean excess positive)."""
+    found_of = {(row.model, int(row.layer), row.metric): (row.observed, row.null_mean, row.p)
+                for row in ceilings.itertuples()}
+    rows = []
+    for row in scores.itertuples():
+        found = [found_of.get((row.model_a, int(row.layer_a), row.metric)),
+                 found_of.get((row.model_b, int(row.layer_b), row.metric))]
+        found = [values for values in found if values is not None and np.isfinite(values).all()]
+        if not found:
+            rows.append((np.nan, np.nan, np.nan, False))
+            continue
+        observed, null_mean, _ = np.mean(found, axis=0)
+        p = max(values[2] for values in found)
+        rows.append((observed, null_mean, p, bool(p < significance and observed > null_mean)))
+    return pd.DataFrame(rows, columns=["ceiling", "ceiling_null_mean", "ceiling_p", "ceiling_valid"],
+                        index=scores.index)
+
+
+def with_normalized(scores: pd.DataFrame, significance: float) -> pd.DataFrame:
+    """Normalized score and its interval where the ceiling is above chance; elsewhere empty, with the reason.
+
+    normalized = (observed - null mean) / (ceiling - ceiling's null mean); the interval
+    maps ci_low and ci_high the same way. `normalized_note` says why a cell has none.
+    """
+    from .similarity import normalized_score
+
+    scores = scores.copy()
+    valid = scores["ceiling_valid"].astype(bool).to_numpy()
+    for column, source in (("normalized", "observed"), ("normalized_ci_low", "ci_low"),
+                           ("normalized_ci_high", "ci_high")):
+        values = normalized_score(scores[source].to_numpy(dtype=float), scores["null_mean"].to_numpy(dtype=float),
+                                  scores["ceiling"].to_numpy(dtype=float),
+                                  scores["ceiling_null_mean"].to_numpy(dtype=float))
+        scores[column] = np.where(valid, values, np.nan)
+    notes = []
+    for row in scores.itertuples():
+        if not np.isfinite(row.observed):
+            notes.append("cell not scored (too few pairs)")
+        elif not np.isfinite(row.ceiling):
+            notes.append("no ceiling (one SAE seed)")
+        elif not row.ceiling_valid:
+            notes.append(f"ceiling not above chance (p={row.ceiling_p:.3g} >= {significance:g})"
+                         if row.ceiling_p >= significance else "ceiling below its null")
+        else:
+            notes.append("")
+    scores["normalized_note"] = notes
+    return scores
+
+
+WIDE_VALUES = ["observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
+               "normalized_note", "random_subset_mean"]
+
+
+def pair_table(score_files: list, ceiling_files: list, out_wide: str | Path, out_long: str | Path,
+               settings: dict) -> pd.DataFrame:
+    """One row per (layer_a, layer_b) of a pair: every metric with its interval, null, excess, z, raw and
+    adjusted p, and the normalized score where the ceiling is above chance.
+
+    p is adjusted per metric across the layer pairs of the table (settings['p_adjust']).
     The ceiling of a (layer_a, layer_b) cell is the mean of the two SAEs' own
     seed-to-seed scores ((A, layer_a) and (B, layer_b)) where they exist, with
     the mean of their own null means as its chance level (see normalized_score).
     """
-    from .similarity import normalized_score
-
+    significance = settings["significance"]
     scores = pd.concat([pd.read_csv(path, sep="\t") for path in score_files], ignore_index=True)
     ceilings = (pd.concat([pd.read_csv(path, sep="\t") for path in ceiling_files], ignore_index=True)
-                if ceiling_files else pd.DataFrame(columns=["model", "layer", "metric", "observed", "null_mean"]))
-    ceiling_of = {(row.model, int(row.layer), row.metric): (row.observed, row.null_mean) for row in ceilings.itertuples()}
-
-    def ceiling(row) -> tuple[float, float]:
-        found = [ceiling_of.get((row.model_a, int(row.layer_a), row.metric)),
-                 ceiling_of.get((row.model_b, int(row.layer_b), row.metric))]
-        found = [pair for pair in found if pair is not None and np.isfinite(pair).all()]
-        return tuple(np.mean(found, axis=0)) if found else (np.nan, np.nan)
-
-    scores[["ceiling", "ceiling_null_mean"]] = [ceiling(row) for row in scores.itertuples()]
-    scores["normalized"] = normalized_score(scores["observed"].to_numpy(), scores["null_mean"].to_numpy(),
-                                            scores["ceiling"].to_numpy(), scores["ceiling_null_mean"].to_numpy())
+                if ceiling_files else pd.DataFrame(columns=["model", "layer", "metric", "observed", "null_mean", "p"]))
+    scores = with_adjusted_p(scores, settings["p_adjust"], ["metric"])
+    scores = pd.concat([scores, ceilings_of(scores, ceilings, significance)], axis=1)
+    scores = with_normalized(scores, significance)
+    scores["significant"] = scores["p_adjusted"] < significance
     keys = ["model_a", "model_b", "layer_a", "layer_b"]
-    wide = scores.pivot_table(index=keys, columns="metric",
-                              values=["observed", "null_mean", "p", "normalized", "random_subset_mean"],
-                              aggfunc="first", dropna=False)
+    wide = scores.pivot_table(index=keys, columns="metric", values=WIDE_VALUES, aggfunc="first", dropna=False)
+    metrics = list(dict.fromkeys(scores["metric"]))
+    wide = wide[[(value, metric) for metric in metrics for value in WIDE_VALUES]]
     wide.columns = [f"{metric}_{value}" for value, metric in wide.columns]
     wide = wide.reset_index()
     counts = scores.groupby(keys)["n_pairs"].first().reset_index()
@@ -131,6 +210,17 @@ def pair_table(score_files: list, ceiling_files: list, out_wide: str | Path, out
     _write_tsv(wide, out_wide)
     _write_tsv(scores, out_long)
     return scores
+
+
+def semantic_table(semantic_files: list, out_path: str | Path, settings: dict) -> pd.DataFrame:
+    """Every layer pair's semantic scores in one table, p adjusted per metric across all scored
+    (layer pair, category) cells."""
+    table = pd.concat([pd.read_csv(path, sep="\t") for path in semantic_files], ignore_index=True)
+    if len(table):
+        table = with_adjusted_p(table, settings["p_adjust"], ["metric"])
+        table["significant"] = table["p_adjusted"] < settings["significance"]
+    _write_tsv(table, out_path)
+    return table
 
 
 def tidy_scores(score_tables: list, semantic_tables: list, out_path: str | Path) -> pd.DataFrame:

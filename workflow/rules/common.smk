@@ -2,7 +2,7 @@
 import functools
 import sys
 
-from sae_universality.config import check_config, sae_names
+from sae_universality.config import check_config, floor_controls, sae_names
 from sae_universality.errors import UserError
 from sae_universality.sae_stage import sae_settings
 
@@ -13,7 +13,9 @@ except UserError as error:
     sys.exit(f"sae-universality: {error}")
 
 MODELS = config["models"]
+# Real pairs and their floor controls alike (a pair with `floor: true` adds one: see config.py).
 PAIRS = [(pair["a"], pair["b"]) for pair in config["pairs"]]
+FLOORS = floor_controls(config)
 N_SHARDS = config["activations"]["shards"]
 
 
@@ -30,7 +32,13 @@ wildcard_constraints:
 
 def model_source_entry(wildcards):
     # Only where the model comes from: other settings must not re-trigger the (slow) preparation.
-    return {key: value for key, value in MODELS[wildcards.model].items() if key in ("hf", "revision", "path", "embedded", "gguf")}
+    return {key: value for key, value in MODELS[wildcards.model].items() if key in ("hf", "revision", "path", "embedded", "gguf", "rerandomized")}
+
+
+def source_model_manifest(wildcards):
+    # A re-randomized model (the floor control) is made from its source's prepared folder.
+    source = MODELS[wildcards.model].get("rerandomized")
+    return {"source_manifest": f"resources/models/{source['from']}/manifest.json"} if source else {}
 
 
 def model_layers(wildcards):
@@ -63,7 +71,8 @@ def alignment_targets():
 
 
 def final_targets():
-    return activation_targets() + alignment_targets() + ["results/saes/quality.tsv"] + code_targets() + matching_targets() + similarity_targets()
+    return (activation_targets() + alignment_targets() + ["results/saes/quality.tsv"] + code_targets()
+            + matching_targets() + similarity_targets() + ["results/verdict.md"])
 
 
 # ---------------------------------------------------------------- SAEs
@@ -252,7 +261,7 @@ def pair_ceiling_files(wildcards):
 def similarity_targets():
     targets = []
     for a, b in PAIRS:
-        targets += [f"results/similarity/{a}--{b}/table.tsv", f"results/similarity/{a}--{b}/heatmaps.png"]
+        targets += [f"results/similarity/{a}--{b}/{name}" for name in ("table.tsv", "heatmaps.png", "heatmaps_raw.png")]
         if config["semantic"]["enabled"]:
             targets += [f"results/similarity/{a}--{b}/semantic.tsv", f"results/similarity/{a}--{b}/semantic.png"]
     return targets + ["results/similarity/all_scores.tsv"]
@@ -266,3 +275,41 @@ def all_pair_semantic_tables(wildcards):
     if not config["semantic"]["enabled"]:
         return []
     return [f"results/similarity/{a}--{b}/semantic.tsv" for a, b in PAIRS]
+
+
+# ---------------------------------------------------------------- verdict
+
+
+def all_ceiling_score_tables(wildcards):
+    return [f"results/similarity/ceiling/{model}/layer{layer}.tsv" for model, entry in MODELS.items() if has_ceiling(model)
+            for layer in sorted(entry["layers"])]
+
+
+def all_ceiling_summaries(wildcards):
+    return [path.removesuffix(".tsv") + ".summary.tsv" for path in all_ceiling_score_tables(wildcards)]
+
+
+def floor_table(wildcards):
+    # Plain data for the verdict script: which pair is the floor control of which.
+    return [[*real, *floor] for real, floor in FLOORS.items()]
+
+
+def verdict_inputs(wildcards):
+    return {
+        "scores": all_pair_score_tables(wildcards),
+        "quality": "results/saes/quality.tsv",
+        "ceilings": all_ceiling_score_tables(wildcards),
+        "ceiling_summaries": all_ceiling_summaries(wildcards),
+    }
+
+
+def verdict_text():
+    """The verdict of a finished run, for the report's front page (workflow.rst); empty before it exists."""
+    from pathlib import Path
+
+    path = Path("results/verdict.md")
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+# The report's front page (workflow/report/workflow.rst) opens with the verdict; its Jinja sees only the config.
+config["_report_verdict"] = verdict_text()

@@ -1,4 +1,6 @@
 rule prepare_model:
+    input:
+        unpack(source_model_manifest),
     output:
         manifest="resources/models/{model}/manifest.json",
     log:

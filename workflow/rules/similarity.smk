@@ -71,6 +71,11 @@ rule similarity_tables:
             caption="../report/heatmaps.rst",
             category="Similarity",
         ),
+        heatmaps_raw=report(
+            "results/similarity/{model_a}--{model_b}/heatmaps_raw.png",
+            caption="../report/heatmaps_raw.rst",
+            category="Similarity",
+        ),
         semantic=report(
             "results/similarity/{model_a}--{model_b}/semantic.tsv",
             caption="../report/semantic_table.rst",
@@ -83,6 +88,8 @@ rule similarity_tables:
         ),
     log:
         "logs/similarity_tables/{model_a}--{model_b}.log",
+    params:
+        settings=similarity_settings,
     conda:
         "../../envs/workflow.yaml"
     script:
@@ -105,3 +112,20 @@ rule all_scores:
         "../../envs/workflow.yaml"
     script:
         "../../scripts/all_scores.py"
+
+
+rule verdict:
+    input:
+        unpack(verdict_inputs),
+    output:
+        verdict=report("results/verdict.md", caption="../report/verdict.rst", category="Verdict"),
+        table=report("results/verdict.tsv", caption="../report/verdict_table.rst", category="Verdict"),
+    log:
+        "logs/verdict.log",
+    params:
+        settings=similarity_settings,
+        floors=floor_table,
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/verdict.py"

@@ -1,0 +1,202 @@
+"""What the experiment found, in words: the verdict that opens the report.
+
+Built only from the tables the workflow wrote: per model pair its long score
+table (`results/similarity/{a}--{b}/scores.tsv`, with adjusted p-values,
+intervals and normalized scores), the SAE quality table, the seed-to-seed
+ceiling scores and matching summaries, and, where the pair has one, the scores
+of its re-randomized floor pair. The text is plain paragraphs and bullet lists
+with **bold**, valid both as Markdown (results/verdict.md) and as
+reStructuredText (the report's front page).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path
+
+VERDICT_COLUMNS = ["model_a", "model_b", "metric", "n_layer_pairs", "n_significant", "best_layer_a", "best_layer_b",
+                   "observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
+                   "normalized_ci_low", "normalized_ci_high", "normalized_note", "floor_model", "floor_observed",
+                   "floor_null_mean", "floor_excess", "floor_p_adjusted", "excess_above_floor"]
+
+
+def _number(value, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+def _interval(low, high) -> str:
+    return "" if not (np.isfinite(low) and np.isfinite(high)) else f" [{_number(low)}, {_number(high)}]"
+
+
+def best_cells(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per metric, the layer pair with the largest z over its null (the largest excess where z is missing)."""
+    rows = []
+    for metric, group in scores.groupby("metric", sort=False):
+        scored = group[np.isfinite(group["observed"].astype(float))]
+        if not len(scored):
+            continue
+        key = scored["z"].astype(float).fillna(-np.inf)
+        if not np.isfinite(key).any():
+            key = scored["excess"].astype(float).fillna(-np.inf)
+        rows.append(scored.loc[key.idxmax()])
+    return pd.DataFrame(rows)
+
+
+def pair_verdict(scores: pd.DataFrame, floor_scores: pd.DataFrame | None, significance: float) -> pd.DataFrame:
+    """One row per metric of a model pair (VERDICT_COLUMNS): how many layer pairs are significant after
+    adjustment, the best one with its interval, null, normalized score and floor comparison."""
+    rows = []
+    for best in best_cells(scores).itertuples():
+        group = scores[scores["metric"] == best.metric]
+        row = {
+            "model_a": best.model_a, "model_b": best.model_b, "metric": best.metric,
+            "n_layer_pairs": int(np.isfinite(group["observed"].astype(float)).sum()),
+            "n_significant": int((group["p_adjusted"].astype(float) < significance).sum()),
+            "best_layer_a": int(best.layer_a), "best_layer_b": int(best.layer_b),
+            **{column: getattr(best, column) for column in
+               ("observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
+                "normalized_ci_low", "normalized_ci_high")},
+            "normalized_note": best.normalized_note if isinstance(best.normalized_note, str) else "",
+        }
+        floor = None
+        if floor_scores is not None and len(floor_scores):
+            same = floor_scores[(floor_scores["metric"] == best.metric) & (floor_scores["layer_a"] == best.layer_a)
+                                & (floor_scores["layer_b"] == best.layer_b)]
+            floor = same.iloc[0] if len(same) else None
+        if floor is not None:
+            row.update({"floor_model": floor["model_b"], "floor_observed": floor["observed"],
+                        "floor_null_mean": floor["null_mean"], "floor_excess": floor["excess"],
+                        "floor_p_adjusted": floor["p_adjusted"], "excess_above_floor": best.excess - floor["excess"]})
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=VERDICT_COLUMNS)
+
+
+def permutation_floor_note(scores: pd.DataFrame, settings: dict) -> str:
+    """A warning when the permutations are too few for any adjusted p to reach the significance level."""
+    permutations = scores["n_permutations"].dropna()
+    if not len(permutations):
+        return ""
+    smallest_p = 1.0 / (1.0 + float(permutations.min()))
+    family = int(scores.groupby("metric")["p"].apply(lambda p: p.notna().sum()).max())
+    smallest_adjusted = smallest_p * (family if settings["p_adjust"] == "holm" else 1)
+    if smallest_adjusted < settings["significance"]:
+        return ""
+    needed = int(np.ceil(family / settings["significance"]))
+    return (f"**Too few random pairings to find anything:** with {int(permutations.min())} per null and {family} "
+            f"layer pairs, no adjusted p can fall below {smallest_adjusted:.3g}; raise similarity.n_permutations "
+            f"above {needed}.")
+
+
+def quality_lines(quality: pd.DataFrame, ceilings: pd.DataFrame, ceiling_summaries: pd.DataFrame,
+                  models: list[str], significance: float) -> list[str]:
+    """Bullets on the SAEs the scores rest on: loss recovered, dead latents, variance, seed-to-seed agreement."""
+    lines = []
+    for model in models:
+        rows = quality[quality["model"] == model] if len(quality) else quality
+        if not len(rows):
+            continue
+        recovered = rows["fraction_recovered"].astype(float)
+        layers = sorted(int(layer) for layer in rows["layer"].unique())
+        text = (f"{model}: {len(rows)} SAEs at layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}; "
+                f"loss recovered {_number(recovered.min(), 2)} to {_number(recovered.max(), 2)}, "
+                f"dead latents up to {rows['dead_fraction'].astype(float).max():.0%}, "
+                f"variance unexplained (FVU) {_number(rows['fvu'].astype(float).min(), 2)} to "
+                f"{_number(rows['fvu'].astype(float).max(), 2)}")
+        own = ceilings[ceilings["model"] == model] if len(ceilings) else ceilings
+        if len(own):
+            n_layers = own["layer"].nunique()
+            above = own[(own["p"].astype(float) < significance) & (own["observed"] > own["null_mean"])]
+            per_metric = above.groupby("metric")["layer"].nunique().reindex(own["metric"].unique()).fillna(0)
+            agreement = ", ".join(f"{int(count)} of {n_layers} layers for {metric}" for metric, count in per_metric.items())
+            text += f"; its two seeds agree above chance at {agreement}"
+        summary = (ceiling_summaries[ceiling_summaries["model_a"] == model] if len(ceiling_summaries)
+                   else ceiling_summaries)
+        if len(summary) and "mean_max_correlation" in summary:
+            correlations = summary["mean_max_correlation"].astype(float)
+            text += (f"; a feature's best match in its second seed correlates {_number(correlations.min(), 2)} to "
+                     f"{_number(correlations.max(), 2)} on average")
+        lines.append(f"- {text}.")
+    return lines
+
+
+def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilings: pd.DataFrame,
+                  ceiling_summaries: pd.DataFrame, settings: dict, out_markdown: str | Path,
+                  out_table: str | Path) -> str:
+    """The verdict of every real model pair -> Markdown/reST text and a table (VERDICT_COLUMNS).
+
+    Args:
+        pair_scores: {(model_a, model_b): long score table of that pair}.
+        floors: {(model_a, model_b): (model_a, floor model)} for pairs with a floor control.
+        quality: the SAE quality table; ceilings: the ceiling score tables (model, layer, metric, ...);
+        ceiling_summaries: the ceiling matching summaries (model, layer, mean_max_correlation, ...).
+        settings: the similarity settings (significance, p_adjust).
+    Returns:
+        The text written to out_markdown.
+    """
+    significance = settings["significance"]
+    method = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings["p_adjust"]]
+    floor_pairs = set(floors.values())
+    paragraphs, tables = [], []
+    for (model_a, model_b), scores in pair_scores.items():
+        if (model_a, model_b) in floor_pairs:
+            continue
+        floor_key = floors.get((model_a, model_b))
+        floor_scores = pair_scores.get(floor_key) if floor_key else None
+        table = pair_verdict(scores, floor_scores, significance)
+        tables.append(table)
+        n_cells = int(table["n_layer_pairs"].max()) if len(table) else 0
+        significant = table[table["n_significant"] > 0]
+        lines = [f"**{model_a} vs {model_b}** ({n_cells} layer pairs; p adjusted with {method} across the layer "
+                 f"pairs, per metric; significant means adjusted p < {significance:g})."]
+        floor_note = permutation_floor_note(scores, settings)
+        if floor_note:
+            lines += ["", floor_note]
+        if not len(significant):
+            lines.append("")
+            lines.append(f"**Nothing is significant.** No layer pair of {model_a} and {model_b} scores above random "
+                         "pairings of the same features on any metric after adjustment. At this size the experiment "
+                         "cannot tell these feature spaces apart from unrelated ones.")
+        else:
+            counts = ", ".join(f"{row.metric} {row.n_significant}/{row.n_layer_pairs}" for row in table.itertuples())
+            lines.append("")
+            lines.append(f"Significantly similar layer pairs, by metric: {counts}.")
+        lines.append("")
+        for row in table.itertuples():
+            text = (f"- {row.metric}: best at layers {row.best_layer_a} / {row.best_layer_b}, "
+                    f"observed {_number(row.observed)}{_interval(row.ci_low, row.ci_high)} against "
+                    f"{_number(row.null_mean)} for random pairings (excess {_number(row.excess)}, "
+                    f"adjusted p {_number(row.p_adjusted, 2)}"
+                    + (", **significant**" if row.p_adjusted < significance else ", not significant") + ")")
+            if np.isfinite(row.normalized):
+                text += (f"; {_number(row.normalized, 2)}{_interval(row.normalized_ci_low, row.normalized_ci_high)} "
+                         "of the seed-to-seed ceiling")
+            elif row.normalized_note:
+                text += f"; no fraction of the ceiling: {row.normalized_note}"
+            if isinstance(row.floor_model, str):
+                text += (f"; the re-randomized floor ({row.floor_model}) gives excess {_number(row.floor_excess)} "
+                         f"(adjusted p {_number(row.floor_p_adjusted, 2)}); the real pair "
+                         + (f"exceeds it by {_number(row.excess_above_floor)}" if row.excess_above_floor >= 0
+                            else f"falls below it by {_number(-row.excess_above_floor)}"))
+            lines.append(text + ".")
+        paragraphs.append("\n".join(lines))
+    models = list(dict.fromkeys(model for pair in pair_scores for model in pair))
+    quality_text = quality_lines(quality, ceilings, ceiling_summaries, models, significance)
+    if quality_text:
+        paragraphs.append("**The SAEs these scores rest on** (held-out positions):\n\n" + "\n".join(quality_text))
+    text = "\n\n".join(paragraphs) + "\n"
+    with atomic_path(out_markdown, suffix=".md") as temporary:
+        Path(temporary).write_text(text, encoding="utf-8")
+    verdict_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=VERDICT_COLUMNS)
+    with atomic_path(out_table, suffix=".tsv") as temporary:
+        verdict_table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    return text
+
+
+def read_tables(paths: list[str | Path]) -> pd.DataFrame:
+    frames = [pd.read_csv(path, sep="\t") for path in paths]
+    frames = [frame for frame in frames if len(frame)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

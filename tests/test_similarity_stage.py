@@ -1,0 +1,112 @@
+"""The similarity stage's table logic: adjusted p per metric, ceilings, normalized scores only where defined,
+and the verdict built from the tables."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sae_universality.similarity_stage import ceilings_of, with_adjusted_p, with_normalized
+from sae_universality.verdict import write_verdict
+
+SETTINGS = {"significance": 0.05, "p_adjust": "holm"}
+
+
+def cell_scores(observed, null_mean, p, metric="rsa", layers_a=(0, 1, 2)):
+    return pd.DataFrame({
+        "model_a": "a", "model_b": "b", "layer_a": list(layers_a), "layer_b": 5, "metric": metric,
+        "observed": observed, "ci_low": np.asarray(observed) - 0.1, "ci_high": np.asarray(observed) + 0.1,
+        "null_mean": null_mean, "excess": np.asarray(observed) - np.asarray(null_mean),
+        "z": (np.asarray(observed) - np.asarray(null_mean)) / 0.01, "p": p, "n_pairs": 100, "n_permutations": 999,
+    })
+
+
+def ceiling_table(rows):
+    return pd.DataFrame(rows, columns=["model", "layer", "metric", "observed", "null_mean", "p"])
+
+
+def test_p_is_adjusted_per_metric_across_layer_pairs():
+    scores = pd.concat([cell_scores([0.5, 0.4, 0.3], 0.0, [0.001, 0.02, 0.5]),
+                        cell_scores([0.5, 0.4, 0.3], 0.0, [0.01, 0.01, 0.01], metric="procrustes")], ignore_index=True)
+    adjusted = with_adjusted_p(scores, "holm", ["metric"])["p_adjusted"].to_numpy()
+    np.testing.assert_allclose(adjusted, [0.003, 0.04, 0.5, 0.03, 0.03, 0.03])
+
+
+def test_normalized_score_only_where_the_ceiling_is_above_chance():
+    scores = cell_scores([0.5, 0.4, np.nan], [0.1, 0.1, np.nan], [0.001, 0.001, np.nan])
+    ceilings = ceiling_table([
+        ("a", 0, "rsa", 0.9, 0.1, 0.001), ("b", 5, "rsa", 0.7, 0.1, 0.002),  # cell 0: both ceilings valid
+        ("a", 1, "rsa", 0.3, 0.29, 0.4),  # cell 1: a's ceiling at chance
+        ("a", 2, "rsa", 0.9, 0.1, 0.001),
+    ])
+    scores = pd.concat([scores, ceilings_of(scores, ceilings, 0.05)], axis=1)
+    table = with_normalized(scores, 0.05)
+    # Cell 0: mean ceiling 0.8, mean ceiling null 0.1 -> (0.5 - 0.1) / 0.7, interval mapped the same way.
+    assert table.loc[0, "normalized"] == pytest.approx(0.4 / 0.7)
+    assert table.loc[0, "normalized_ci_low"] == pytest.approx(0.3 / 0.7)
+    assert table.loc[0, "normalized_ci_high"] == pytest.approx(0.5 / 0.7)
+    assert table.loc[0, "normalized_note"] == ""
+    # Cell 1: the ceiling's p is the larger of its two layers' (0.4): empty, and the note says why.
+    assert np.isnan(table.loc[1, "normalized"]) and np.isnan(table.loc[1, "normalized_ci_high"])
+    assert table.loc[1, "normalized_note"] == "ceiling not above chance (p=0.4 >= 0.05)"
+    assert table.loc[2, "normalized_note"] == "cell not scored (too few pairs)"
+    no_ceiling = with_normalized(pd.concat([cell_scores([0.5], [0.1], [0.001], layers_a=[0]),
+                                            ceilings_of(cell_scores([0.5], [0.1], [0.001], layers_a=[0]),
+                                                        ceiling_table([]), 0.05)], axis=1), 0.05)
+    assert np.isnan(no_ceiling.loc[0, "normalized"]) and no_ceiling.loc[0, "normalized_note"] == "no ceiling (one SAE seed)"
+
+
+def test_a_ceiling_below_its_null_gives_no_normalized_score():
+    scores = cell_scores([0.5], [0.1], [0.001], layers_a=[0])
+    ceilings = ceiling_table([("a", 0, "rsa", 0.05, 0.1, 0.001)])  # "significant" p but below its null
+    table = with_normalized(pd.concat([scores, ceilings_of(scores, ceilings, 0.05)], axis=1), 0.05)
+    assert np.isnan(table.loc[0, "normalized"]) and table.loc[0, "normalized_note"] == "ceiling below its null"
+
+
+def verdict_inputs(p_values, n_permutations=999):
+    scores = cell_scores([0.5, 0.4, 0.3], 0.0, p_values)
+    scores["n_permutations"] = n_permutations
+    scores = with_adjusted_p(scores, "holm", ["metric"])
+    scores = pd.concat([scores, ceilings_of(scores, ceiling_table([]), 0.05)], axis=1)
+    return with_normalized(scores, 0.05)
+
+
+def quality():
+    return pd.DataFrame({"model": ["a", "b"], "layer": [0, 5], "sae": "seed0", "fvu": [0.2, 0.3],
+                         "dead_fraction": [0.01, 0.05], "fraction_recovered": [0.9, 0.85]})
+
+
+def test_verdict_says_plainly_when_nothing_is_significant(tmp_path):
+    scores = verdict_inputs([0.3, 0.5, 0.9])
+    text = write_verdict({("a", "b"): scores}, {}, quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS,
+                         tmp_path / "verdict.md", tmp_path / "verdict.tsv")
+    assert "**Nothing is significant.**" in text
+    assert "rsa: best at layers 0 / 5, observed 0.5 [0.4, 0.6] against 0 for random pairings" in text
+    assert "loss recovered 0.9 to 0.9" in text and "loss recovered 0.85 to 0.85" in text
+    table = pd.read_csv(tmp_path / "verdict.tsv", sep="\t")
+    assert table.loc[0, "n_significant"] == 0 and table.loc[0, "best_layer_a"] == 0
+
+
+def test_verdict_names_significant_layer_pairs_and_the_floor(tmp_path):
+    scores = verdict_inputs([0.001, 0.01, 0.9])
+    floor = verdict_inputs([0.4, 0.5, 0.9]).assign(model_b="b-rerandomized", observed=[0.2, 0.1, 0.1],
+                                                   excess=[0.2, 0.1, 0.1])
+    text = write_verdict({("a", "b"): scores, ("a", "b-rerandomized"): floor}, {("a", "b"): ("a", "b-rerandomized")},
+                         quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
+    assert "Nothing is significant" not in text and "rsa 2/3" in text
+    assert "**significant**" in text
+    assert "re-randomized floor (b-rerandomized) gives excess 0.2" in text and "exceeds it by 0.3" in text
+    assert "a vs b-rerandomized" not in text  # the floor pair is part of its real pair's verdict
+    table = pd.read_csv(tmp_path / "v.tsv", sep="\t")
+    assert len(table) == 1 and table.loc[0, "excess_above_floor"] == pytest.approx(0.3)
+
+
+def test_verdict_warns_when_permutations_cannot_reach_significance(tmp_path):
+    scores = verdict_inputs([0.005, 0.005, 0.005], n_permutations=199)  # Holm over 3: at best 3 / 200 = 0.015
+    text = write_verdict({("a", "b"): scores}, {}, quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS,
+                         tmp_path / "v.md", tmp_path / "v.tsv")
+    assert "Too few random pairings" not in text
+    scores = verdict_inputs([0.05, 0.05, 0.05], n_permutations=19)  # Holm over 3: at best 3 / 20 = 0.15
+    text = write_verdict({("a", "b"): scores}, {}, quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS,
+                         tmp_path / "v.md", tmp_path / "v.tsv")
+    assert "**Too few random pairings to find anything:** with 19 per null and 3 layer pairs" in text
+    assert "above 60" in text
