@@ -596,6 +596,11 @@ def test_heldout_svcca_chooses_components_on_the_fit_folds_only():
     assert again.loc[0, "averaged"] == choices.loc[0, "averaged"]
     with pytest.raises(UserError, match="components"):
         sim.heldout_svcca(X, Y, folds=1)
+    # Too few pairs to hold any out: NaN (and a NaN null), never a silent in-sample score.
+    assert np.isnan(sim.heldout_svcca(X[:8], Y[:8]))
+    assert np.isnan(sim.heldout_svcca(X[:5], Y[:5], components=2))
+    assert np.isfinite(sim.heldout_svcca(X[:9], Y[:9])) and np.isfinite(sim.heldout_svcca(X[:6], Y[:6], components=1))
+    assert np.isnan(sim.permutation_null("heldout_svcca", X[:8], Y[:8], n_permutations=3)).all()
 
 
 # ------------------------------------------------------------------------------------------

@@ -335,9 +335,6 @@ class _HeldoutSvcca:
             self.outer = {0: (everything, {0: everything})}
             self.inner = {}
         else:
-            if components is None and self.n_folds < 3:
-                raise UserError(f"held-out SVCCA needs at least 9 pairs to choose its components on held-out "
-                                f"folds, got {n}")
             rows_of = {fold: np.flatnonzero(self.labels == fold) for fold in range(self.n_folds)}
             # Final fits: every fold but one, measured on that one. Inner fits (nested choice of the
             # number of components): every fold but two, measured on each of those two in turn.
@@ -429,6 +426,12 @@ def _check_heldout_options(components: int | None, folds: int) -> None:
         raise UserError(f"heldout_svcca folds must be a positive integer, got {folds!r}")
 
 
+def _too_few_to_hold_out(n: int, components: int | None, folds: int) -> bool:
+    """Too few pairs for the requested split: under 2 folds of three (3 for the nested choice)."""
+    effective = int(heldout_folds(n, folds).max()) + 1
+    return folds > 1 and effective < (3 if components is None else 2)
+
+
 def heldout_svcca(X, Y, components: int | None = None, folds: int = 5, fold_seed: int = 0) -> float:
     """SVCCA measured on pairs it was not fit on: about 0 on unrelated spaces for any n and d.
 
@@ -452,10 +455,13 @@ def heldout_svcca(X, Y, components: int | None = None, folds: int = 5, fold_seed
         folds: number of folds (fewer when n < 3 * folds).
         fold_seed: seed of the fold split.
     Returns:
-        Mean held-out canonical correlation in [-1, 1].
+        Mean held-out canonical correlation in [-1, 1]; NaN when the pairs are too few to hold out
+        (fewer than 9 for the nested choice, 6 with fixed components).
     """
     _check_heldout_options(components, folds)
     X, Y = _check_pair(X, Y, min_rows=3)
+    if _too_few_to_hold_out(X.shape[0], components, folds):
+        return float("nan")
     return float(_HeldoutSvcca(X, Y, components, folds, fold_seed).evaluate(np.arange(X.shape[0]))[0][0])
 
 
@@ -853,6 +859,8 @@ def _null_heldout_svcca(X, Y, device, components: int | None = None, folds: int 
     # Its null shuffles pairs within folds only (a valid randomization: the split is drawn independently
     # of the data), which keeps every fit set's SVDs; `within_fold_permutation` maps each global draw.
     _check_heldout_options(components, folds)
+    if _too_few_to_hold_out(X.shape[0], components, folds):
+        return lambda permutations: np.full(len(permutations), np.nan)
     model = _HeldoutSvcca(X, Y, components, folds, fold_seed)
     return lambda permutations: model.evaluate(
         np.stack([within_fold_permutation(permutation, model.labels) for permutation in permutations]))[0]
