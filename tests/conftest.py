@@ -119,11 +119,12 @@ def windows():
                           order="first", seed=0)
 
 
-def write_tiny_experiment(workdir: Path, model_folders: dict) -> Path:
+def write_tiny_experiment(workdir: Path, model_folders: dict, floor: bool = False) -> Path:
     """Write the tiny end-to-end experiment (config + corpus files) into `workdir`; return the config path.
 
     Two tiny models with different tokenizers (GPT-NeoX and Llama), real text,
-    two activation shards: every rule of the workflow runs, in seconds.
+    two activation shards: every rule of the workflow runs, in seconds. `floor` adds the
+    floor control (a re-randomized copy of llama against neox, through every rule).
     """
     import yaml
 
@@ -138,8 +139,7 @@ def write_tiny_experiment(workdir: Path, model_folders: dict) -> Path:
             "neox": {"path": str(model_folders["gpt_neox"]), "layers": [0, 2]},
             "llama": {"path": str(model_folders["llama"]), "layers": [1], "batch_size": 2},
         },
-        # The floor control runs too: a re-randomized copy of llama against neox, through every rule.
-        "pairs": [{"a": "neox", "b": "llama", "floor": True}],
+        "pairs": [{"a": "neox", "b": "llama", "floor": floor}],
         "corpus": {"source": "files", "paths": corpus_files, "window_chars": 150, "token_budget": None, "order": "first"},
         "activations": {"dtype": "float32", "shards": 2},
         "saes": {

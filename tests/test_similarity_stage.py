@@ -93,6 +93,9 @@ def test_verdict_names_significant_layer_pairs_and_the_floor(tmp_path):
     text = write_verdict({("a", "b"): scores, ("a", "b-rerandomized"): floor}, {("a", "b"): ("a", "b-rerandomized")},
                          quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
     assert "Nothing is significant" not in text and "rsa 2/3" in text
+    assert ("**2 of 3 layer pairs are significantly similar on at least one metric.** The most consistent is a "
+            "layer 0 with b layer 5, significant on 1 of 1 metrics (rsa).") in text
+    assert "Caution" not in text  # these SAEs recover 0.85 and more, with few dead latents
     assert "**significant**" in text
     assert "re-randomized floor (b-rerandomized) gives excess 0.2" in text and "exceeds it by 0.3" in text
     assert "a vs b-rerandomized" not in text  # the floor pair is part of its real pair's verdict
@@ -110,3 +113,10 @@ def test_verdict_warns_when_permutations_cannot_reach_significance(tmp_path):
                          tmp_path / "v.md", tmp_path / "v.tsv")
     assert "**Too few random pairings to find anything:** with 19 per null and 3 layer pairs" in text
     assert "above 60" in text
+
+
+def test_verdict_cautions_about_weak_saes(tmp_path):
+    weak = quality().assign(fraction_recovered=[0.32, 0.9], dead_fraction=[0.02, 0.5])
+    text = write_verdict({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])}, {}, weak, pd.DataFrame(), pd.DataFrame(),
+                         SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
+    assert "**Caution: some SAEs are weak** (loss recovered as low as 0.32, up to 50% of latents dead" in text

@@ -28,7 +28,7 @@ def snakemake(workdir, *arguments, check=True):
 @pytest.fixture(scope="module")
 def finished_run(tiny_models, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    write_tiny_experiment(workdir, tiny_models)
+    write_tiny_experiment(workdir, tiny_models, floor=True)
     snakemake(workdir)
     return workdir
 
@@ -172,7 +172,7 @@ def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
     table = pd.read_csv(finished_run / "results/similarity/neox--llama/table.tsv", sep="\t")
     assert len(table) == 2
     for value in ("observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
-                  "normalized_note"):
+                  "normalized_ci_low", "normalized_ci_high", "normalized_note"):
         assert f"heldout_svcca_{value}" in table.columns
     semantic = pd.read_csv(finished_run / "results/similarity/neox--llama/semantic.tsv", sep="\t")
     assert {"time", "calendar", "nature", "emotions", "month_names", "countries", "biology"} <= set(semantic["category"])

@@ -32,6 +32,11 @@ def _significant(frame: pd.DataFrame) -> np.ndarray:
     return frame[column].to_numpy(dtype=float) < SIGNIFICANCE
 
 
+def _cell_text(value: float) -> str:
+    """Two decimals, or two significant digits for small scores (RSA and CKA excesses are often 0.01)."""
+    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.2g}"
+
+
 def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_by: str = "excess") -> None:
     """One heatmap per metric: layer of A (rows) x layer of B (columns).
 
@@ -81,11 +86,11 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_
                 if color_by == "excess":
                     dark = abs(strength - 0.5) > 0.3  # the ends of RdBu are dark
                     color = "white" if dark else "black"
-                    text = f"{observed[i, j]:.2f}" + ("*" if marked[i, j] else "")
+                    text = _cell_text(observed[i, j]) + ("*" if marked[i, j] else "")
                 else:
                     bright = strength > 0.6  # viridis is light at the top
                     color = ("black" if bright else "white") if marked[i, j] else ("dimgray" if bright else "lightgrey")
-                    text = f"{observed[i, j]:.2f}"
+                    text = _cell_text(observed[i, j])
                     if not marked[i, j]:
                         axis.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
                                                      edgecolor="grey", linewidth=0))

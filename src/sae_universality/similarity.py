@@ -983,21 +983,23 @@ class Metric:
 
 
 _ALWAYS: Mapping[str, object] = {}
+# Rotations, reflections, scale, translation and column order of one side: what the
+# centred, rotation-invariant metrics ignore.
+_RIGID_MOTIONS = {"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS, "translation": _ALWAYS,
+                  "column_permutation": _ALWAYS}
 
 METRICS: dict[str, Metric] = {
     metric.name: metric
     for metric in (
         Metric(
             "svcca", svcca, _null_svcca,
-            invariances={"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS, "translation": _ALWAYS,
-                         "column_permutation": _ALWAYS, "invertible_linear_transform": {"variance": 1.0}},
+            invariances={**_RIGID_MOTIONS, "invertible_linear_transform": {"variance": 1.0}},
             symmetric=True,
             description="mean canonical correlation after SVD reduction (components=1: the paper's numbers)",
         ),
         Metric(
             "heldout_svcca", heldout_svcca, _null_heldout_svcca,
-            invariances={"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS, "translation": _ALWAYS,
-                         "column_permutation": _ALWAYS},
+            invariances=_RIGID_MOTIONS,
             symmetric=True,
             description="mean canonical correlation on held-out pairs (components chosen on the fit folds)",
         ),
@@ -1009,15 +1011,13 @@ METRICS: dict[str, Metric] = {
         ),
         Metric(
             "linear_cka", linear_cka, _null_linear_cka,
-            invariances={"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS, "translation": _ALWAYS,
-                         "column_permutation": _ALWAYS},
+            invariances=_RIGID_MOTIONS,
             symmetric=True,
             description="linear centered kernel alignment",
         ),
         Metric(
             "debiased_cka", debiased_cka, _null_debiased_cka,
-            invariances={"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS, "translation": _ALWAYS,
-                         "column_permutation": _ALWAYS},
+            invariances=_RIGID_MOTIONS,
             symmetric=True,
             description="linear CKA with the unbiased HSIC estimator (Song et al. 2012)",
         ),
@@ -1030,8 +1030,7 @@ METRICS: dict[str, Metric] = {
         ),
         Metric(
             "procrustes", procrustes, _null_procrustes,
-            invariances={"orthogonal_transform": _ALWAYS, "isotropic_scaling": _ALWAYS, "translation": _ALWAYS,
-                         "column_permutation": _ALWAYS},
+            invariances=_RIGID_MOTIONS,
             symmetric=True,
             description="nuclear norm of X^T Y after centering and unit Frobenius norm (1 - d^2/2)",
         ),

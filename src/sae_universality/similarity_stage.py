@@ -178,7 +178,7 @@ def with_normalized(scores: pd.DataFrame, significance: float) -> pd.DataFrame:
 
 
 WIDE_VALUES = ["observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
-               "normalized_note", "random_subset_mean"]
+               "normalized_ci_low", "normalized_ci_high", "normalized_note", "random_subset_mean"]
 
 
 def pair_table(score_files: list, ceiling_files: list, out_wide: str | Path, out_long: str | Path,

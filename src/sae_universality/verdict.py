@@ -75,6 +75,35 @@ def pair_verdict(scores: pd.DataFrame, floor_scores: pd.DataFrame | None, signif
     return pd.DataFrame(rows).reindex(columns=VERDICT_COLUMNS)
 
 
+def consistency_sentence(scores: pd.DataFrame, significance: float, model_a: str, model_b: str) -> str:
+    """How many layer pairs are significant on any metric, and which one on the most metrics."""
+    significant = scores[scores["p_adjusted"].astype(float) < significance]
+    per_cell = significant.groupby(["layer_a", "layer_b"])["metric"].apply(list)
+    n_metrics = scores["metric"].nunique()
+    n_cells = scores.groupby(["layer_a", "layer_b"]).ngroups
+    # The most metrics first, then the largest summed z over them.
+    z_sum = significant.groupby(["layer_a", "layer_b"])["z"].sum()
+    best = max(per_cell.index, key=lambda cell: (len(per_cell[cell]), z_sum[cell]))
+    return (f"**{len(per_cell)} of {n_cells} layer pairs are significantly similar on at least one metric.** "
+            f"The most consistent is {model_a} layer {best[0]} with {model_b} layer {best[1]}, significant on "
+            f"{len(per_cell[best])} of {n_metrics} metrics ({', '.join(per_cell[best])}).")
+
+
+def weak_sae_note(quality: pd.DataFrame, models: list[str]) -> str:
+    """A caution when SAEs recover under 0.8 of the loss or leave over 10% of their latents dead."""
+    rows = quality[quality["model"].isin(models)] if len(quality) else quality
+    if not len(rows):
+        return ""
+    recovered = rows["fraction_recovered"].astype(float)
+    dead = rows["dead_fraction"].astype(float)
+    if not ((recovered < 0.8).any() or (dead > 0.1).any()):
+        return ""
+    return (f"**Caution: some SAEs are weak** (loss recovered as low as {recovered.min():.2f}, up to "
+            f"{dead.max():.0%} of latents dead; well-trained SAEs recover 0.8 or more with few dead latents). "
+            "Features a better-trained SAE would find can be missing on either side, so these scores can "
+            "understate how similar the models are; more training tokens is the remedy (README \"Scaling up\").")
+
+
 def permutation_floor_note(scores: pd.DataFrame, settings: dict) -> str:
     """A warning when the permutations are too few for any adjusted p to reach the significance level."""
     permutations = scores["n_permutations"].dropna()
@@ -163,7 +192,12 @@ def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilin
         else:
             counts = ", ".join(f"{row.metric} {row.n_significant}/{row.n_layer_pairs}" for row in table.itertuples())
             lines.append("")
+            lines.append(consistency_sentence(scores, significance, model_a, model_b))
+            lines.append("")
             lines.append(f"Significantly similar layer pairs, by metric: {counts}.")
+        caution = weak_sae_note(quality, [model_a, model_b])
+        if caution:
+            lines += ["", caution]
         lines.append("")
         for row in table.itertuples():
             text = (f"- {row.metric}: best at layers {row.best_layer_a} / {row.best_layer_b}, "
