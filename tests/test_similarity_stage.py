@@ -80,6 +80,7 @@ def test_verdict_says_plainly_when_nothing_is_significant(tmp_path):
     text = write_verdict({("a", "b"): scores}, {}, quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS,
                          tmp_path / "verdict.md", tmp_path / "verdict.tsv")
     assert "**Nothing is significant.**" in text
+    assert "No floor control ran for this pair: set `floor: true`" in text
     assert "rsa: best at layers 0 / 5, observed 0.5 [0.4, 0.6] against 0 for random pairings" in text
     assert "loss recovered 0.9 to 0.9" in text and "loss recovered 0.85 to 0.85" in text
     table = pd.read_csv(tmp_path / "verdict.tsv", sep="\t")
@@ -99,6 +100,7 @@ def test_verdict_names_significant_layer_pairs_and_the_floor(tmp_path):
     assert "**significant**" in text
     assert "re-randomized floor (b-rerandomized) gives excess 0.2" in text and "exceeds it by 0.3" in text
     assert "a vs b-rerandomized" not in text  # the floor pair is part of its real pair's verdict
+    assert "No floor control ran" not in text
     table = pd.read_csv(tmp_path / "v.tsv", sep="\t")
     assert len(table) == 1 and table.loc[0, "excess_above_floor"] == pytest.approx(0.3)
 

@@ -216,6 +216,9 @@ def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilin
                          + (f"exceeds it by {_number(row.excess_above_floor)}" if row.excess_above_floor >= 0
                             else f"falls below it by {_number(-row.excess_above_floor)}"))
             lines.append(text + ".")
+        if floor_scores is None:
+            lines += ["", f"No floor control ran for this pair: set `floor: true` on it to score {model_a} against a "
+                          f"re-randomized copy of {model_b} and see how much of these scores token identity explains."]
         paragraphs.append("\n".join(lines))
     models = list(dict.fromkeys(model for pair in pair_scores for model in pair))
     quality_text = quality_lines(quality, ceilings, ceiling_summaries, models, significance)
