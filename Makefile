@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-slurm run test test-slurm lint benchmark clean
+.PHONY: install install-slurm run test test-slurm lint benchmark scaling clean
 
 install: $(STAMP)
 
@@ -29,6 +29,14 @@ GPU_SLOTS ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_cou
 run: install
 	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) --resources gpu=$(GPU_SLOTS)
 	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) --report results/report.html
+
+# The scaling study (docs/results.md): presets/scaling.yaml at several token budgets, each in
+# runs/scaling/<variant> (resumable), then its table and figure. Hours on 2 cores.
+SCALING_ROOT ?= runs/scaling
+
+scaling: install
+	$(BIN)/python -m sae_universality.scaling run --root $(SCALING_ROOT) --cores $(CORES)
+	$(BIN)/python -m sae_universality.scaling collect --root $(SCALING_ROOT) --out docs/figures/scaling
 
 test: install
 	$(BIN)/python -m pytest -q --durations=15

@@ -122,3 +122,18 @@ def test_verdict_cautions_about_weak_saes(tmp_path):
     text = write_verdict({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])}, {}, weak, pd.DataFrame(), pd.DataFrame(),
                          SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
     assert "**Caution: some SAEs are weak** (loss recovered as low as 0.32, up to 50% of latents dead" in text
+
+
+def test_verdict_reports_semantic_cells():
+    from sae_universality.verdict import semantic_sentence
+
+    semantic = pd.DataFrame({
+        "layer_a": [0, 0, 1, 1], "layer_b": 5, "category": ["time", "time", "months", "nature"],
+        "metric": ["rsa", "procrustes", "rsa", "rsa"], "n_pairs": [30, 30, 25, 3],
+        "skipped": [False, False, False, True], "p_adjusted": [0.01, 0.5, 0.2, np.nan], "excess": [0.12, 0.0, 0.03, np.nan],
+    })
+    assert semantic_sentence(semantic, 0.05) == (
+        "**Semantic subspaces:** 2 (layer pair, category) cells had pairs enough to score (at most 30 pairs); "
+        "significant after adjustment: time at 0 / 5 on rsa (excess 0.12).")
+    none = semantic.assign(skipped=True)
+    assert "no category had pairs enough to score at any layer pair (the largest had 30" in semantic_sentence(none, 0.05)

@@ -218,3 +218,26 @@ def test_report_opens_with_the_verdict(finished_run):
     opening = page.index("neox vs llama")
     assert opening < page.index("learn the same features?")
     assert "The SAEs these scores rest on" in page
+
+
+def test_scaling_study_collects_a_finished_run(finished_run, tmp_path):
+    """The scaling study's table and figure, from a finished run standing in for one variant."""
+    from sae_universality.scaling import collect, plot_study, summary_table
+
+    (tmp_path / "tokensall-latents8").symlink_to(finished_run, target_is_directory=True)
+    tables = collect(tmp_path)
+    table = summary_table(tables)
+    quality = pd.read_csv(finished_run / "results/saes/quality.tsv", sep="\t")
+    row = table.iloc[0]
+    assert row["variant"] == "tokensall-latents8" and row["d_sae"] == quality["d_sae"].iloc[0]
+    assert row["loss_recovered_min"] == pytest.approx(quality["fraction_recovered"].min())
+    assert row["dead_fraction_max"] == pytest.approx(quality["dead_fraction"].max())
+    curve = pd.read_csv(finished_run / "results/saes/neox/layer0/seed0.curve.tsv", sep="\t")
+    assert row["training_tokens"] > 0 and curve["tokens"].iloc[-1] == pytest.approx(2 * row["training_tokens"], rel=0.5)
+    scores = pd.read_csv(finished_run / "results/similarity/neox--llama/scores.tsv", sep="\t")
+    cells = scores[scores["metric"] == "rsa"]
+    assert row["cross_rsa_significant"] == f"{int((cells['p_adjusted'] < 0.05).sum())}/{len(cells)}"
+    # The floor pair is not a cross-model result of the study.
+    assert not tables["cross"]["model_b"].str.endswith("-rerandomized").all()
+    plot_study(tables, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").stat().st_size > 20_000

@@ -152,9 +152,28 @@ def quality_lines(quality: pd.DataFrame, ceilings: pd.DataFrame, ceiling_summari
     return lines
 
 
+def semantic_sentence(semantic: pd.DataFrame, significance: float) -> str:
+    """How many (layer pair, category) cells were scored, and which are significant after adjustment."""
+    if semantic is None or not len(semantic):
+        return ""
+    scored = semantic[~semantic["skipped"].astype(bool)]
+    cells = scored.groupby(["layer_a", "layer_b", "category"]).size()
+    if not len(cells):
+        largest = int(semantic["n_pairs"].max()) if semantic["n_pairs"].notna().any() else 0
+        return ("**Semantic subspaces:** no category had pairs enough to score at any layer pair (the largest had "
+                f"{largest}, fewer than similarity.min_pairs; semantic.png lists the counts).")
+    significant = scored[scored["p_adjusted"].astype(float) < significance]
+    found = ("none is significant after adjustment" if not len(significant) else
+             "significant after adjustment: " + "; ".join(
+                 f"{row.category} at {row.layer_a} / {row.layer_b} on {row.metric} (excess {_number(row.excess)})"
+                 for row in significant.itertuples()))
+    return (f"**Semantic subspaces:** {len(cells)} (layer pair, category) cells had pairs enough to score "
+            f"(at most {int(scored['n_pairs'].max())} pairs); {found}.")
+
+
 def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilings: pd.DataFrame,
                   ceiling_summaries: pd.DataFrame, settings: dict, out_markdown: str | Path,
-                  out_table: str | Path) -> str:
+                  out_table: str | Path, semantic: dict | None = None) -> str:
     """The verdict of every real model pair -> Markdown/reST text and a table (VERDICT_COLUMNS).
 
     Args:
@@ -163,6 +182,7 @@ def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilin
         quality: the SAE quality table; ceilings: the ceiling score tables (model, layer, metric, ...);
         ceiling_summaries: the ceiling matching summaries (model, layer, mean_max_correlation, ...).
         settings: the similarity settings (significance, p_adjust).
+        semantic: {(model_a, model_b): semantic score table} where semantic subspaces were scored.
     Returns:
         The text written to out_markdown.
     """
@@ -216,6 +236,9 @@ def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilin
                          + (f"exceeds it by {_number(row.excess_above_floor)}" if row.excess_above_floor >= 0
                             else f"falls below it by {_number(-row.excess_above_floor)}"))
             lines.append(text + ".")
+        semantic_line = semantic_sentence((semantic or {}).get((model_a, model_b)), significance)
+        if semantic_line:
+            lines += ["", semantic_line]
         if floor_scores is None:
             lines += ["", f"No floor control ran for this pair: set `floor: true` on it to score {model_a} against a "
                           f"re-randomized copy of {model_b} and see how much of these scores token identity explains."]

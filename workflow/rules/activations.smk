@@ -27,6 +27,8 @@ rule merge_activations:
         cache="results/activations/{model}/layer{layer}.h5",
     log:
         "logs/merge_activations/{model}/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/merge_activations/{model}/layer{layer}.tsv"
     conda:
         "../../envs/workflow.yaml"
     script:

@@ -6,6 +6,8 @@ rule align_positions:
         summary="results/alignment/{model_a}--{model_b}.tsv",
     log:
         "logs/align_positions/{model_a}--{model_b}.log",
+    benchmark:
+        "results/benchmarks/align_positions/{model_a}--{model_b}.tsv"
     conda:
         "../../envs/workflow.yaml"
     script:

@@ -297,6 +297,7 @@ def floor_table(wildcards):
 def verdict_inputs(wildcards):
     return {
         "scores": all_pair_score_tables(wildcards),
+        "semantic": all_pair_semantic_tables(wildcards),
         "quality": "results/saes/quality.tsv",
         "ceilings": all_ceiling_score_tables(wildcards),
         "ceiling_summaries": all_ceiling_summaries(wildcards),

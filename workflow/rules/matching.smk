@@ -38,6 +38,8 @@ rule matching_summary:
         ),
     log:
         "logs/matching_summary/{model_a}--{model_b}.log",
+    benchmark:
+        "results/benchmarks/matching_summary/{model_a}--{model_b}.tsv"
     conda:
         "../../envs/workflow.yaml"
     script:

@@ -29,6 +29,8 @@ rule load_pretrained_sae:
         sae=directory("results/saes/{model}/layer{layer}/{sae}"),
     log:
         "logs/load_pretrained_sae/{model}/layer{layer}/{sae}.log",
+    benchmark:
+        "results/benchmarks/load_pretrained_sae/{model}/layer{layer}/{sae}.tsv"
     wildcard_constraints:
         sae="pretrained",
     params:
@@ -78,6 +80,8 @@ rule sae_quality:
         ),
     log:
         "logs/sae_quality.log",
+    benchmark:
+        "results/benchmarks/sae_quality.tsv"
     conda:
         "../../envs/workflow.yaml"
     script:

@@ -27,6 +27,8 @@ rule match_ceiling:
         examples="results/similarity/ceiling/{model}/layer{layer}.examples.json",
     log:
         "logs/match_ceiling/{model}/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/match_ceiling/{model}/layer{layer}.tsv"
     params:
         settings=matching_settings,
         labels=ceiling_labels,
@@ -44,6 +46,8 @@ rule score_ceiling:
         scores="results/similarity/ceiling/{model}/layer{layer}.tsv",
     log:
         "logs/score_ceiling/{model}/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/score_ceiling/{model}/layer{layer}.tsv"
     params:
         settings=similarity_settings,
         labels=ceiling_labels,
@@ -88,6 +92,8 @@ rule similarity_tables:
         ),
     log:
         "logs/similarity_tables/{model_a}--{model_b}.log",
+    benchmark:
+        "results/benchmarks/similarity_tables/{model_a}--{model_b}.tsv"
     params:
         settings=similarity_settings,
     conda:
@@ -108,6 +114,8 @@ rule all_scores:
         ),
     log:
         "logs/all_scores.log",
+    benchmark:
+        "results/benchmarks/all_scores.tsv"
     conda:
         "../../envs/workflow.yaml"
     script:
@@ -122,6 +130,8 @@ rule verdict:
         table=report("results/verdict.tsv", caption="../report/verdict_table.rst", category="Verdict"),
     log:
         "logs/verdict.log",
+    benchmark:
+        "results/benchmarks/verdict.tsv"
     params:
         settings=similarity_settings,
         floors=floor_table,

@@ -1,0 +1,243 @@
+"""The scaling study: how much text before the comparison means anything (issue 12).
+
+One base config (presets/scaling.yaml, an ordinary workflow config) is run at
+several token budgets (16k, 50k, 150k, all of the shipped text) and, at 150k, a
+second SAE width, each variant in a folder of its own (`<root>/tokens<B>-latents<D>`), by
+the ordinary workflow: Snakemake resumes a variant where it stopped. `collect`
+then reads every finished variant's own tables and puts them side by side
+against the training tokens: SAE quality, the seed-to-seed ceiling, and the
+cross-model excess over chance at each layer pair.
+
+    python -m sae_universality.scaling run --root runs/scaling            # every variant in turn
+    python -m sae_universality.scaling collect --root runs/scaling --out docs/figures/scaling
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .errors import UserError
+from .io import atomic_path
+
+REPO = Path(__file__).resolve().parents[2]
+PRESET = REPO / "presets" / "scaling.yaml"
+
+
+DEFAULT_BUDGETS = (16000, 50000, 150000, None)  # None: all of the shipped text
+DEFAULT_EXTRA = ((150000, 8192),)  # the width axis, where it is cheap
+
+
+def variant_name(token_budget: int | None, d_sae: int) -> str:
+    return f"tokens{'all' if token_budget is None else token_budget}-latents{d_sae}"
+
+
+def study_variants(base: dict, budgets=DEFAULT_BUDGETS, extra=DEFAULT_EXTRA) -> dict[str, dict]:
+    """{variant name: full config}: the base config at each token budget (None = all text) with its own
+    SAE width, then at each extra (budget, d_sae) point."""
+    points = [(budget, base["saes"]["train"]["d_sae"]) for budget in budgets] + [tuple(p) for p in extra]
+    variants = {}
+    for budget, d_sae in points:
+        config = copy.deepcopy(base)
+        config["corpus"]["token_budget"] = budget
+        config["saes"]["train"]["d_sae"] = int(d_sae)
+        variants[variant_name(budget, d_sae)] = config
+    return variants
+
+
+def write_variant(root: Path, name: str, config: dict) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "config.yaml", suffix=".yaml") as temporary:
+        Path(temporary).write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder
+
+
+def run(root: Path, preset: Path, cores: int, only: list[str] | None, extra: list[str]) -> None:
+    """Run (or resume) every variant with the workflow's default profile, smallest first."""
+    base = yaml.safe_load(preset.read_text())
+    for name, config in study_variants(base).items():
+        if only and name not in only:
+            continue
+        folder = write_variant(root, name, config)
+        command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                   str(folder), "--replace-workflow-config", "--configfile", str(folder / "config.yaml"),
+                   "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"), "--cores", str(cores),
+                   "--resources", f"gpu={cores}", *extra]
+        print(f"scaling: {name}: {' '.join(command)}", flush=True)
+        subprocess.run(command, check=True)
+
+
+# ---------------------------------------------------------------- collect
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t") if path.is_file() else pd.DataFrame()
+
+
+def variant_rows(folder: Path) -> dict[str, pd.DataFrame]:
+    """The tables of one finished variant, each tagged with its training tokens and width."""
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    results = folder / "results"
+    quality = _read(results / "saes" / "quality.tsv")
+    if not len(quality):
+        return {}
+    tokens = {}
+    for curve in (results / "saes").glob("*/layer*/seed*.curve.tsv"):
+        last = pd.read_csv(curve, sep="\t").iloc[-1]
+        # Positions seen per epoch: the training tokens of this SAE's data.
+        tokens[(last["model"], int(last["layer"]), last["sae"])] = int(last["tokens"]) / config["saes"]["train"]["epochs"]
+    tag = {"variant": folder.name, "d_sae": int(quality["d_sae"].iloc[0]),
+           "training_tokens": float(np.median(list(tokens.values()))) if tokens else np.nan}
+    ceilings = pd.concat([_read(path) for path in sorted((results / "similarity" / "ceiling").glob("*/layer*.tsv"))
+                          if not path.name.endswith((".matches.tsv", ".summary.tsv"))] or [pd.DataFrame()])
+    summaries = pd.concat([_read(path) for path in
+                           sorted((results / "similarity" / "ceiling").glob("*/layer*.summary.tsv"))] or [pd.DataFrame()])
+    cross = pd.concat([_read(path) for path in sorted((results / "similarity").glob("*--*/scores.tsv"))]
+                      or [pd.DataFrame()])
+    return {name: table.assign(**tag) for name, table in
+            (("quality", quality), ("ceilings", ceilings), ("ceiling_matching", summaries), ("cross", cross))
+            if len(table)}
+
+
+def collect(root: Path) -> dict[str, pd.DataFrame]:
+    """Every finished variant's tables, concatenated, sorted by training tokens."""
+    tables: dict[str, list] = {}
+    for folder in sorted(path for path in root.iterdir() if (path / "config.yaml").is_file()):
+        for name, table in variant_rows(folder).items():
+            tables.setdefault(name, []).append(table)
+    if not tables:
+        raise UserError(f"{root}: no finished scaling variant (results/saes/quality.tsv) yet; run the study first")
+    return {name: pd.concat(frames, ignore_index=True).sort_values(["d_sae", "training_tokens"])
+            for name, frames in tables.items()}
+
+
+def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per variant: SAE quality (worst and median), seed agreement, ceiling and cross-model results."""
+    rows = []
+    quality = tables["quality"]
+    for variant, group in quality.groupby("variant", sort=False):
+        row = {"variant": variant, "d_sae": int(group["d_sae"].iloc[0]),
+               "training_tokens": float(group["training_tokens"].iloc[0]),
+               "loss_recovered_min": group["fraction_recovered"].min(),
+               "loss_recovered_median": group["fraction_recovered"].median(),
+               "fvu_max": group["fvu"].max(), "dead_fraction_max": group["dead_fraction"].max()}
+        matching = tables.get("ceiling_matching", pd.DataFrame())
+        matching = matching[matching["variant"] == variant] if len(matching) else matching
+        if len(matching):
+            row["seed_best_match_correlation"] = matching["mean_max_correlation"].mean()
+        ceilings = tables.get("ceilings", pd.DataFrame())
+        ceilings = ceilings[ceilings["variant"] == variant] if len(ceilings) else ceilings
+        for metric, cells in (ceilings.groupby("metric") if len(ceilings) else []):
+            row[f"ceiling_{metric}_excess"] = (cells["observed"] - cells["null_mean"]).mean()
+            row[f"ceiling_{metric}_above_chance"] = f"{int((cells['p'] < 0.05).sum())}/{len(cells)}"
+        cross = tables.get("cross", pd.DataFrame())
+        cross = cross[(cross["variant"] == variant) & ~cross["model_b"].str.endswith("-rerandomized")] if len(cross) else cross
+        for metric, cells in (cross.groupby("metric") if len(cross) else []):
+            best = cells.loc[cells["z"].idxmax()] if cells["z"].notna().any() else None
+            row[f"cross_{metric}_best_excess"] = best["excess"] if best is not None else np.nan
+            row[f"cross_{metric}_significant"] = f"{int((cells['p_adjusted'] < 0.05).sum())}/{len(cells)}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
+    """Three rows of panels against training tokens: SAE quality, seed-to-seed ceiling, cross-model excess."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality, ceilings, cross = tables["quality"], tables.get("ceilings"), tables.get("cross")
+    metrics = list(dict.fromkeys(cross["metric"])) if cross is not None else []
+    figure, axes = plt.subplots(3, max(3, len(metrics)), figsize=(3.3 * max(3, len(metrics)), 9.5), squeeze=False)
+    for axis in axes.flat:
+        axis.set_xscale("log")
+    widths = sorted(quality["d_sae"].unique())
+    markers = dict(zip(widths, "osD^v"))
+    for column, (name, label) in enumerate((("fraction_recovered", "loss recovered"), ("fvu", "FVU"),
+                                            ("dead_fraction", "dead fraction"))):
+        axis = axes[0, column]
+        for (model, layer), group in quality.groupby(["model", "layer"]):
+            for width, cells in group.groupby("d_sae"):
+                means = cells.groupby("training_tokens")[name].mean()
+                axis.plot(means.index, means.values, marker=markers[width], label=f"{model} {layer} ({width})")
+        axis.set_title(f"SAE {label} (held out)", fontsize=9)
+        if name == "fraction_recovered":
+            axis.axhline(0.8, color="grey", linestyle=":", linewidth=0.8)
+        if name == "dead_fraction":
+            axis.axhline(0.1, color="grey", linestyle=":", linewidth=0.8)
+    axes[0, 0].legend(fontsize=6)
+    for axis in axes[0, 3:]:
+        axis.axis("off")
+    for column, metric in enumerate(metrics):
+        for row, (table, title) in enumerate(((ceilings, "ceiling (seed vs seed)"), (cross, "cross-model"))):
+            axis = axes[row + 1, column]
+            if table is None or not len(table):
+                axis.axis("off")
+                continue
+            cells = table[table["metric"] == metric]
+            if row == 1:
+                cells = cells[~cells["model_b"].str.endswith("-rerandomized")]
+                keys = ["layer_a", "layer_b"]
+            else:
+                keys = ["model", "layer"]
+            for key, group in cells.groupby(keys):
+                for width, points in group.groupby("d_sae"):
+                    points = points.sort_values("training_tokens")
+                    excess = points["observed"] - points["null_mean"]
+                    significant = points["p_adjusted" if "p_adjusted" in points else "p"] < 0.05
+                    line = axis.plot(points["training_tokens"], excess, marker=markers[width], markersize=4,
+                                     label=" / ".join(map(str, key)) + f" ({width})")[0]
+                    axis.scatter(points["training_tokens"][significant], excess[significant], s=40,
+                                 facecolors="none", edgecolors=line.get_color())
+            axis.axhline(0.0, color="black", linewidth=0.6)
+            axis.set_title(f"{title}: {metric} excess", fontsize=9)
+            if column == 0:
+                axis.legend(fontsize=6)
+    for axis in axes[2]:
+        axis.set_xlabel("training tokens per SAE")
+    figure.suptitle("Scaling study: SAE quality, seed-to-seed ceiling and cross-model excess over chance vs training "
+                    "tokens (circled: significant)", fontsize=10)
+    figure.tight_layout()
+    with atomic_path(out_path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=110, format="png")
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sae_universality.scaling", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run (or resume) every variant of the study")
+    run_parser.add_argument("--root", type=Path, default=Path("runs/scaling"))
+    run_parser.add_argument("--preset", type=Path, default=PRESET)
+    run_parser.add_argument("--cores", type=int, default=2)
+    run_parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    collect_parser = commands.add_parser("collect", help="the table and figure of the finished variants")
+    collect_parser.add_argument("--root", type=Path, default=Path("runs/scaling"))
+    collect_parser.add_argument("--out", type=Path, required=True, help="path prefix of <out>.tsv and <out>.png")
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if args.command == "run":
+            run(args.root, args.preset, args.cores, args.only, extra)
+        else:
+            tables = collect(args.root)
+            table = summary_table(tables)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(args.out.with_suffix(".tsv"), suffix=".tsv") as temporary:
+                table.to_csv(temporary, sep="\t", index=False, float_format="%.4g")
+            plot_study(tables, args.out.with_suffix(".png"))
+            print(table.to_string(index=False))
+    except UserError as error:
+        sys.exit(f"sae-universality: {error}")
+
+
+if __name__ == "__main__":
+    main()
