@@ -167,8 +167,8 @@ def plot_semantic_bars(semantic: pd.DataFrame, out_path: str | Path, title: str)
         largest = (skipped_rows.groupby("category")["n_pairs"].max().sort_values(ascending=False))
         note = "skipped (too few pairs; most in any layer pair): " + ", ".join(f"{c} {int(n)}" for c, n in largest.items())
         figure.text(0.01, 0.005, textwrap.fill(note, 180), fontsize=7, va="bottom")
-    figure.suptitle(f"{title}: semantic categories, excess of every metric over random pairings "
-                    "(0 = chance; solid = adjusted p < 0.05; bars: 95% interval)", fontsize=9)
+    figure.suptitle(f"{title}: semantic categories, excess of every metric over random pairings\n"
+                    "(0 = chance; solid = adjusted p < 0.05; error bars: 95% interval)", fontsize=9)
     figure.tight_layout(rect=(0, 0.05, 1, 1))
     _save(figure, out_path, plt)
 
