@@ -16,6 +16,19 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """Dequantized models go to this session's own cache, never the user's (~/.cache/sae-universality)."""
+    folder = tmp_path_factory.mktemp("model_cache")
+    previous = os.environ.get("SAE_UNIVERSALITY_CACHE")
+    os.environ["SAE_UNIVERSALITY_CACHE"] = str(folder)  # snakemake subprocesses inherit it
+    yield folder
+    if previous is None:
+        os.environ.pop("SAE_UNIVERSALITY_CACHE", None)
+    else:
+        os.environ["SAE_UNIVERSALITY_CACHE"] = previous
+
 REPO = Path(__file__).resolve().parents[1]
 
 TEXT = (

