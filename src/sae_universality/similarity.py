@@ -687,7 +687,21 @@ def procrustes(X, Y) -> float:
         Similarity in [0, 1].
     """
     X, Y = _check_pair(X, Y)
-    return min(_nuclear_norm(_centered_unit_frobenius(X, "X").T @ _centered_unit_frobenius(Y, "Y")), 1.0)
+    return min(_nuclear_norm(_procrustes_scores(X, "X").T @ _procrustes_scores(Y, "Y")), 1.0)
+
+
+def _procrustes_scores(matrix: np.ndarray, name: str) -> np.ndarray:
+    """The centered, unit-Frobenius matrix, or (wider than tall) its U S from the thin SVD.
+
+    U S has the same row Gram matrix, so the same nuclear norms of X^T (P) Y, at width at
+    most n: with few pairs in many dimensions the product and its SVD shrink from
+    d_a x d_b to n x n (the null and the interval's half-samples score many of them).
+    """
+    unit = _centered_unit_frobenius(matrix, name)
+    if matrix.shape[1] <= matrix.shape[0]:
+        return unit
+    left, singular_values, _ = np.linalg.svd(unit, full_matrices=False)
+    return left * singular_values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -934,16 +948,7 @@ def _null_mutual_knn(X, Y, device, k: int = 10):
 
 
 def _null_procrustes(X, Y, device):
-    def scores(matrix, name):
-        unit = _centered_unit_frobenius(matrix, name)
-        if matrix.shape[1] <= matrix.shape[0]:
-            return unit
-        # Wider than tall: U S of the thin SVD has the same row Gram matrix (so the same nuclear
-        # norms of X^T P Y) at width n, which makes the per-permutation product cheaper.
-        left, singular_values, _ = np.linalg.svd(unit, full_matrices=False)
-        return left * singular_values
-
-    nuclear = _prepare_permuted_nuclear_norms(scores(X, "X"), scores(Y, "Y"), device)
+    nuclear = _prepare_permuted_nuclear_norms(_procrustes_scores(X, "X"), _procrustes_scores(Y, "Y"), device)
     return lambda permutations: np.minimum(nuclear(permutations), 1.0)
 
 
