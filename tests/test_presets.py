@@ -72,7 +72,21 @@ def fresh_workdir(path: Path) -> Path:
 
 
 def test_presets_folder_holds_both_variants_of_both_experiments_and_own_saes():
-    assert sorted(path.stem for path in PRESETS.glob("*.yaml")) == NAMES
+    # Besides the paper's experiments: the scaling study's base config (issue 12).
+    assert sorted(path.stem for path in PRESETS.glob("*.yaml")) == sorted([*NAMES, "scaling"])
+
+
+def test_scaling_preset_and_every_study_variant_are_valid_configs():
+    from sae_universality.config import check_config
+    from sae_universality.scaling import study_variants
+
+    variants = study_variants(load_preset("scaling"))
+    assert list(variants) == ["tokens16000-latents2048", "tokens50000-latents2048", "tokens150000-latents2048",
+                              "tokensall-latents2048", "tokens150000-latents8192"]
+    for name, config in variants.items():
+        checked = check_config(config)
+        assert checked["saes"]["seeds"] == [0, 1] and checked["saes"]["loss_windows"] >= 8, name
+    assert variants["tokensall-latents2048"]["corpus"]["token_budget"] is None
 
 
 @pytest.mark.parametrize("family", ["pythia", "gemma"])
