@@ -222,7 +222,7 @@ def test_report_opens_with_the_verdict(finished_run):
 
 def test_scaling_study_collects_a_finished_run(finished_run, tmp_path):
     """The scaling study's table and figure, from a finished run standing in for one variant."""
-    from sae_universality.scaling import collect, plot_study, summary_table
+    from sae_universality.scaling import collect, markdown_table, plot_study, summary_table
 
     (tmp_path / "tokensall-latents8").symlink_to(finished_run, target_is_directory=True)
     tables = collect(tmp_path)
@@ -241,5 +241,8 @@ def test_scaling_study_collects_a_finished_run(finished_run, tmp_path):
     assert row["cross_rsa_significant"] == f"{int((cells['p_adjusted'] < 0.05).sum())}/{len(cells)}"
     # The floor pair is not a cross-model result of the study.
     assert not tables["cross"]["model_b"].str.endswith("-rerandomized").all()
+    markdown = markdown_table(table)
+    assert "| tokensall-latents8 |" in markdown and "heldout_svcca: ceiling above chance" in markdown
+    assert f"/ {row['cross_rsa_significant']} /" in markdown
     plot_study(tables, tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").stat().st_size > 20_000

@@ -148,6 +148,27 @@ def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def markdown_table(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table for docs/results.md: one row per variant, the columns a reader needs."""
+    metrics = [column.removeprefix("cross_").removesuffix("_significant") for column in summary
+               if column.startswith("cross_") and column.endswith("_significant")]
+    header = ["variant", "training tokens per SAE", "loss recovered (min / median)", "dead (max)", "FVU (max)",
+              "seed best-match corr.", *[f"{metric}: ceiling above chance / cross significant / best cross excess"
+                                         for metric in metrics]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary.itertuples():
+        row = row._asdict()
+        cells = [row["variant"], f"{row['training_tokens']:,.0f}",
+                 f"{row['loss_recovered_min']:.2f} / {row['loss_recovered_median']:.2f}",
+                 f"{row['dead_fraction_max']:.1%}", f"{row['fvu_max']:.2f}",
+                 f"{row.get('seed_best_match_correlation', float('nan')):.2f}"]
+        for metric in metrics:
+            cells.append(f"{row.get(f'ceiling_{metric}_above_chance', '–')} / {row.get(f'cross_{metric}_significant', '–')}"
+                         f" / {row.get(f'cross_{metric}_best_excess', float('nan')):.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
     """Three rows of panels against training tokens: SAE quality, seed-to-seed ceiling, cross-model excess."""
     import matplotlib
@@ -222,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     run_parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     collect_parser = commands.add_parser("collect", help="the table and figure of the finished variants")
     collect_parser.add_argument("--root", type=Path, default=Path("runs/scaling"))
-    collect_parser.add_argument("--out", type=Path, required=True, help="path prefix of <out>.tsv and <out>.png")
+    collect_parser.add_argument("--out", type=Path, required=True, help="path prefix of <out>.tsv, .md and .png")
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
@@ -234,7 +255,10 @@ def main(argv: list[str] | None = None) -> None:
             with atomic_path(args.out.with_suffix(".tsv"), suffix=".tsv") as temporary:
                 table.to_csv(temporary, sep="\t", index=False, float_format="%.4g")
             plot_study(tables, args.out.with_suffix(".png"))
-            print(table.to_string(index=False))
+            markdown = markdown_table(table)
+            with atomic_path(args.out.with_suffix(".md"), suffix=".md") as temporary:
+                Path(temporary).write_text(markdown)
+            print(markdown)
     except UserError as error:
         sys.exit(f"sae-universality: {error}")
 
