@@ -98,8 +98,10 @@ def weak_sae_note(quality: pd.DataFrame, models: list[str]) -> str:
     dead = rows["dead_fraction"].astype(float)
     if not ((recovered < 0.8).any() or (dead > 0.1).any()):
         return ""
-    return (f"**Caution: some SAEs are weak** (loss recovered as low as {recovered.min():.2f}, up to "
-            f"{dead.max():.0%} of latents dead; well-trained SAEs recover 0.8 or more with few dead latents). "
+    failing = ([f"loss recovered as low as {recovered.min():.2f}"] if (recovered < 0.8).any() else []) + (
+        [f"up to {dead.max():.0%} of latents dead"] if (dead > 0.1).any() else [])
+    return (f"**Caution: some SAEs are weak** ({', '.join(failing)}; well-trained SAEs recover 0.8 or more of "
+            "the loss and leave few latents dead). "
             "Features a better-trained SAE would find can be missing on either side, so these scores can "
             "understate how similar the models are; more training tokens is the remedy (README \"Scaling up\").")
 
