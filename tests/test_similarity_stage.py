@@ -118,10 +118,10 @@ def test_verdict_warns_when_permutations_cannot_reach_significance(tmp_path):
 
 
 def test_verdict_cautions_about_weak_saes(tmp_path):
-    weak = quality().assign(fraction_recovered=[0.32, 0.9], dead_fraction=[0.02, 0.5])
+    weak = quality().assign(fraction_recovered=[0.32, 0.9], dead_fraction=[0.02, 0.5], loss_tokens=[2500, 2500])
     text = write_verdict({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])}, {}, weak, pd.DataFrame(), pd.DataFrame(),
                          SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
-    assert "**Caution: some SAEs are weak** (loss recovered as low as 0.32, up to 50% of latents dead" in text
+    assert "**Caution: some SAEs are weak** (loss recovered as low as 0.32; up to 50% of latents dead" in text
 
 
 def test_verdict_reports_semantic_cells():
@@ -137,3 +137,11 @@ def test_verdict_reports_semantic_cells():
         "significant after adjustment: time at 0 / 5 on rsa (excess 0.12).")
     none = semantic.assign(skipped=True)
     assert "no category had pairs enough to score at any layer pair (the largest had 30" in semantic_sentence(none, 0.05)
+
+
+def test_verdict_cautions_about_a_loss_on_few_tokens(tmp_path):
+    few = quality().assign(loss_tokens=[240, 240])  # good SAEs, but one loss window
+    text = write_verdict({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])}, {}, few, pd.DataFrame(), pd.DataFrame(),
+                         SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
+    assert ("**Caution: some SAEs are weak** (loss measured on only 240 held-out tokens, a noisy estimate: raise "
+            "saes.loss_windows;") in text

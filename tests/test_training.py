@@ -393,3 +393,8 @@ def test_downstream_losses_of_several_saes_equal_one_at_a_time(model_index):
     assert len({row["ce_sae"] for row in together}) == 3, "each SAE gets its own spliced pass"
     assert together[0]["fraction_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert together[2]["ce_sae"] == pytest.approx(together[2]["ce_zero"], rel=1e-5)
+    # Two windows of 12 tokens: 11 next-token predictions each.
+    assert all(row["loss_tokens"] == 22 for row in together)
+    padded = torch.ones_like(input_ids)
+    padded[1, 8:] = 0  # the second window has 8 tokens, so 7 predictions
+    assert downstream_losses(model, input_ids, 1, saes[:1], attention_mask=padded)[0]["loss_tokens"] == 18

@@ -84,6 +84,9 @@ def test_sae_quality_table_is_complete_and_plausible(finished_run):
     assert (quality["fvu"] > 0).all() and (quality["fvu"] < 1).all(), "trained SAEs explain some variance"
     assert (quality["mean_l0"] <= 4 + 1e-9).all(), "TopK with k=4 keeps at most 4 latents"
     assert quality["ce_zero"].notna().all() and quality["ce_clean"].notna().all()
+    # Two loss windows per model: the same predicted tokens for every SAE of a model, a count of real tokens.
+    assert (quality["loss_tokens"] > 20).all()
+    assert quality.groupby("model")["loss_tokens"].nunique().eq(1).all()
     # The seeds of one layer share its clean and zero-ablation passes, and differ in their own.
     for _, layer in quality.groupby(["model", "layer"]):
         assert layer["ce_clean"].nunique() == 1 and layer["ce_zero"].nunique() == 1

@@ -135,8 +135,8 @@ def evaluate(
     `sae_dirs` maps SAE names (seed0, pretrained, ...) to saved SAEs. Per SAE:
     fvu, explained_variance, mean_l0, dead_fraction over every held-out
     position; downstream loss (clean, SAE spliced in at the layer, zero
-    ablation, fraction recovered) over the first `loss_windows` held-out
-    windows. The model is loaded once and its clean and zero-ablation passes
+    ablation, fraction recovered, and loss_tokens: how many predicted tokens) over
+    the first `loss_windows` held-out windows. The model is loaded once and its clean and zero-ablation passes
     are shared by the SAEs.
     """
     import torch
@@ -160,7 +160,7 @@ def evaluate(
     rows = [{"model": model_name, "layer": layer, "sae": name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
              "architecture": sae.cfg.architecture, "k": sae.cfg.k, **reconstruction}
             for (name, sae), reconstruction in zip(saes.items(), evaluate_saes(list(saes.values()), held_out_batches()))]
-    no_loss = {"ce_clean": np.nan, "ce_sae": np.nan, "ce_zero": np.nan, "fraction_recovered": np.nan}
+    no_loss = {"ce_clean": np.nan, "ce_sae": np.nan, "ce_zero": np.nan, "fraction_recovered": np.nan, "loss_tokens": 0}
     losses = [no_loss] * len(rows)
     if loss_windows > 0:
         device = default_device()

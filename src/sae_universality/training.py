@@ -474,8 +474,8 @@ def splice_loss_recovered(model, input_ids: Tensor, layer: int, sae: SparseAutoe
     The output of block `layer` (hidden_states[layer + 1] in transformers) is
     replaced by sae(output), then by zeros (zero ablation), at positions where
     splice_mask (batch, seq) is True (default: everywhere).
-    Returns ce_clean, ce_sae, ce_zero and fraction_recovered =
-    (ce_zero - ce_sae) / (ce_zero - ce_clean).
+    Returns ce_clean, ce_sae, ce_zero, fraction_recovered =
+    (ce_zero - ce_sae) / (ce_zero - ce_clean), and loss_tokens (predicted tokens the losses average).
     """
     return downstream_losses(model, input_ids, layer, [sae], attention_mask, splice_mask)[0]
 
@@ -514,11 +514,14 @@ def downstream_losses(model, input_ids: Tensor, layer: int, saes: Sequence[Spars
 
     ce_clean = _mean_next_token_loss(model, input_ids, attention_mask)
     ce_zero = spliced_loss(torch.zeros_like)
+    # Predicted tokens behind each loss: a few hundred make fraction_recovered noise.
+    loss_tokens = int((attention_mask[:, 1:] * attention_mask[:, :-1]).sum())
     gap = ce_zero - ce_clean
     results = []
     for sae in saes:
         sae = sae.to(input_ids.device)
         ce_sae = spliced_loss(lambda hidden, sae=sae: sae(hidden.float()))
         results.append({"ce_clean": ce_clean, "ce_sae": ce_sae, "ce_zero": ce_zero,
-                        "fraction_recovered": (ce_zero - ce_sae) / gap if gap != 0 else float("nan")})
+                        "fraction_recovered": (ce_zero - ce_sae) / gap if gap != 0 else float("nan"),
+                        "loss_tokens": loss_tokens})
     return results

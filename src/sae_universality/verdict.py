@@ -90,17 +90,22 @@ def consistency_sentence(scores: pd.DataFrame, significance: float, model_a: str
 
 
 def weak_sae_note(quality: pd.DataFrame, models: list[str]) -> str:
-    """A caution when SAEs recover under 0.8 of the loss or leave over 10% of their latents dead."""
+    """A caution when SAEs recover under 0.8 of the loss, leave over 10% of their latents dead, or their loss
+    rests on fewer than 2,000 held-out tokens."""
     rows = quality[quality["model"].isin(models)] if len(quality) else quality
     if not len(rows):
         return ""
     recovered = rows["fraction_recovered"].astype(float)
     dead = rows["dead_fraction"].astype(float)
-    if not ((recovered < 0.8).any() or (dead > 0.1).any()):
-        return ""
     failing = ([f"loss recovered as low as {recovered.min():.2f}"] if (recovered < 0.8).any() else []) + (
         [f"up to {dead.max():.0%} of latents dead"] if (dead > 0.1).any() else [])
-    return (f"**Caution: some SAEs are weak** ({', '.join(failing)}; well-trained SAEs recover 0.8 or more of "
+    loss_tokens = rows["loss_tokens"].min() if "loss_tokens" in rows else np.nan
+    if np.isfinite(loss_tokens) and loss_tokens < 2000:
+        failing.append(f"loss measured on only {int(loss_tokens):,} held-out tokens, a noisy estimate: raise "
+                       "saes.loss_windows")
+    if not failing:
+        return ""
+    return (f"**Caution: some SAEs are weak** ({'; '.join(failing)}; well-trained SAEs recover 0.8 or more of "
             "the loss and leave few latents dead). "
             "Features a better-trained SAE would find can be missing on either side, so these scores can "
             "understate how similar the models are; more training tokens is the remedy (README \"Scaling up\").")
