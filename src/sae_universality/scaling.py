@@ -181,6 +181,7 @@ def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
     figure, axes = plt.subplots(3, max(3, len(metrics)), figsize=(3.3 * max(3, len(metrics)), 9.5), squeeze=False)
     for axis in axes.flat:
         axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(plt.NullFormatter())  # labelled minor ticks overlap on a few decades
     widths = sorted(quality["d_sae"].unique())
     markers = dict(zip(widths, "osD^v"))
     for column, (name, label) in enumerate((("fraction_recovered", "loss recovered"), ("fvu", "FVU"),
