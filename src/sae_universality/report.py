@@ -27,9 +27,10 @@ def _pyplot():
 
 
 def _significant(frame: pd.DataFrame) -> np.ndarray:
-    """Adjusted p < SIGNIFICANCE where the table has it, else the raw p."""
-    column = "p_adjusted" if "p_adjusted" in frame else "p"
-    return frame[column].to_numpy(dtype=float) < SIGNIFICANCE
+    """The table's own `significant` (adjusted p below the configured level); else raw p < SIGNIFICANCE."""
+    if "significant" in frame:
+        return frame["significant"].fillna(False).astype(bool).to_numpy()
+    return frame["p"].to_numpy(dtype=float) < SIGNIFICANCE
 
 
 def _cell_text(value: float) -> str:

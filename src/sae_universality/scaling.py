@@ -26,6 +26,7 @@ import yaml
 
 from .errors import UserError
 from .io import atomic_path
+from .similarity_stage import above_chance
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET = REPO / "presets" / "scaling.yaml"
@@ -94,12 +95,16 @@ def variant_rows(folder: Path) -> dict[str, pd.DataFrame]:
         last = pd.read_csv(curve, sep="\t").iloc[-1]
         # Positions seen per epoch: the training tokens of this SAE's data.
         tokens[(last["model"], int(last["layer"]), last["sae"])] = int(last["tokens"]) / config["saes"]["train"]["epochs"]
+    significance = config.get("similarity", {}).get("significance", 0.05)
     tag = {"variant": folder.name, "d_sae": int(quality["d_sae"].iloc[0]),
            "training_tokens": float(np.median(list(tokens.values()))) if tokens else np.nan}
     ceilings = pd.concat([_read(path) for path in sorted((results / "similarity" / "ceiling").glob("*/layer*.tsv"))
                           if not path.name.endswith((".matches.tsv", ".summary.tsv"))] or [pd.DataFrame()])
     summaries = pd.concat([_read(path) for path in
                            sorted((results / "similarity" / "ceiling").glob("*/layer*.summary.tsv"))] or [pd.DataFrame()])
+    if len(ceilings):
+        # Marked the way the verdict marks them (the cross-model tables carry `significant` already).
+        ceilings["significant"] = above_chance(ceilings, significance)
     cross = pd.concat([_read(path) for path in sorted((results / "similarity").glob("*--*/scores.tsv"))]
                       or [pd.DataFrame()])
     return {name: table.assign(**tag) for name, table in
@@ -137,13 +142,13 @@ def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         ceilings = ceilings[ceilings["variant"] == variant] if len(ceilings) else ceilings
         for metric, cells in (ceilings.groupby("metric") if len(ceilings) else []):
             row[f"ceiling_{metric}_excess"] = (cells["observed"] - cells["null_mean"]).mean()
-            row[f"ceiling_{metric}_above_chance"] = f"{int((cells['p'] < 0.05).sum())}/{len(cells)}"
+            row[f"ceiling_{metric}_above_chance"] = f"{int(cells['significant'].sum())}/{len(cells)}"
         cross = tables.get("cross", pd.DataFrame())
         cross = cross[(cross["variant"] == variant) & ~cross["model_b"].str.endswith("-rerandomized")] if len(cross) else cross
         for metric, cells in (cross.groupby("metric") if len(cross) else []):
             best = cells.loc[cells["z"].idxmax()] if cells["z"].notna().any() else None
             row[f"cross_{metric}_best_excess"] = best["excess"] if best is not None else np.nan
-            row[f"cross_{metric}_significant"] = f"{int((cells['p_adjusted'] < 0.05).sum())}/{len(cells)}"
+            row[f"cross_{metric}_significant"] = f"{int(cells['significant'].astype(bool).sum())}/{len(cells)}"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -215,7 +220,7 @@ def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
                 for width, points in group.groupby("d_sae"):
                     points = points.sort_values("training_tokens")
                     excess = points["observed"] - points["null_mean"]
-                    significant = points["p_adjusted" if "p_adjusted" in points else "p"] < 0.05
+                    significant = points["significant"].astype(bool)
                     line = axis.plot(points["training_tokens"], excess, marker=markers[width], markersize=4,
                                      label=" / ".join(map(str, key)) + f" ({width})")[0]
                     axis.scatter(points["training_tokens"][significant], excess[significant], s=40,

@@ -171,9 +171,15 @@ def _svcca_basis(matrix: np.ndarray, variance: float, components: int | None, na
     return left[:, :kept]
 
 
+def _check_positive_integer(value, what: str, none_allowed: bool = False) -> None:
+    if value is None and none_allowed:
+        return
+    if isinstance(value, bool) or value is None or int(value) != value or value < 1:
+        raise UserError(f"{what} must be a positive integer{' or None' if none_allowed else ''}, got {value!r}")
+
+
 def _check_svcca_options(variance: float, components: int | None) -> None:
-    if components is not None and (isinstance(components, bool) or int(components) != components or components < 1):
-        raise UserError(f"svcca components must be a positive integer or None, got {components!r}")
+    _check_positive_integer(components, "svcca components", none_allowed=True)
     if not 0 < variance <= 1:
         raise UserError(f"svcca variance must be in (0, 1], got {variance}")
 
@@ -420,10 +426,8 @@ class _HeldoutSvcca:
 
 
 def _check_heldout_options(components: int | None, folds: int) -> None:
-    if components is not None and (isinstance(components, bool) or int(components) != components or components < 1):
-        raise UserError(f"heldout_svcca components must be a positive integer or None, got {components!r}")
-    if isinstance(folds, bool) or int(folds) != folds or folds < 1:
-        raise UserError(f"heldout_svcca folds must be a positive integer, got {folds!r}")
+    _check_positive_integer(components, "heldout_svcca components", none_allowed=True)
+    _check_positive_integer(folds, "heldout_svcca folds")
 
 
 def _too_few_to_hold_out(n: int, components: int | None, folds: int) -> bool:
@@ -472,8 +476,8 @@ def heldout_svcca_choices(X, Y, components: int | None = None, folds: int = 5, f
     X, Y = _check_pair(X, Y, min_rows=3)
     model = _HeldoutSvcca(X, Y, components, folds, fold_seed)
     _, sizes, averaged = model.evaluate(np.arange(X.shape[0]))
-    return pd.DataFrame({"fold": list(model.outer), "heldout_rows": [len(h[next(iter(h))]) for _, h in
-                                                                     model.outer.values()],
+    return pd.DataFrame({"fold": list(model.outer),
+                         "heldout_rows": [len(heldout[fold]) for fold, (_, heldout) in model.outer.items()],
                          "components": sizes[0], "averaged": averaged[0]})
 
 

@@ -125,6 +125,14 @@ def with_adjusted_p(scores: pd.DataFrame, method: str, family: list[str]) -> pd.
     return scores
 
 
+def above_chance(scores: pd.DataFrame, significance: float) -> pd.Series:
+    """Rows scoring significantly above their own null: p < significance and observed above the null mean.
+
+    The test a seed-to-seed ceiling must pass before anything is measured against it.
+    """
+    return (scores["p"].astype(float) < significance) & (scores["observed"].astype(float) > scores["null_mean"])
+
+
 def ceilings_of(scores: pd.DataFrame, ceilings: pd.DataFrame, significance: float) -> pd.DataFrame:
     """Per row of `scores`, its ceiling: the mean of the two layers' seed-to-seed scores and null means,
     the larger of their p-values, and whether that ceiling is above chance (every contributing

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path
+from .similarity_stage import above_chance
 
 VERDICT_COLUMNS = ["model_a", "model_b", "metric", "n_layer_pairs", "n_significant", "best_layer_a", "best_layer_b",
                    "observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
@@ -145,7 +146,7 @@ def quality_lines(quality: pd.DataFrame, ceilings: pd.DataFrame, ceiling_summari
         own = ceilings[ceilings["model"] == model] if len(ceilings) else ceilings
         if len(own):
             n_layers = own["layer"].nunique()
-            above = own[(own["p"].astype(float) < significance) & (own["observed"] > own["null_mean"])]
+            above = own[above_chance(own, significance)]
             per_metric = above.groupby("metric")["layer"].nunique().reindex(own["metric"].unique()).fillna(0)
             agreement = ", ".join(f"{int(count)} of {n_layers} layers for {metric}" for metric, count in per_metric.items())
             text += f"; its two seeds agree above chance at {agreement}"
