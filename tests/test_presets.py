@@ -72,8 +72,8 @@ def fresh_workdir(path: Path) -> Path:
 
 
 def test_presets_folder_holds_both_variants_of_both_experiments_and_own_saes():
-    # Besides the paper's experiments: the scaling study's base config (issue 12).
-    assert sorted(path.stem for path in PRESETS.glob("*.yaml")) == sorted([*NAMES, "scaling"])
+    # Besides the paper's experiments: the scaling study's base config and the reference experiment (issue 12).
+    assert sorted(path.stem for path in PRESETS.glob("*.yaml")) == sorted([*NAMES, "scaling", "reference"])
 
 
 def test_scaling_preset_and_every_study_variant_are_valid_configs():
@@ -87,6 +87,44 @@ def test_scaling_preset_and_every_study_variant_are_valid_configs():
         checked = check_config(config)
         assert checked["saes"]["seeds"] == [0, 1] and checked["saes"]["loss_windows"] >= 8, name
     assert variants["tokensall-latents2048"]["corpus"]["token_budget"] is None
+    # The budgets draw from the Wikipedia articles; the largest variant reads everything shipped.
+    assert {config["corpus"]["source"] for name, config in variants.items() if "all" not in name} == {"wikipedia-sample"}
+    assert variants["tokensall-latents2048"]["corpus"]["source"] == "wikipedia"
+
+
+def test_study_variants_and_the_reference_share_activations_exactly_where_their_text_and_layers_agree(tmp_path):
+    from sae_universality.scaling import activation_identity, share_activations, study_variants, write_variant
+
+    variants = study_variants(load_preset("scaling"))
+    reference = load_preset("reference")
+    identity = {name: activation_identity(config) for name, config in variants.items()}
+    # The width axis reads the same activations; different budgets do not.
+    assert identity["tokens150000-latents8192"] == identity["tokens150000-latents2048"]
+    assert len({identity[name] for name in variants if "latents8192" not in name}) == 4
+    # The reference experiment (its own shards, SAEs and similarity settings) shares the largest variant's.
+    assert reference["activations"]["shards"] != variants["tokensall-latents2048"]["activations"].get("shards", 1)
+    assert activation_identity(reference) == identity["tokensall-latents2048"]
+
+    source = write_variant(tmp_path, "tokens150000-latents2048", variants["tokens150000-latents2048"])
+    for model, entry in variants["tokens150000-latents2048"]["models"].items():
+        for layer in entry["layers"]:
+            path = source / "results" / "activations" / model / f"layer{layer}.h5"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(f"{model}{layer}".encode())
+    (source / "resources" / "corpus").mkdir(parents=True)
+    (source / "resources" / "corpus" / "windows.jsonl").write_text("{}\n")
+    other_budget = write_variant(tmp_path, "tokens50000-latents2048", variants["tokens50000-latents2048"])
+    assert share_activations(other_budget, variants["tokens50000-latents2048"], [source]) is None
+    assert not (other_budget / "results").exists()
+    wider = write_variant(tmp_path, "tokens150000-latents8192", variants["tokens150000-latents8192"])
+    assert share_activations(wider, variants["tokens150000-latents8192"], [other_budget, source]) == source
+    shared = wider / "results" / "activations" / "gemma3" / "layer14.h5"
+    original = source / "results" / "activations" / "gemma3" / "layer14.h5"
+    assert shared.read_bytes() == b"gemma314" and shared.stat().st_ino == original.stat().st_ino
+    assert (wider / "resources" / "corpus" / "windows.jsonl").stat().st_mtime == \
+        (source / "resources" / "corpus" / "windows.jsonl").stat().st_mtime
+    # A variant that has activations of its own keeps them.
+    assert share_activations(wider, variants["tokens150000-latents8192"], [source]) is None
 
 
 @pytest.mark.parametrize("family", ["pythia", "gemma"])

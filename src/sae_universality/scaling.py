@@ -1,12 +1,16 @@
 """The scaling study: how much text before the comparison means anything (issue 12).
 
 One base config (presets/scaling.yaml, an ordinary workflow config) is run at
-several token budgets (16k, 50k, 150k, all of the shipped text) and, at 150k, a
-second SAE width, each variant in a folder of its own (`<root>/tokens<B>-latents<D>`), by
-the ordinary workflow: Snakemake resumes a variant where it stopped. `collect`
-then reads every finished variant's own tables and puts them side by side
-against the training tokens: SAE quality, the seed-to-seed ceiling, and the
-cross-model excess over chance at each layer pair.
+several token budgets (16k, 50k, 150k of the Wikipedia articles, then all of the
+shipped text: the articles and the lead sections) and, at 150k, a second SAE
+width, each variant in a folder of its own (`<root>/tokens<B>-latents<D>`), by the
+ordinary workflow: Snakemake resumes a variant where it stopped. Variants that
+read the same text through the same models and layers share one activation cache:
+a variant starts from hard links to an earlier one's (or to a `--reuse` run's, such
+as the reference experiment's), so only its SAE stages run. `collect` then reads
+every finished variant's own tables and puts them side by side against the
+training tokens: SAE quality, the seed-to-seed ceiling, and the cross-model
+excess over chance at each layer pair.
 
     python -m sae_universality.scaling run --root runs/scaling            # every variant in turn
     python -m sae_universality.scaling collect --root runs/scaling --out docs/figures/scaling
@@ -16,6 +20,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +41,7 @@ PRESET = REPO / "presets" / "scaling.yaml"
 
 DEFAULT_BUDGETS = (16000, 50000, 150000, None)  # None: all of the shipped text
 DEFAULT_EXTRA = ((150000, 8192),)  # the width axis, where it is cheap
+ALL_TEXT_SOURCE = "wikipedia"  # the articles, then the lead sections: every text the package ships
 
 
 def variant_name(token_budget: int | None, d_sae: int) -> str:
@@ -41,16 +49,62 @@ def variant_name(token_budget: int | None, d_sae: int) -> str:
 
 
 def study_variants(base: dict, budgets=DEFAULT_BUDGETS, extra=DEFAULT_EXTRA) -> dict[str, dict]:
-    """{variant name: full config}: the base config at each token budget (None = all text) with its own
-    SAE width, then at each extra (budget, d_sae) point."""
+    """{variant name: full config}: the base config at each token budget with its own SAE width, then at
+    each extra (budget, d_sae) point. A budget of None reads all of the shipped text (ALL_TEXT_SOURCE),
+    the budgets draw from the base config's source."""
     points = [(budget, base["saes"]["train"]["d_sae"]) for budget in budgets] + [tuple(p) for p in extra]
     variants = {}
     for budget, d_sae in points:
         config = copy.deepcopy(base)
         config["corpus"]["token_budget"] = budget
+        if budget is None:
+            config["corpus"]["source"] = ALL_TEXT_SOURCE
         config["saes"]["train"]["d_sae"] = int(d_sae)
         variants[variant_name(budget, d_sae)] = config
     return variants
+
+
+def activation_identity(config: dict) -> str:
+    """What a run's activation cache depends on (text, models, layers, storage), as a comparable string.
+
+    Two runs with equal identities write the same resources/ and results/activations/ (the shards are
+    merged into the same files, so their number does not count).
+    """
+    from .config import check_config
+
+    checked = check_config(copy.deepcopy(config))
+    activations = {key: value for key, value in checked["activations"].items() if key != "shards"}
+    models = {name: {key: value for key, value in entry.items() if key != "sae"}
+              for name, entry in checked["models"].items()}
+    return json.dumps({"models": models, "corpus": checked["corpus"], "activations": activations},
+                      sort_keys=True, default=str)
+
+
+def _finished_activations(folder: Path, config: dict) -> bool:
+    caches = [folder / "results" / "activations" / model / f"layer{layer}.h5"
+              for model, entry in config["models"].items() for layer in entry["layers"]]
+    return all(path.is_file() for path in caches) and (folder / "resources" / "corpus" / "windows.jsonl").is_file()
+
+
+def share_activations(folder: Path, config: dict, candidates: list[Path]) -> Path | None:
+    """Hard-link resources/ and results/activations/ into `folder` from the first candidate run with the
+    same activation identity and a finished cache; the source run, or None (nothing to share, or
+    `folder` has its own already). Hard links keep the files' times, so Snakemake sees them up to date."""
+    if (folder / "results" / "activations").exists() or (folder / "resources").exists():
+        return None
+    identity = activation_identity(config)
+    for candidate in candidates:
+        candidate_config = candidate / "config.yaml"
+        if candidate.resolve() == folder.resolve() or not candidate_config.is_file():
+            continue
+        other = yaml.safe_load(candidate_config.read_text())
+        if activation_identity(other) != identity or not _finished_activations(candidate, other):
+            continue
+        (folder / "results").mkdir(parents=True, exist_ok=True)
+        for part in ("resources", "results/activations"):
+            shutil.copytree(candidate / part, folder / part, copy_function=os.link)
+        return candidate
+    return None
 
 
 def write_variant(root: Path, name: str, config: dict) -> Path:
@@ -61,13 +115,21 @@ def write_variant(root: Path, name: str, config: dict) -> Path:
     return folder
 
 
-def run(root: Path, preset: Path, cores: int, only: list[str] | None, extra: list[str]) -> None:
-    """Run (or resume) every variant with the workflow's default profile, smallest first."""
+def run(root: Path, preset: Path, cores: int, only: list[str] | None, extra: list[str],
+        reuse: list[Path] = ()) -> None:
+    """Run (or resume) every variant with the workflow's default profile, smallest first.
+
+    A variant whose text, models and layers equal those of an earlier variant (or of a `reuse` run:
+    a finished workflow folder with its config.yaml) starts from that run's activations."""
     base = yaml.safe_load(preset.read_text())
     for name, config in study_variants(base).items():
         if only and name not in only:
             continue
         folder = write_variant(root, name, config)
+        others = [path for path in sorted(root.iterdir()) if path.is_dir()] + list(reuse)
+        source = share_activations(folder, config, others)
+        if source is not None:
+            print(f"scaling: {name}: activations shared from {source}", flush=True)
         command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
                    str(folder), "--replace-workflow-config", "--configfile", str(folder / "config.yaml"),
                    "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"), "--cores", str(cores),
@@ -247,13 +309,15 @@ def main(argv: list[str] | None = None) -> None:
     run_parser.add_argument("--preset", type=Path, default=PRESET)
     run_parser.add_argument("--cores", type=int, default=2)
     run_parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    run_parser.add_argument("--reuse", nargs="*", type=Path, default=[],
+                            help="finished runs (folders with config.yaml) whose activations a variant may share")
     collect_parser = commands.add_parser("collect", help="the table and figure of the finished variants")
     collect_parser.add_argument("--root", type=Path, default=Path("runs/scaling"))
     collect_parser.add_argument("--out", type=Path, required=True, help="path prefix of <out>.tsv, .md and .png")
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
-            run(args.root, args.preset, args.cores, args.only, extra)
+            run(args.root, args.preset, args.cores, args.only, extra, args.reuse)
         else:
             tables = collect(args.root)
             table = summary_table(tables)
