@@ -33,6 +33,8 @@ def test_dequantized_folder_matches_the_registry(smollm2):
     assert manifest["n_layers"] == EMBEDDED["smollm2-135m-instruct"].n_layers == 30
     assert manifest["d_model"] == EMBEDDED["smollm2-135m-instruct"].d_model == 576
     assert manifest["vocab_size"] == 49152
+    # The tokenizer is named by its origin, not by the scratch folder the GGUF was unpacked in.
+    assert manifest["tokenizer"] == f"{EMBEDDED['smollm2-135m-instruct'].pip_requirement} (GGUF)"
 
 
 def test_the_dequantized_model_is_made_once_per_machine(smollm2, model_cache, tmp_path, monkeypatch):

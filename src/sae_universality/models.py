@@ -241,6 +241,15 @@ def _dequantization_key(kind: str, location: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", f"{origin}-{tools}")
 
 
+def _gguf_tokenizer_name(kind: str, location: str) -> str:
+    """Where the tokenizer came from, for the manifest and the caches' provenance.
+
+    A tokenizer read from a GGUF names the scratch folder it was unpacked in, which is gone after the job.
+    """
+    origin = EMBEDDED[location].pip_requirement if kind == "embedded" else Path(location).name
+    return f"{origin} (GGUF)"
+
+
 def _dequantize_into(kind: str, location: str, folder: Path) -> dict:
     """Dequantize a GGUF model to a float32 model folder; return what its manifest says about it."""
     with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
@@ -255,7 +264,7 @@ def _dequantize_into(kind: str, location: str, folder: Path) -> dict:
     text_config = model.config.get_text_config()
     described = {"architecture": model.config.model_type, "n_layers": int(text_config.num_hidden_layers),
                  "d_model": int(text_config.hidden_size),
-                 "tokenizer": getattr(tokenizer, "name_or_path", "") or location, "vocab_size": int(len(tokenizer))}
+                 "tokenizer": _gguf_tokenizer_name(kind, location), "vocab_size": int(len(tokenizer))}
     (folder / _DESCRIPTION).write_text(json.dumps(described, indent=2) + "\n")
     return described
 
@@ -289,7 +298,8 @@ def _dequantized(kind: str, location: str, out_dir: Path) -> tuple[Path, dict]:
         finally:
             if temporary.exists():
                 shutil.rmtree(temporary)
-    return folder, json.loads((folder / _DESCRIPTION).read_text())
+    # Folders cached before the tokenizer was named by its origin still name a scratch folder.
+    return folder, {**json.loads((folder / _DESCRIPTION).read_text()), "tokenizer": _gguf_tokenizer_name(kind, location)}
 
 
 def _rerandomization_seed(entry: dict) -> int:
