@@ -13,14 +13,17 @@ these files where it would find the downloaded originals.
   (`layers.N/{cfg.json, sae.safetensors}`), SAELens gemma-2b-res-jb (old
   SAELens cfg.json; layer 12 trained on norm-scaled inputs), Gemma Scope
   (`layer_L/width_16k/average_l0_N/params.npz`, with the L0 folders of the real repo).
-- `write_datasets_standin(folder, ...)`: an importable `datasets` package whose
-  `load_dataset` streams local documents for one dataset name (the real package
-  is not installed here), so a preset's hf-dataset corpus runs unchanged.
+- `write_dataset_repo(cache, ...)`: a dataset repository as the hub cache holds
+  it after `hf_hub_download` (`datasets--ORG--NAME/refs/<revision>`, snapshot
+  files linked to `blobs/`), with real Parquet files: the real `datasets` library
+  reads a preset's text from it offline, as it would read OpenWebText's Parquet
+  conversion on a compute node.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import zlib
 from pathlib import Path
 
@@ -216,32 +219,48 @@ def standin_documents(n_documents: int, min_chars: int = 1400) -> list[str]:
     return documents
 
 
-DATASETS_STANDIN = '''"""Stand-in for the `datasets` package (tests only): streams local documents for one dataset name."""
-import json
-import os
+# The revision the presets read OpenWebText at (the hub's Parquet conversion) and the file they name.
+OPENWEBTEXT = "Skylion007/openwebtext"
+PARQUET_REVISION = "refs/convert/parquet"
+PARQUET_FILE = "plain_text/partial-train/0000.parquet"
+PARQUET_COMMIT = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00"
 
 
-def load_dataset(path, name=None, split=None, streaming=False, **kwargs):
-    if path != os.environ["STANDIN_DATASET_NAME"] or split != "train" or not streaming:
-        raise FileNotFoundError(f"stand-in dataset: no {path!r} split {split!r} (streaming={streaming})")
-    return _records(os.environ["STANDIN_DATASET_FILE"])
+def write_parquet(path: Path, columns: dict[str, list]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Small row groups: a streaming reader that stops early reads only the first of them.
+    pq.write_table(pa.table(columns), path, row_group_size=64)
+    return path
 
 
-def _records(file):
-    with open(file, encoding="utf-8") as lines:
-        for line in lines:
-            yield json.loads(line)
-'''
+def write_dataset_repo(cache: Path, repo: str, files: dict[str, dict[str, list]], revision: str = PARQUET_REVISION,
+                       commit: str = PARQUET_COMMIT) -> Path:
+    """A dataset repository in the hub cache layout `hf_hub_download` leaves: the ref file of `revision`
+    (a branch name with slashes is a nested path), and each file under `snapshots/<commit>/` as a link to
+    its blob. `files` maps a repository path to Parquet columns, or to a str for a text file. Returns the
+    snapshot folder."""
+    import hashlib
 
-
-def write_datasets_standin(folder: Path, documents: list[str]) -> dict:
-    """An importable `datasets` stand-in under `folder` serving `documents` as a "text" field.
-
-    Returns the environment to add: PYTHONPATH entry (folder) and the file it streams.
-    """
-    package = Path(folder) / "datasets"
-    package.mkdir(parents=True, exist_ok=True)
-    (package / "__init__.py").write_text(DATASETS_STANDIN)
-    records = Path(folder) / "documents.jsonl"
-    records.write_text("".join(json.dumps({"text": text, "id": i}) + "\n" for i, text in enumerate(documents)))
-    return {"STANDIN_DATASET_FILE": str(records)}
+    repo_folder = Path(cache) / f"datasets--{repo.replace('/', '--')}"
+    ref = repo_folder / "refs" / revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(commit)
+    snapshot = repo_folder / "snapshots" / commit
+    for name, content in files.items():
+        scratch = repo_folder / "scratch" / name
+        if isinstance(content, str):
+            scratch.parent.mkdir(parents=True, exist_ok=True)
+            scratch.write_text(content)
+        else:
+            write_parquet(scratch, content)
+        blob = repo_folder / "blobs" / hashlib.sha256(scratch.read_bytes()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        scratch.replace(blob)
+        target = snapshot / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(Path(*[".."] * (len(Path(name).parts) + 1), "blobs", blob.name))
+    shutil.rmtree(repo_folder / "scratch")
+    return snapshot

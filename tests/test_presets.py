@@ -30,7 +30,8 @@ from safetensors.numpy import load_file
 
 from conftest import REPO
 from hub_standins import (SPARSIFY_K, GEMMA_RES_JB_FOLDERS, GEMMA_RES_JB_NORMALIZED, GEMMA_SCOPE_CANONICAL,
-                          GEMMA_SCOPE_L0S, build_hub_cache, standin_documents, write_datasets_standin)
+                          GEMMA_SCOPE_L0S, OPENWEBTEXT, PARQUET_COMMIT, PARQUET_FILE, PARQUET_REVISION,
+                          build_hub_cache, standin_documents, write_dataset_repo, write_parquet)
 
 PRESETS = REPO / "presets"
 NAMES = ["gemma-corrected", "gemma-paper", "pythia-corrected", "pythia-own-saes", "pythia-paper"]
@@ -169,7 +170,7 @@ def test_presets_read_the_papers_text_and_models(name):
 
 
 def dry_run(name: str, root: Path) -> str:
-    """`snakemake -n` of a preset on the real ids: offline, empty hub cache, no `datasets` package."""
+    """`snakemake -n` of a preset on the real ids: offline, with an empty hub cache."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(root / "empty_hub_cache")}
     result = snakemake(fresh_workdir(root / name), [PRESETS / f"{name}.yaml"], env, "-n")
     return result.stdout + result.stderr
@@ -180,11 +181,12 @@ def hub(tmp_path_factory):
     """(environment for Snakemake, what the stand-in hub holds)."""
     root = tmp_path_factory.mktemp("hub")
     written = build_hub_cache(root / "cache")
-    # 160 documents: more than either preset reads, so n_documents must cut the stream.
-    dataset_env = write_datasets_standin(root / "site", standin_documents(160))
-    python_path = os.pathsep.join([str(root / "site"), str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, **dataset_env, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(root / "cache"),
-           "PYTHONPATH": python_path, "STANDIN_DATASET_NAME": "Skylion007/openwebtext"}
+    # OpenWebText's Parquet file as a login node leaves it in the cache; 160 documents: more than either
+    # preset reads, so n_documents must cut the stream.
+    write_dataset_repo(root / "cache", OPENWEBTEXT, {PARQUET_FILE: {"text": standin_documents(160)}})
+    python_path = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(root / "cache"), "PYTHONPATH": python_path,
+           "HF_DATASETS_CACHE": str(root / "datasets-cache")}
     return env, written
 
 
@@ -199,6 +201,25 @@ def run_variants(workdir: Path, env: dict, variants: list, snapshots: Path) -> d
         shutil.copytree(workdir / "results", snapshots / name)
         runs[name] = (snapshots / name, output)
     return runs
+
+
+LOGIN_TARGET = "resources/corpus/windows.jsonl"
+
+
+def login_then_compute(workdir: Path, env: dict, variants: list, snapshots: Path) -> dict:
+    """The README's cluster recipe: the login node builds the text (the preset's Parquet file, fetched into the
+    hub cache), then offline compute nodes run every job with a cache that holds the models and SAEs only."""
+    name, overrides, _ = variants[0]
+    sizes = workdir.parent / "login.sizes.yaml"
+    sizes.write_text(yaml.safe_dump(overrides))
+    login = snakemake(workdir, [PRESETS / f"{name}.yaml", sizes], env, LOGIN_TARGET)
+    compute_cache = workdir.parent / "compute-node-cache"
+    compute_cache.mkdir()
+    for repo in Path(env["HF_HUB_CACHE"]).iterdir():
+        if not repo.name.startswith("datasets--"):
+            (compute_cache / repo.name).symlink_to(repo, target_is_directory=True)
+    runs = run_variants(workdir, {**env, "HF_HUB_CACHE": str(compute_cache)}, variants, snapshots)
+    return {**runs, "login": (None, login.stdout + login.stderr)}
 
 
 # The first layers: every run caches them anyway (they carry the alignment), so no other layer is merged.
@@ -234,7 +255,10 @@ def all_runs(hub, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
 
     def chain(family, variants):
-        return run_variants(fresh_workdir(root / family / "run"), env, variants(), root / family / "snapshots")
+        workdir = fresh_workdir(root / family / "run")
+        if family == "pythia":
+            return login_then_compute(workdir, env, variants(), root / family / "snapshots")
+        return run_variants(workdir, env, variants(), root / family / "snapshots")
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {family: pool.submit(chain, family, variants)
@@ -367,6 +391,20 @@ def test_pythia_paper_reads_the_first_documents_at_300_tokens(pythia_runs):
     assert [w.doc_index for w in windows] == list(range(8)) and all(w.char_start == 0 for w in windows)
     assert all(1100 <= len(w.text) <= 1200 for w in windows)
     assert windows[7].text.startswith("Document 7.")
+    documents = standin_documents(160)
+    assert all(documents[w.doc_index].startswith(w.text) for w in windows)
+
+
+def test_the_login_node_builds_the_text_and_offline_compute_nodes_run_without_it(pythia_runs):
+    """The login node's only job is build_corpus, reading the Parquet file through `datasets`; the compute
+    nodes' cache has no dataset at all, so none of their jobs reads the text from the hub."""
+    _, login = pythia_runs["login"]
+    assert job_counts(login) == {"build_corpus": 1, "total": 1}
+    assert f"{OPENWEBTEXT}: {PARQUET_FILE} at revision {PARQUET_REVISION} (commit {PARQUET_COMMIT})" in \
+        (pythia_runs["pythia-paper"][0].parent.parent / "run/logs/build_corpus.log").read_text()
+    for name in ("pythia-paper", "pythia-corrected", "pythia-own-saes"):
+        _, output = pythia_runs[name]
+        assert "build_corpus" not in job_counts(output), name
 
 
 def test_pythia_paper_correlates_pre_activations_and_keeps_the_first_partner(pythia_runs):
@@ -533,30 +571,82 @@ def test_gemma_res_jb_folders_and_factor_come_from_the_saelens_release(tmp_path)
     np.testing.assert_allclose(sae.b_dec.detach().numpy(), np.ones(4) / GEMMA_RES_JB_NORMALIZED[12], rtol=1e-6)
 
 
-def test_hf_dataset_source_streams_the_first_documents(monkeypatch):
-    import types
+@pytest.fixture
+def openwebtext_cache(tmp_path, monkeypatch):
+    """OpenWebText's Parquet conversion as the hub cache holds it after a login node fetched it; offline."""
+    import huggingface_hub.constants
 
+    documents = [f" document {i} " for i in range(300)]
+    write_dataset_repo(tmp_path / "hub", OPENWEBTEXT, {PARQUET_FILE: {"text": documents, "id": list(range(300))}})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    return documents
+
+
+def test_the_presets_read_openwebtexts_parquet_through_the_real_datasets_library(openwebtext_cache, capfd):
+    import datasets
+
+    from sae_universality.data import load_documents
+
+    assert datasets.__version__.startswith("5.")
+    corpus = load_preset("pythia-paper")["corpus"]
+    assert corpus["hf_dataset"]["revision"] == PARQUET_REVISION and corpus["hf_dataset"]["data_files"] == [PARQUET_FILE]
+    assert load_documents(corpus) == [f"document {i}" for i in range(100)]
+    # The log names the commit the branch pointed at: which 100 documents these were.
+    assert f"commit {PARQUET_COMMIT}" in capfd.readouterr().err
+    # Every preset that reads OpenWebText reads it the same way.
+    for name in NAMES:
+        assert load_preset(name)["corpus"]["hf_dataset"] == corpus["hf_dataset"], name
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"text_field": "body"}, r"has no column 'body' \(columns: text, id\); set corpus.hf_dataset.text_field"),
+    ({"data_files": ["plain_text/partial-train/0001.parquet"]},
+     r"0001.parquet is not in the Hugging Face cache and HF_HUB_OFFLINE=1; fetch the text once"),
+    ({"revision": "main"}, r"is not in the Hugging Face cache and HF_HUB_OFFLINE=1"),
+    ({"name": "nobody/nothing"}, r"'nobody/nothing' \(revision refs/convert/parquet\): .* not in the Hugging Face cache"),
+    ({"data_files": []}, r"streaming needs the hub and HF_HUB_OFFLINE=1; name the dataset's Parquet files"),
+])
+def test_each_failure_to_read_the_hub_text_is_one_line_naming_the_fix(openwebtext_cache, change, message):
     from sae_universality.data import load_documents
     from sae_universality.errors import UserError
 
-    calls = []
-
-    def load_dataset(path, name=None, split=None, streaming=False):
-        calls.append((path, name, split, streaming))
-        return iter([{"text": f" document {i} "} for i in range(1000)])
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    corpus = {**load_preset("pythia-paper")["corpus"]}
-    assert load_documents(corpus) == [f"document {i}" for i in range(100)]
-    assert calls == [("Skylion007/openwebtext", None, "train", True)]
-    with pytest.raises(UserError, match="no field 'body'"):
-        load_documents({**corpus, "hf_dataset": {**corpus["hf_dataset"], "text_field": "body"}})
-
-    def unreachable(*args, **kwargs):
-        raise ConnectionError("offline")
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=unreachable))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set") as error:
+    corpus = load_preset("pythia-paper")["corpus"]
+    corpus = {**corpus, "hf_dataset": {**corpus["hf_dataset"], **change}}
+    with pytest.raises(UserError, match=message) as error:
         load_documents(corpus)
     assert "\n" not in str(error.value)
+
+
+def test_a_dataset_that_ships_only_a_loading_script_gets_the_parquet_advice(tmp_path, monkeypatch):
+    """datasets >= 4.0 refuses loading scripts: OpenWebText's main branch as a user of `datasets` 5 meets it."""
+    from sae_universality.data import load_documents
+    from sae_universality.errors import UserError
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    repository = tmp_path / "openwebtext"
+    repository.mkdir()
+    (repository / "openwebtext.py").write_text("import datasets\n\nclass Openwebtext(datasets.GeneratorBasedBuilder):\n    pass\n")
+    corpus = {**load_preset("pythia-paper")["corpus"]}
+    corpus["hf_dataset"] = {**corpus["hf_dataset"], "name": str(repository), "revision": None, "data_files": []}
+    with pytest.raises(UserError, match=r"ships a loading script \(openwebtext.py\), which datasets >= 4.0 no longer "
+                                        r"runs; read its Parquet files instead: corpus.hf_dataset.revision: "
+                                        r"refs/convert/parquet"):
+        load_documents(corpus)
+
+
+def test_local_parquet_files_are_a_corpus(tmp_path, monkeypatch):
+    from sae_universality.data import load_documents
+    from sae_universality.errors import UserError
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    first = write_parquet(tmp_path / "a.parquet", {"text": ["one", " two ", ""], "url": ["u1", "u2", "u3"]})
+    second = write_parquet(tmp_path / "b.parquet", {"text": ["three"]})
+    text_file = tmp_path / "c.txt"
+    text_file.write_text("four")
+    corpus = {"source": "files", "paths": [str(first), str(second), str(text_file)], "n_documents": None}
+    assert load_documents(corpus) == ["one", "two", "three", "four"]
+    wrong = write_parquet(tmp_path / "wrong.parquet", {"body": ["x"]})
+    with pytest.raises(UserError, match=r"wrong.parquet has no column 'text' \(columns: body\)"):
+        load_documents({**corpus, "paths": [str(wrong)]})

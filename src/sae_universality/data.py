@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -134,13 +135,16 @@ def wikitext_to_plain(wikitext: str, mwparserfromhell) -> str:
 
 
 def read_text_files(paths: Iterable[str | Path]) -> Iterator[str]:
-    """Documents from .txt files (one document per file) and .jsonl files (one per line)."""
+    """Documents from .txt files (one document per file), .jsonl files (one per line, its "text"
+    field) and .parquet files (one per row, its "text" column)."""
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"corpus.paths: {path} does not exist; fix the path or remove it")
         if path.suffix == ".jsonl":
             yield from _read_jsonl(path, "text")
+        elif path.suffix == ".parquet":
+            yield from read_parquet_documents([path], "text", f"corpus.paths: {path}")
         else:
             yield path.read_text(encoding="utf-8")
 
@@ -159,33 +163,134 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
             yield record[text_field]
 
 
-def read_hf_dataset(name: str, split: str, text_field: str, config_name: str | None, limit: int) -> Iterator[str]:
-    """The first `limit` documents of a Hugging Face dataset, streamed from the hub.
-
-    Only the build_corpus job calls this (so `datasets` is needed there alone);
-    streaming reads just the first shard instead of downloading the dataset.
-    """
+def _import_datasets(what: str):
     try:
         import datasets
     except ImportError:
-        raise UserError("corpus.source 'hf-dataset' needs the `datasets` package: pip install datasets") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    try:
-        stream = datasets.load_dataset(name, config_name, split=split, streaming=True)
-    except Exception as error:  # the datasets library raises many kinds; all mean "not reachable"
-        hint = ("streaming needs the hub but HF_HUB_OFFLINE is set: build resources/corpus/windows.jsonl once where "
-                "the hub is reachable" if offline else "check the name")
-        raise UserError(
-            f"corpus.hf_dataset '{name}' could not be opened ({type(error).__name__}); {hint}, "
-            "or use corpus.source 'files' with a local copy"
-        ) from None
-    for count, record in enumerate(stream):
+        raise UserError(f"{what} needs the `datasets` package: pip install 'sae-universality[hub]' "
+                        "(or `make install`)") from None
+    return datasets
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def read_parquet_documents(paths: list[str | Path], text_field: str, where: str) -> Iterator[str]:
+    """The `text_field` column of local Parquet files, row by row, read by `datasets` as a stream.
+
+    Streaming reads only the row groups it needs and writes no Arrow copy to the datasets cache.
+    """
+    datasets = _import_datasets("Reading Parquet text")
+    stream = datasets.load_dataset("parquet", data_files={"train": [str(path) for path in paths]},
+                                   split="train", streaming=True)
+    columns = list(stream.column_names or [])
+    if text_field not in columns:
+        raise UserError(f"{where} has no column '{text_field}' (columns: {', '.join(columns)}); "
+                        "set corpus.hf_dataset.text_field (a corpus.paths .parquet file needs a 'text' column)")
+    for record in stream:
+        yield record[text_field]
+
+
+def snapshot_commit(path: str | Path) -> str | None:
+    """The commit a file of the Hugging Face cache belongs to (`.../snapshots/<commit>/...`), or None."""
+    parts = Path(path).parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
+
+
+def hub_dataset_files(name: str, revision: str | None, data_files: list[str]) -> list[Path]:
+    """Local paths of `data_files` of the hub dataset `name` at `revision`.
+
+    Where the hub is reachable they are downloaded into the Hugging Face cache
+    (once); with HF_HUB_OFFLINE=1 they are read from it, so a login node can
+    fetch the few files a preset needs and offline compute nodes read them.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    where = f"corpus.hf_dataset '{name}' (revision {revision or 'main'})"
+    paths = []
+    for file in data_files:
+        try:
+            paths.append(Path(hf_hub_download(name, file, repo_type="dataset", revision=revision)))
+        except GatedRepoError:  # before RepositoryNotFoundError, its parent
+            raise UserError(f"{where} is gated: accept its terms on the dataset's hub page, then log in "
+                            "(`hf auth login`, or set HF_TOKEN)") from None
+        except LocalEntryNotFoundError:  # before EntryNotFoundError, its parent: not cached and no hub
+            state = "HF_HUB_OFFLINE=1" if _hub_offline() else "the hub is unreachable"
+            raise UserError(f"{where}: {file} is not in the Hugging Face cache and {state}; fetch the text once "
+                            "where the hub is reachable (README, 'On a cluster'), then run offline") from None
+        except RevisionNotFoundError:
+            raise UserError(f"{where}: no such revision; set corpus.hf_dataset.revision to a branch, tag or "
+                            "commit of the dataset (refs/convert/parquet: the hub's Parquet conversion)") from None
+        except EntryNotFoundError:
+            raise UserError(f"{where} has no file '{file}'; list its files with `hf download {name} --repo-type "
+                            "dataset --revision <revision> --dry-run` and fix corpus.hf_dataset.data_files") from None
+        except RepositoryNotFoundError:
+            raise UserError(f"corpus.hf_dataset '{name}': no such dataset on the hub, or a private one; "
+                            "check the name, or log in with a token that can read it") from None
+    return paths
+
+
+def _text_of(record: dict, text_field: str, where: str) -> str:
+    if text_field not in record:
+        raise UserError(f"{where} has no column '{text_field}' (columns: {', '.join(record)}); "
+                        "set corpus.hf_dataset.text_field")
+    return record[text_field]
+
+
+def _script_error(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and "Dataset scripts are no longer supported" in str(error)
+
+
+def read_hf_dataset(name: str, split: str, text_field: str, config_name: str | None, limit: int,
+                    revision: str | None = None, data_files: list[str] | None = None) -> Iterator[str]:
+    """The first `limit` documents of a Hugging Face dataset.
+
+    With `data_files`, the named Parquet files of the dataset repository at
+    `revision` (see `hub_dataset_files`): no loading script runs, and offline
+    nodes read them from the cache. Without, `datasets.load_dataset` streams the
+    dataset from the hub; that needs the network, and since datasets 4.0 it
+    refuses datasets that ship a loading script (OpenWebText does), which gets
+    its own line pointing at the Parquet conversion. Only the build_corpus job
+    calls this, so `datasets` is needed there alone.
+    """
+    where = f"corpus.hf_dataset '{name}'"
+    if data_files:
+        paths = hub_dataset_files(name, revision, data_files)
+        # The commit behind a branch such as refs/convert/parquet, for the log: which documents these were.
+        commits = sorted({snapshot_commit(path) or "local" for path in paths})
+        print(f"{name}: {', '.join(data_files)} at revision {revision or 'main'} (commit {', '.join(commits)})",
+              file=sys.stderr)
+        documents = read_parquet_documents(paths, text_field, where)
+    else:
+        datasets = _import_datasets("corpus.source 'hf-dataset'")
+        try:
+            stream = datasets.load_dataset(name, config_name, split=split, revision=revision, streaming=True)
+        except RuntimeError as error:
+            if not _script_error(error):
+                raise
+            raise UserError(
+                f"{where} ships a loading script ({str(error).rsplit('found ', 1)[-1]}), which datasets >= 4.0 no "
+                "longer runs; read its Parquet files instead: corpus.hf_dataset.revision: refs/convert/parquet "
+                "and data_files: [<config>/<split>/0000.parquet] (README, 'Reproducing the paper')") from None
+        except datasets.exceptions.DatasetNotFoundError as error:
+            if "gated" in str(error):
+                raise UserError(f"{where} is gated: accept its terms on the dataset's hub page, then log in "
+                                "(`hf auth login`, or set HF_TOKEN)") from None
+            raise UserError(f"{where}: no such dataset, split or revision on the hub ({str(error).splitlines()[0]}); "
+                            "check corpus.hf_dataset") from None
+        except ConnectionError:
+            state = "HF_HUB_OFFLINE=1" if _hub_offline() else "the hub is unreachable"
+            raise UserError(f"{where}: streaming needs the hub and {state}; name the dataset's Parquet files "
+                            "(corpus.hf_dataset.data_files) and fetch them once where the hub is reachable, or use "
+                            "corpus.source 'files' with a local copy") from None
+        documents = (_text_of(record, text_field, where) for record in stream)
+    for count, document in enumerate(documents):
         if count >= limit:
             break
-        if text_field not in record:
-            raise UserError(f"corpus.hf_dataset '{name}' has no field '{text_field}' (fields: {', '.join(record)}); "
-                            "set corpus.hf_dataset.text_field")
-        yield record[text_field]
+        yield document
 
 
 def load_documents(corpus: dict) -> list[str]:
@@ -205,7 +310,7 @@ def load_documents(corpus: dict) -> list[str]:
         spec = corpus["hf_dataset"]
         documents = read_hf_dataset(
             spec["name"], spec.get("split", "train"), spec.get("text_field", "text"),
-            spec.get("config"), limit or 10_000,
+            spec.get("config"), limit or 10_000, revision=spec.get("revision"), data_files=spec.get("data_files"),
         )
     else:  # the schema admits no other value
         raise UserError(f"corpus.source '{source}' is unknown; use wikipedia-sample, wikipedia-leads, wikipedia, "
@@ -332,7 +437,8 @@ def corpus_statistics(windows: list[Window]) -> dict:
 
 
 __all__ = [
-    "Window", "build_windows", "cut_windows", "select_windows", "load_documents",
+    "Window", "build_windows", "cut_windows", "select_windows", "load_documents", "hub_dataset_files",
+    "read_parquet_documents",
     "read_wikipedia_dump", "read_wikipedia_leads", "wikipedia_leads_path", "wikipedia_sample_path",
     "write_windows", "read_windows",
     "fingerprint", "corpus_statistics",
