@@ -10,12 +10,14 @@ what their settings change, and each run's targets are one layer pair: every
 layer pair is what the dry runs show.
 """
 
+import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from itertools import product
 from pathlib import Path
@@ -650,3 +652,64 @@ def test_local_parquet_files_are_a_corpus(tmp_path, monkeypatch):
     wrong = write_parquet(tmp_path / "wrong.parquet", {"body": ["x"]})
     with pytest.raises(UserError, match=r"wrong.parquet has no column 'text' \(columns: body\)"):
         load_documents({**corpus, "paths": [str(wrong)]})
+
+
+class _StandInHub(http.server.BaseHTTPRequestHandler):
+    """The hub's answers to a file request, as huggingface_hub reads them (status and X-Error-Code)."""
+
+    ANSWERS = {"gated/corpus": (401, "GatedRepo"), "nobody/nothing": (401, "RepoNotFound")}
+
+    def do_HEAD(self):
+        repo = "/".join(self.path.split("/")[2:4])  # /datasets/<owner>/<name>/resolve/<revision>/<file>
+        status, code = self.ANSWERS.get(repo, (404, "RevisionNotFound" if "/resolve/nope/" in self.path
+                                               else "EntryNotFound"))
+        self.send_response(status)
+        self.send_header("X-Error-Code", code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+    def log_message(self, *args):
+        pass
+
+
+def test_answers_of_a_reachable_hub_are_one_line_each(tmp_path):
+    """Gated, unknown, no such revision, no such file: real huggingface_hub HTTP calls to a local stand-in hub."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StandInHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cases = {"gated": {"name": "gated/corpus"}, "unknown": {"name": "nobody/nothing"},
+             "revision": {"name": "some/corpus", "revision": "nope"}, "file": {"name": "some/corpus"}}
+    script = f"""
+import json
+from sae_universality.data import load_documents
+from sae_universality.errors import UserError
+messages = {{}}
+for case, change in {cases!r}.items():
+    spec = {{"name": None, "revision": "refs/convert/parquet", "data_files": ["plain_text/train/0000.parquet"],
+             "text_field": "text", **change}}
+    try:
+        load_documents({{"source": "hf-dataset", "hf_dataset": spec, "n_documents": 5}})
+    except UserError as error:
+        messages[case] = str(error)
+print(json.dumps(messages))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+           "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_TOKEN": "", "PYTHONPATH": str(REPO / "src")}
+    try:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        server.shutdown()
+    messages = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(messages) == set(cases), result.stderr[-2000:]
+    assert messages["gated"].startswith("corpus.hf_dataset 'gated/corpus' (revision refs/convert/parquet) is gated: "
+                                        "accept its terms")
+    assert "hf auth login" in messages["gated"]
+    assert messages["unknown"].startswith("corpus.hf_dataset 'nobody/nothing': no such dataset on the hub")
+    assert messages["revision"] == ("corpus.hf_dataset 'some/corpus' (revision nope): no such revision; set "
+                                    "corpus.hf_dataset.revision to a branch, tag or commit of the dataset "
+                                    "(refs/convert/parquet: the hub's Parquet conversion)")
+    assert messages["file"].startswith("corpus.hf_dataset 'some/corpus' (revision refs/convert/parquet) has no file "
+                                       "'plain_text/train/0000.parquet'")
+    assert all("\n" not in message for message in messages.values())
