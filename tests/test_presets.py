@@ -3,7 +3,8 @@
 Each preset dry-runs on the real hub ids with an empty, offline hub cache, and
 runs through the real Snakemake CLI on a stand-in hub (tests/hub_standins.py):
 tiny random models and SAE releases under the real ids and in the real
-layouts, a stand-in `datasets` serving OpenWebText-like documents. Only sizes
+layouts, and OpenWebText's Parquet file as a dataset repository of the cache, read
+by the real `datasets` library. Only sizes
 (documents, permutations, SAE width) are overridden, by a second --configfile;
 the variants of one family share a working directory, so Snakemake reruns only
 what their settings change, and each run's targets are one layer pair: every
