@@ -105,6 +105,20 @@ def test_verdict_names_significant_layer_pairs_and_the_floor(tmp_path):
     assert len(table) == 1 and table.loc[0, "excess_above_floor"] == pytest.approx(0.3)
 
 
+def test_verdict_reads_an_unscorable_floor_as_no_matches_from_token_identity(tmp_path):
+    """The floor's matching kept fewer pairs than min_pairs: its scores are NaN, which is an answer."""
+    scores = verdict_inputs([0.001, 0.01, 0.9])
+    floor = verdict_inputs([0.4, 0.5, 0.9]).assign(model_b="b-rerandomized", observed=np.nan, excess=np.nan,
+                                                   p_adjusted=np.nan, n_pairs=3)
+    text = write_verdict({("a", "b"): scores, ("a", "b-rerandomized"): floor}, {("a", "b"): ("a", "b-rerandomized")},
+                         quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
+    assert ("the re-randomized floor (b-rerandomized) keeps only 3 matched pairs at these layers, too few to score: "
+            "token identity alone does not produce these matches.") in text
+    assert "n/a" not in text and "falls below" not in text
+    table = pd.read_csv(tmp_path / "v.tsv", sep="\t")
+    assert table.loc[0, "floor_n_pairs"] == 3 and np.isnan(table.loc[0, "excess_above_floor"])
+
+
 def test_verdict_warns_when_permutations_cannot_reach_significance(tmp_path):
     scores = verdict_inputs([0.005, 0.005, 0.005], n_permutations=199)  # Holm over 3: at best 3 / 200 = 0.015
     text = write_verdict({("a", "b"): scores}, {}, quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS,

@@ -22,7 +22,7 @@ from .similarity_stage import above_chance
 VERDICT_COLUMNS = ["model_a", "model_b", "metric", "n_layer_pairs", "n_significant", "best_layer_a", "best_layer_b",
                    "observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
                    "normalized_ci_low", "normalized_ci_high", "normalized_note", "floor_model", "floor_observed",
-                   "floor_null_mean", "floor_excess", "floor_p_adjusted", "excess_above_floor"]
+                   "floor_null_mean", "floor_excess", "floor_p_adjusted", "excess_above_floor", "floor_n_pairs"]
 
 
 def _number(value, digits: int = 3) -> str:
@@ -71,7 +71,8 @@ def pair_verdict(scores: pd.DataFrame, floor_scores: pd.DataFrame | None, signif
         if floor is not None:
             row.update({"floor_model": floor["model_b"], "floor_observed": floor["observed"],
                         "floor_null_mean": floor["null_mean"], "floor_excess": floor["excess"],
-                        "floor_p_adjusted": floor["p_adjusted"], "excess_above_floor": best.excess - floor["excess"]})
+                        "floor_p_adjusted": floor["p_adjusted"], "excess_above_floor": best.excess - floor["excess"],
+                        "floor_n_pairs": floor.get("n_pairs", np.nan)})
         rows.append(row)
     return pd.DataFrame(rows).reindex(columns=VERDICT_COLUMNS)
 
@@ -238,7 +239,13 @@ def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilin
                          "of the seed-to-seed ceiling")
             elif row.normalized_note:
                 text += f"; no fraction of the ceiling: {row.normalized_note}"
-            if isinstance(row.floor_model, str):
+            if isinstance(row.floor_model, str) and not np.isfinite(row.floor_excess):
+                # Unscored: matching kept too few pairs. Token identity alone then yields next to no matched
+                # features, which is the floor's answer (not a missing one).
+                pairs = f"{int(row.floor_n_pairs)} matched pairs" if np.isfinite(row.floor_n_pairs) else "too few pairs"
+                text += (f"; the re-randomized floor ({row.floor_model}) keeps only {pairs} at these layers, too "
+                         "few to score: token identity alone does not produce these matches")
+            elif isinstance(row.floor_model, str):
                 text += (f"; the re-randomized floor ({row.floor_model}) gives excess {_number(row.floor_excess)} "
                          f"(adjusted p {_number(row.floor_p_adjusted, 2)}); the real pair "
                          + (f"exceeds it by {_number(row.excess_above_floor)}" if row.excess_above_floor >= 0

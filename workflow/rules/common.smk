@@ -30,6 +30,20 @@ wildcard_constraints:
     layer_b=r"\d+",
 
 
+# Corpus keys added after experiments were first run, with the value that means "unset".
+LATER_CORPUS_KEYS = {"hf_dataset": {"revision": None, "data_files": []}}
+
+
+def corpus_settings(wildcards):
+    # Snakemake reruns a job whose params changed. Keys added in a later version are left out while unset,
+    # so that upgrading does not rebuild the text (and everything after it) of experiments that do not use them.
+    corpus = dict(config["corpus"])
+    for section, unset in LATER_CORPUS_KEYS.items():
+        corpus[section] = {key: value for key, value in corpus[section].items()
+                           if not (key in unset and value == unset[key])}
+    return corpus
+
+
 def model_source_entry(wildcards):
     # Only where the model comes from: other settings must not re-trigger the (slow) preparation.
     return {key: value for key, value in MODELS[wildcards.model].items() if key in ("hf", "revision", "path", "embedded", "gguf", "rerandomized")}

@@ -6,7 +6,7 @@ rule build_corpus:
     benchmark:
         "results/benchmarks/build_corpus.tsv"
     params:
-        corpus=config["corpus"],
+        corpus=corpus_settings,
     conda:
         "../../envs/workflow.yaml"
     script:
