@@ -8,9 +8,7 @@ def main(snakemake):
         snakemake.input.codes_a, snakemake.input.codes_b, None,
         snakemake.input.cache, snakemake.input.cache, snakemake.input.manifest, snakemake.input.manifest,
         snakemake.output.table, snakemake.output.summary, snakemake.output.examples,
-        settings=snakemake.params.settings,
-        labels={"model_a": snakemake.wildcards.model, "model_b": snakemake.wildcards.model,
-                "layer_a": int(snakemake.wildcards.layer), "layer_b": int(snakemake.wildcards.layer)},
+        settings=snakemake.params.settings, labels=snakemake.params.labels,
     )
 
 

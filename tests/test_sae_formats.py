@@ -255,3 +255,18 @@ def test_hub_cache_is_used_offline(tmp_path, monkeypatch, weights, x):
     assert sae.cfg.architecture == "jumprelu"
     with pytest.raises(UserError, match="layers.4"):
         load_sae("sparsify", repo="EleutherAI/sae-pythia-70m-32k", id="layers.4", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["weights", "config"])
+def test_a_damaged_sae_folder_is_one_line_naming_the_file(tmp_path, weights, damage):
+    """A saved SAE whose weights were cut short, or whose cfg.json is not JSON: which file, and how to remake it."""
+    from sae_universality.sae_formats import save_sae
+
+    write_sparsify(tmp_path / "release", weights)
+    folder = tmp_path / "results" / "saes" / "m" / "layer0" / "seed0"
+    save_sae(load_sae("sparsify", path=tmp_path / "release", id="layers.3"), folder)
+    damaged = folder / ("sae_weights.safetensors" if damage == "weights" else "cfg.json")
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    with pytest.raises(UserError, match=rf"^{damaged} is damaged or incomplete \(.+\); delete it and rerun: "
+                                        r"Snakemake remakes it \(rule train_sae or load_pretrained_sae\)$"):
+        load_sae("saelens", path=folder)

@@ -166,6 +166,19 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         small_run(data, tmp_path, n_steps=20, lr=1e-3)
 
 
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path):
+    """A checkpoint cut short (the disk filled up while it was renamed into place on a file system without
+    atomic renames): one line that names it, and training does not silently restart."""
+    _, data = sparse_dictionary_data(128 * 20, seed=4)
+    folder = tmp_path / "results" / "checkpoints" / "m" / "layer0" / "seed0"
+    small_run(data, folder, n_steps=20)
+    checkpoint = folder / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:500])
+    with pytest.raises(UserError, match=rf"^{checkpoint} is damaged or incomplete \(.+\); delete it and rerun: "
+                                        r"Snakemake remakes it \(rule train_sae\)$"):
+        small_run(data, folder, n_steps=20)
+
+
 def test_stream_ending_early_is_a_user_error():
     _, data = sparse_dictionary_data(128 * 10, seed=4)
     with pytest.raises(UserError, match="ended after 10 of n_steps=40"):

@@ -249,3 +249,29 @@ def test_scaling_study_collects_a_finished_run(finished_run, tmp_path):
     assert f"/ {row['cross_rsa_significant']} /" in markdown
     plot_study(tables, tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").stat().st_size > 20_000
+
+
+def test_a_damaged_file_ends_its_job_in_one_line_naming_it_and_the_rule_that_remakes_it(finished_run, tmp_path):
+    """A truncated codes file (a disk that filled up): the matching job says which file and how to get it back."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    codes = run / "results/codes/neox/layer0/seed0.h5"
+    with open(codes, "r+b") as handle:
+        handle.truncate(2000)
+    target = "results/matching/neox--llama/layer0--layer1.tsv"
+    result = snakemake(run, "--forcerun", "match_features", target, check=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sae-universality:")]
+    assert lines == [f"sae-universality: results/codes/neox/layer0/seed0.h5 is damaged or incomplete "
+                     f"({lines[0].split('(', 1)[1].split(')')[0]}); delete it and rerun: Snakemake remakes it "
+                     "(rule encode_features)"], result.stderr[-3000:]
+    assert "truncated file" in lines[0] and "Traceback" not in (run / "logs").joinpath(
+        "match_features/neox--llama/layer0--layer1.log").read_text()
+    # The remedy works: delete it, rerun, and the same codes come back.
+    codes.unlink()
+    snakemake(run, target)
+    with h5py.File(codes, "r") as remade, h5py.File(finished_run / "results/codes/neox/layer0/seed0.h5", "r") as original:
+        for name in original:
+            np.testing.assert_array_equal(remade[name][:], original[name][:])

@@ -26,7 +26,7 @@ import numpy as np
 from . import __version__
 from .data import Window
 from .errors import UserError
-from .io import atomic_path
+from .io import atomic_path, open_hdf5
 
 POSITION_FIELDS = ("token_ids", "window_index", "doc_index", "position", "char_end")
 ROWS_PER_CHUNK = 1024  # HDF5 chunk height: later stages stream the cache in blocks of rows
@@ -244,10 +244,10 @@ def merge_shards(shard_paths: list[str | Path], out_path: str | Path, rows_per_b
                 import shutil
 
                 shutil.copyfile(shard_paths[0], temporary)
-        with h5py.File(out_path, "r") as merged:
+        with open_hdf5(out_path) as merged:
             return int(merged.attrs["n_positions"])
-    sources = [h5py.File(p, "r") for p in shard_paths]
-    try:
+    with ExitStack() as opened:
+        sources = [opened.enter_context(open_hdf5(p)) for p in shard_paths]
         total = sum(s["activations"].shape[0] for s in sources)
         first = sources[0]
         d_model = first["activations"].shape[1]
@@ -270,9 +270,6 @@ def merge_shards(shard_paths: list[str | Path], out_path: str | Path, rows_per_b
                 offset += n
             merged.attrs["n_positions"] = total
         return total
-    finally:
-        for source in sources:
-            source.close()
 
 
 def shard_windows(windows: list[Window], n_shards: int, shard: int) -> list[Window]:
@@ -283,7 +280,7 @@ def shard_windows(windows: list[Window], n_shards: int, shard: int) -> list[Wind
 
 def read_positions(path: str | Path) -> dict[str, np.ndarray]:
     """The per-position fields of a cache (everything but the activations)."""
-    with h5py.File(path, "r") as cache:
+    with open_hdf5(path) as cache:
         return {field: cache[field][:] for field in POSITION_FIELDS}
 
 

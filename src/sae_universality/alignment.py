@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from .activations import read_positions
-from .io import atomic_path
+from .io import atomic_path, open_hdf5
 
 
 def boundary_keys(window_index: np.ndarray, char_end: np.ndarray, max_char_end: int) -> np.ndarray:
@@ -73,7 +73,7 @@ def write_alignment(cache_a: str | Path, cache_b: str | Path, out_path: str | Pa
     positions_a, positions_b = read_positions(cache_a), read_positions(cache_b)
     aligned = align_positions(positions_a, positions_b)
     n_a, n_b, n_aligned = len(positions_a["char_end"]), len(positions_b["char_end"]), len(aligned["rows_a"])
-    with h5py.File(cache_a, "r") as a, h5py.File(cache_b, "r") as b:
+    with open_hdf5(cache_a) as a, open_hdf5(cache_b) as b:
         same_corpus = a.attrs.get("corpus_fingerprint") == b.attrs.get("corpus_fingerprint")
     if not same_corpus:
         from .errors import UserError

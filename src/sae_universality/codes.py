@@ -26,6 +26,7 @@ import scipy.sparse
 import torch
 
 from sae_universality.errors import UserError
+from sae_universality.io import open_hdf5
 from sae_universality.saes import SparseAutoencoder
 
 
@@ -58,7 +59,7 @@ def encode_cache_to_codes(sae: SparseAutoencoder, activations_path: str | Path, 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
-        with h5py.File(activations_path, "r") as source, h5py.File(temporary, "w") as out:
+        with open_hdf5(activations_path) as source, h5py.File(temporary, "w") as out:
             if "activations" not in source:
                 raise UserError(f"{activations_path} has no 'activations' dataset; it is not an activation cache")
             activations = source["activations"]
@@ -89,7 +90,7 @@ def encode_cache_to_codes(sae: SparseAutoencoder, activations_path: str | Path, 
 
 def read_code_rows(path: str | Path, start: int, stop: int) -> scipy.sparse.csr_matrix:
     """Rows [start, stop) of a codes file as a (stop - start, n_features) CSR matrix."""
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path) as handle:
         n_positions, n_features = int(handle.attrs["n_positions"]), int(handle.attrs["n_features"])
         if not 0 <= start <= stop <= n_positions:
             raise UserError(f"rows [{start}, {stop}) are outside the {n_positions} rows of {path}")
@@ -107,7 +108,7 @@ def iter_code_chunks(path: str | Path, rows=None, chunk_rows: int = 65_536) -> I
     largest row, so sorted rows (like an alignment's) read each part of the file
     once; rows in any order are allowed and come back in that order.
     """
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path) as handle:
         n_positions, n_features = int(handle.attrs["n_positions"]), int(handle.attrs["n_features"])
         indptr_file, indices_file, values_file = handle["indptr"], handle["indices"], handle["values"]
         if rows is None:

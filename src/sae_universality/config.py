@@ -186,6 +186,3 @@ def sae_names(config: dict, model: str) -> list[str]:
         return ["pretrained"]
     return [f"seed{seed}" for seed in config["saes"]["seeds"]]
 
-
-def pair_ids(config: dict) -> list[tuple[str, str]]:
-    return [(pair["a"], pair["b"]) for pair in config["pairs"]]

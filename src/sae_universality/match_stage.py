@@ -17,11 +17,10 @@ import html
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path
+from .io import atomic_path, open_hdf5
 from .matching import LazyContexts, match_features, summarize_matches, top_activations, top_tokens
 
 N_EXAMPLE_PAIRS = 40  # pairs of each kind shown on the browsable page
@@ -30,10 +29,10 @@ N_EXAMPLE_PAIRS = 40  # pairs of each kind shown on the browsable page
 def read_alignment(path: str | Path | None, codes_a: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Aligned rows of A and B; with no alignment file (two SAEs of one model) every row pairs with itself."""
     if path is None:
-        with h5py.File(codes_a, "r") as codes:
+        with open_hdf5(codes_a) as codes:
             rows = np.arange(int(codes.attrs["n_positions"]), dtype=np.int64)
         return rows, rows
-    with h5py.File(path, "r") as alignment:
+    with open_hdf5(path) as alignment:
         return alignment["rows_a"][:], alignment["rows_b"][:]
 
 
@@ -51,7 +50,7 @@ def feature_top_tokens(codes_path, rows, cache_path, manifest_path, n_top: int, 
     from .codes import iter_code_chunks
 
     top_rows, _ = top_activations(iter_code_chunks(codes_path, rows, chunk_rows), n_top=n_top)
-    with h5py.File(cache_path, "r") as cache:
+    with open_hdf5(cache_path) as cache:
         token_ids, window_index = cache["token_ids"][:], cache["window_index"][:]
     # Rows of the aligned sequence -> rows of the cache, where contexts are contiguous.
     cache_rows = np.where(top_rows >= 0, rows[np.maximum(top_rows, 0)], -1)

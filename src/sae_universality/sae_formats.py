@@ -39,6 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_universality.errors import UserError
+from sae_universality.io import read_checked
 from sae_universality.saes import SaeConfig, SparseAutoencoder, sae_from_weights
 
 FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
@@ -215,7 +216,7 @@ def _hub_subfolders(repo: str, base: str, cache_dir) -> list[str]:
 
 
 def _load_saelens(folder: Path, norm_scaling_factor: float | None = None) -> SparseAutoencoder:
-    raw = json.loads((folder / "cfg.json").read_text())
+    raw = read_checked(folder / "cfg.json", lambda path: json.loads(path.read_text()))
     architecture = raw.get("architecture", "standard")
     activation = raw.get("activation_fn_str", raw.get("activation_fn", "relu"))
     if architecture == "standard" and activation == "topk":
@@ -232,7 +233,7 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None = None) -> Spa
         raise UserError(f"{folder} sets rescale_acts_by_decoder_norm; fold the decoder norms into the weights first")
     k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k") or 32
     metadata = raw.get("metadata") or {}
-    tensors = load_file(str(folder / SAELENS_WEIGHTS))
+    tensors = read_checked(folder / SAELENS_WEIGHTS, lambda path: load_file(str(path)))
     d_in, d_sae = tensors["W_enc"].shape
     cfg = SaeConfig(d_in=int(raw.get("d_in", d_in)), d_sae=int(raw.get("d_sae", d_sae)),
                     architecture={"standard": "relu"}.get(architecture, architecture), k=int(k),

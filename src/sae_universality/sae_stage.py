@@ -16,12 +16,11 @@ import functools
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .io import atomic_path
+from .io import atomic_path, open_hdf5
 
 
 def held_out_mask(window_index: np.ndarray, held_out_every: int) -> np.ndarray:
@@ -31,7 +30,7 @@ def held_out_mask(window_index: np.ndarray, held_out_every: int) -> np.ndarray:
 
 def split_rows(cache_path: str | Path, held_out_every: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, held-out rows) of an activation cache."""
-    with h5py.File(cache_path, "r") as cache:
+    with open_hdf5(cache_path) as cache:
         held_out = held_out_mask(cache["window_index"][:], held_out_every)
     return np.flatnonzero(~held_out), np.flatnonzero(held_out)
 
@@ -63,7 +62,7 @@ def train_on_cache(
     from .training import TrainConfig, count_batches, iter_hdf5_batches, train_sae
 
     train_rows, _ = split_rows(cache_path, held_out_every)
-    with h5py.File(cache_path, "r") as cache:
+    with open_hdf5(cache_path) as cache:
         d_in = cache["activations"].shape[1]
     batch_size = settings["batch_size"]
     if len(train_rows) < batch_size:
@@ -113,7 +112,7 @@ def load_pretrained(spec: dict, layer: int, out_dir: str | Path, expected_d_in: 
 
 
 def cache_width(cache_path: str | Path) -> int:
-    with h5py.File(cache_path, "r") as cache:
+    with open_hdf5(cache_path) as cache:
         return int(cache["activations"].shape[1])
 
 
@@ -152,7 +151,7 @@ def evaluate(
         raise UserError(f"{model_name} layer {layer}: no held-out positions; raise corpus.token_budget or lower saes.held_out_every")
 
     def held_out_batches():
-        with h5py.File(cache_path, "r") as cache:
+        with open_hdf5(cache_path) as cache:
             data = cache["activations"]
             for start in range(0, len(held_out_rows), batch_size):
                 yield read_rows(data, held_out_rows[start:start + batch_size])

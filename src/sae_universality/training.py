@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sae_universality.errors import UserError
+from sae_universality.io import open_hdf5, read_checked
 from sae_universality.saes import SaeConfig, SparseAutoencoder, SparseLatents, default_learning_rate
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -275,7 +275,7 @@ def _load_checkpoint(trainer: SaeTrainer, identity: dict, folder: Path) -> None:
     path = folder / CHECKPOINT_NAME
     if not path.exists():
         return
-    state = torch.load(path, map_location=trainer.device, weights_only=False)
+    state = read_checked(path, lambda path: torch.load(path, map_location=trainer.device, weights_only=False))
     if state["identity"] != identity:
         raise UserError(f"checkpoint {path} belongs to a run with other settings; delete {folder} or choose another checkpoint folder")
     trainer.load_state_dict(state)
@@ -356,7 +356,7 @@ def iter_hdf5_batches(path: str | Path, batch_size: int, seed: int, rows=None, b
         cfg = TrainConfig(n_steps=count_batches(len(train_rows), 4096, epochs=2))
         train_sae(lambda start: make_batches(start_batch=start), sae_cfg, cfg, checkpoint_dir)
     """
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path) as handle:
         if dataset not in handle:
             raise UserError(f"{path} has no dataset {dataset!r}; it is not an activation cache")
         data = handle[dataset]

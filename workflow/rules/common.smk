@@ -249,6 +249,12 @@ def ceiling_labels(wildcards):
     return {"model": wildcards.model, "layer": int(wildcards.layer)}
 
 
+def ceiling_pair_labels(wildcards):
+    # The ceiling's match table is a layer pair's, of one model and layer with itself.
+    return {"model_a": wildcards.model, "model_b": wildcards.model,
+            "layer_a": int(wildcards.layer), "layer_b": int(wildcards.layer)}
+
+
 def pair_score_files(wildcards):
     return pair_similarity_files(wildcards, "")
 

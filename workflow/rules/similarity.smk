@@ -31,7 +31,7 @@ rule match_ceiling:
         "results/benchmarks/match_ceiling/{model}/layer{layer}.tsv"
     params:
         settings=matching_settings,
-        labels=ceiling_labels,
+        labels=ceiling_pair_labels,
     threads: 1
     conda:
         "../../envs/workflow.yaml"
