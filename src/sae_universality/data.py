@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import importlib.util
 import json
-import os
 import re
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .io import atomic_path
+from .io import atomic_path, hub_offline
 
 WIKIPEDIA_SAMPLE = (
     "gensim",
@@ -144,7 +143,8 @@ def read_text_files(paths: Iterable[str | Path]) -> Iterator[str]:
         if path.suffix == ".jsonl":
             yield from _read_jsonl(path, "text")
         elif path.suffix == ".parquet":
-            yield from read_parquet_documents([path], "text", f"corpus.paths: {path}")
+            yield from read_parquet_documents([path], "text", f"corpus.paths: {path}",
+                                              fix="a .parquet file in corpus.paths needs a 'text' column")
         else:
             yield path.read_text(encoding="utf-8")
 
@@ -172,11 +172,8 @@ def _import_datasets(what: str):
     return datasets
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def read_parquet_documents(paths: list[str | Path], text_field: str, where: str) -> Iterator[str]:
+def read_parquet_documents(paths: list[str | Path], text_field: str, where: str,
+                           fix: str = "set corpus.hf_dataset.text_field") -> Iterator[str]:
     """The `text_field` column of local Parquet files, row by row, read by `datasets` as a stream.
 
     Streaming reads only the row groups it needs and writes no Arrow copy to the datasets cache.
@@ -186,8 +183,7 @@ def read_parquet_documents(paths: list[str | Path], text_field: str, where: str)
                                    split="train", streaming=True)
     columns = list(stream.column_names or [])
     if text_field not in columns:
-        raise UserError(f"{where} has no column '{text_field}' (columns: {', '.join(columns)}); "
-                        "set corpus.hf_dataset.text_field (a corpus.paths .parquet file needs a 'text' column)")
+        raise UserError(f"{where} has no column '{text_field}' (columns: {', '.join(columns)}); {fix}")
     for record in stream:
         yield record[text_field]
 
@@ -218,7 +214,7 @@ def hub_dataset_files(name: str, revision: str | None, data_files: list[str]) ->
             raise UserError(f"{where} is gated: accept its terms on the dataset's hub page, then log in "
                             "(`hf auth login`, or set HF_TOKEN)") from None
         except LocalEntryNotFoundError:  # before EntryNotFoundError, its parent: not cached and no hub
-            state = "HF_HUB_OFFLINE=1" if _hub_offline() else "the hub is unreachable"
+            state = "HF_HUB_OFFLINE=1" if hub_offline() else "the hub is unreachable"
             raise UserError(f"{where}: {file} is not in the Hugging Face cache and {state}; fetch the text once "
                             "where the hub is reachable (README, 'On a cluster'), then run offline") from None
         except RevisionNotFoundError:
@@ -282,7 +278,7 @@ def read_hf_dataset(name: str, split: str, text_field: str, config_name: str | N
             raise UserError(f"{where}: no such dataset, split or revision on the hub ({str(error).splitlines()[0]}); "
                             "check corpus.hf_dataset") from None
         except ConnectionError:
-            state = "HF_HUB_OFFLINE=1" if _hub_offline() else "the hub is unreachable"
+            state = "HF_HUB_OFFLINE=1" if hub_offline() else "the hub is unreachable"
             raise UserError(f"{where}: streaming needs the hub and {state}; name the dataset's Parquet files "
                             "(corpus.hf_dataset.data_files) and fetch them once where the hub is reachable, or use "
                             "corpus.source 'files' with a local copy") from None

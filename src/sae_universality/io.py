@@ -98,6 +98,11 @@ def read_checked(path: str | Path, read):
         raise UserError(damaged_file_message(path, error)) from None
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it: read at call time, so a job's environment decides."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .io import atomic_directory, atomic_path
+from .io import atomic_directory, atomic_path, hub_offline
 
 MANIFEST = "manifest.json"
 
@@ -419,14 +419,13 @@ def _load_transformers(name: str, kind: str, location: str, revision: str | None
 
     if kind == "path" and not Path(location).is_dir():
         raise UserError(f"models.{name}.path: {location} is not a folder; give a Hugging Face model folder")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(location, revision=revision, dtype=dtype or torch.float32)
     except OSError as error:
         if kind == "path":
             raise UserError(f"models.{name}.path: {location} holds no loadable model ({str(error).splitlines()[0]})") from None
-        where = "the hub is off (HF_HUB_OFFLINE=1)" if offline else "the hub is unreachable or the id is wrong"
+        where = "the hub is off (HF_HUB_OFFLINE=1)" if hub_offline() else "the hub is unreachable or the id is wrong"
         raise UserError(
             f"models.{name}: '{location}' (revision {revision or 'main'}) is not in the Hugging Face cache and {where}; "
             "run once with network to cache it, or point models." + name + ".path at a local copy"

@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_universality.errors import UserError
-from sae_universality.io import read_checked
+from sae_universality.io import hub_offline, read_checked
 from sae_universality.saes import SaeConfig, SparseAutoencoder, sae_from_weights
 
 FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
@@ -146,10 +146,6 @@ def _local_folder(path: str | Path, subfolder: str | None) -> Path:
     return folder
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _hub_folder(repo: str, subfolder: str | None, needed: list[str], cache_dir) -> Path:
     """Download (or find in the cache) the needed files of repo/subfolder; returns that folder."""
     from huggingface_hub import snapshot_download
@@ -158,7 +154,7 @@ def _hub_folder(repo: str, subfolder: str | None, needed: list[str], cache_dir) 
     patterns = [prefix + name for name in needed]
     where = f"{repo}/{prefix}{{{','.join(needed)}}}"
     try:
-        root = snapshot_download(repo, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=_hub_offline())
+        root = snapshot_download(repo, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=hub_offline())
     except Exception as error:  # huggingface_hub raises many types for "not cached and not reachable"
         raise UserError(f"cannot get {where} from the Hugging Face hub ({type(error).__name__}); run once with network access or give a local path") from None
     folder = Path(root) / prefix
@@ -206,7 +202,7 @@ def _hub_subfolders(repo: str, base: str, cache_dir) -> list[str]:
     from huggingface_hub import list_repo_files, snapshot_download
 
     try:
-        if _hub_offline():
+        if hub_offline():
             root = Path(snapshot_download(repo, allow_patterns=[f"{base}/*/params.npz"], cache_dir=cache_dir, local_files_only=True))
             return [p.name for p in (root / base).glob("average_l0_*")]
         files = list_repo_files(repo)
