@@ -1,8 +1,8 @@
 """The scaling study: how much text before the comparison means anything (issue 12).
 
 One base config (presets/scaling.yaml, an ordinary workflow config) is run at
-several token budgets (16k, 50k, 150k of the Wikipedia articles, then all of the
-shipped text: the articles and the lead sections) and, at 150k, a second SAE
+several token budgets (16k, 50k, 150k of the Wikipedia articles, then the whole
+sample, about 750k tokens) and, at 150k, a second SAE
 width, each variant in a folder of its own (`<root>/tokens<B>-latents<D>`), by the
 ordinary workflow: Snakemake resumes a variant where it stopped. Variants that
 read the same text through the same models and layers share one activation cache:
@@ -39,9 +39,8 @@ REPO = Path(__file__).resolve().parents[2]
 PRESET = REPO / "presets" / "scaling.yaml"
 
 
-DEFAULT_BUDGETS = (16000, 50000, 150000, None)  # None: all of the shipped text
+DEFAULT_BUDGETS = (16000, 50000, 150000, None)  # None: the whole of the base config's source
 DEFAULT_EXTRA = ((150000, 8192),)  # the width axis, where it is cheap
-ALL_TEXT_SOURCE = "wikipedia"  # the articles, then the lead sections: every text the package ships
 
 
 def variant_name(token_budget: int | None, d_sae: int) -> str:
@@ -50,15 +49,12 @@ def variant_name(token_budget: int | None, d_sae: int) -> str:
 
 def study_variants(base: dict, budgets=DEFAULT_BUDGETS, extra=DEFAULT_EXTRA) -> dict[str, dict]:
     """{variant name: full config}: the base config at each token budget with its own SAE width, then at
-    each extra (budget, d_sae) point. A budget of None reads all of the shipped text (ALL_TEXT_SOURCE),
-    the budgets draw from the base config's source."""
+    each extra (budget, d_sae) point. Every budget draws from the base config's source; None reads all of it."""
     points = [(budget, base["saes"]["train"]["d_sae"]) for budget in budgets] + [tuple(p) for p in extra]
     variants = {}
     for budget, d_sae in points:
         config = copy.deepcopy(base)
         config["corpus"]["token_budget"] = budget
-        if budget is None:
-            config["corpus"]["source"] = ALL_TEXT_SOURCE
         config["saes"]["train"]["d_sae"] = int(d_sae)
         variants[variant_name(budget, d_sae)] = config
     return variants
