@@ -1,6 +1,7 @@
 """Snakemake script: every metric on the kept pairs' decoder rows (whole match and per semantic category)."""
 from sae_universality.entry import run_script
-from sae_universality.similarity_stage import score_layer_pair, score_semantic
+from sae_universality.semantic import score_semantic
+from sae_universality.similarity_stage import score_layer_pair
 
 
 def main(snakemake):

@@ -12,11 +12,9 @@ from sae_universality.errors import UserError
 from sae_universality.matching import (
     best_matches,
     correlation_blocks,
-    is_junk_token,
     kept_pairs,
     match_correlation_matrix,
     match_features,
-    normalize_token,
     pearson_correlation,
     summarize_matches,
     top_activations,
@@ -476,21 +474,6 @@ def test_top_examples_decode_tokens_and_contexts():
     ]
     with pytest.raises(UserError, match="token_ids has 8 rows"):
         top_examples(np.array([[8]]), token_ids, decode)
-
-
-@pytest.mark.parametrize(
-    "token, junk",
-    [("\n", True), ("▁", True), ("Ġ", True), ("Ċ", True), (",", True), ("...", True), ("<s>", True),
-     ("<|endoftext|>", True), ("[CLS]", True), ("<0x0A>", True), ("—", True), ("$", True),
-     ("▁the", False), ("Ġcat", False), ("2019", False), ("7", False), ("é", False), ("日本", False)],
-)  # fmt: skip
-def test_is_junk_token(token, junk):
-    assert is_junk_token(token) is junk
-
-
-def test_normalize_token():
-    tokens = ["▁Paris", "ĠParis", " PARIS\n", "Ċ"]
-    assert [normalize_token(token) for token in tokens] == ["paris", "paris", "paris", ""]
 
 
 def test_summary_is_json_ready(random_pair):

@@ -22,6 +22,8 @@ import pandas as pd
 
 from .io import atomic_path, open_hdf5
 from .matching import LazyContexts, match_features, summarize_matches, top_activations, top_tokens
+from .semantic import semantic_pairs
+from .tokens import shares_a_token
 
 N_EXAMPLE_PAIRS = 40  # pairs of each kind shown on the browsable page
 
@@ -96,7 +98,8 @@ def match_layer_pair(
     with atomic_path(out_summary, suffix=".tsv") as temporary:
         pd.DataFrame([summary]).to_csv(temporary, sep="\t", index=False, float_format="%.6g")
     if out_semantic is not None:
-        semantic = semantic_pairs(chunks, tokens_a, contexts_a, tokens_b, contexts_b, categories or {}, settings)
+        semantic = semantic_pairs(chunks, tokens_a, contexts_a, tokens_b, contexts_b, categories or {},
+                                  settings["threshold"])
         with atomic_path(out_semantic, suffix=".tsv") as temporary:
             semantic.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
     examples = example_pairs(table, tokens_a, tokens_b, contexts_a, contexts_b)
@@ -105,50 +108,8 @@ def match_layer_pair(
     return summary
 
 
-def semantic_pairs(chunks, tokens_a, contexts_a, tokens_b, contexts_b, categories: dict, settings: dict) -> pd.DataFrame:
-    """Within each category, rematch its A and B features by correlation, one to one.
-
-    A feature is in a category when its top token is one of the category's
-    keywords, read as a word in its top context. Returns one row per B feature
-    of the category with its best A feature of the category (feature indices
-    of the whole SAEs), `kept` after one-to-one and the threshold; a category
-    with no feature on one side gets one placeholder row (feature -1) so it is
-    reported with its counts.
-    """
-    from .similarity import assign_categories
-
-    members_a = assign_categories(tokens_a, contexts_a, categories)
-    members_b = assign_categories(tokens_b, contexts_b, categories)
-    frames = []
-    for category in categories:
-        features_a, features_b = members_a[category], members_b[category]
-        counts = {"category": category, "n_features_a": len(features_a), "n_features_b": len(features_b)}
-        if len(features_a) == 0 or len(features_b) == 0:
-            frames.append(pd.DataFrame([{**counts, "feature_a": -1, "feature_b": -1, "correlation": np.nan, "kept": False}]))
-            continue
-
-        def category_chunks(features_a=features_a, features_b=features_b):
-            return ((block_a[:, features_a], block_b[:, features_b]) for block_a, block_b in chunks())
-
-        table = match_features(category_chunks, junk_filter=False, one_to_one="highest", threshold=settings["threshold"])
-        if table.empty:
-            frames.append(pd.DataFrame([{**counts, "feature_a": -1, "feature_b": -1, "correlation": np.nan, "kept": False}]))
-            continue
-        frames.append(pd.DataFrame({
-            **counts,
-            "feature_a": features_a[table["final_a"].to_numpy()],
-            "feature_b": features_b[table["feature_b"].to_numpy()],
-            "correlation": table["final_correlation"].to_numpy(),
-            "kept": table["kept"].to_numpy(),
-        }))
-    columns = ["category", "n_features_a", "n_features_b", "feature_a", "feature_b", "correlation", "kept"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-
-
 def example_pairs(table, tokens_a, tokens_b, contexts_a, contexts_b) -> dict:
     """The best kept pairs, and the most surprising: highly correlated yet sharing no top token."""
-    from .matching import normalize_token
-
     kept = table[table["kept"]].sort_values("final_correlation", ascending=False)
 
     def describe(row):
@@ -157,10 +118,8 @@ def example_pairs(table, tokens_a, tokens_b, contexts_a, contexts_b) -> dict:
                 "tokens_a": tokens_a[a], "tokens_b": tokens_b[b],
                 "contexts_a": contexts_a[a][:5], "contexts_b": contexts_b[b][:5]}
 
-    def shares_a_token(row):
-        return bool({normalize_token(t) for t in tokens_a[int(row.final_a)]} & {normalize_token(t) for t in tokens_b[int(row.feature_b)]} - {""})
-
-    surprising = [row for row in kept.itertuples() if not shares_a_token(row)]
+    surprising = [row for row in kept.itertuples()
+                  if not shares_a_token(tokens_a[int(row.final_a)], tokens_b[int(row.feature_b)])]
     return {"best": [describe(row) for row in kept.head(N_EXAMPLE_PAIRS).itertuples()],
             "surprising": [describe(row) for row in surprising[:N_EXAMPLE_PAIRS]]}
 

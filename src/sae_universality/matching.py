@@ -31,8 +31,6 @@ activations, by the lowest row.
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +41,9 @@ import scipy.sparse as sp
 from scipy.linalg import blas
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
+from .devices import kernel_device
 from .errors import UserError
+from .tokens import is_junk_token, normalize_token
 
 ONE_TO_ONE_RULES = ("highest", "first", "hungarian", None)
 SPARSE_CHUNK_ROWS = 4096  # rows per chunk for sparse inputs: about 4096 k^2 products
@@ -339,19 +339,6 @@ class _TorchCross:
         return self.cross.cpu().numpy()
 
 
-def _resolve_device(device: str | None) -> str | None:
-    """None: CUDA when available, else numpy/scipy. "numpy": force numpy. Else a torch device."""
-    if device == "numpy":
-        return None
-    if device is None:
-        try:
-            import torch
-        except ImportError:
-            return None
-        return "cuda" if torch.cuda.is_available() else None
-    return str(device)
-
-
 @dataclass
 class _PassResult:
     stats_a: FeatureStats
@@ -450,7 +437,7 @@ def correlation_blocks(
     if feature_block is not None and (not isinstance(feature_block, int) or feature_block < 1):
         raise UserError(f"feature_block must be a positive integer or None; got {feature_block!r}")
     source = _pair_source(acts_a, acts_b, chunk_rows)
-    device = _resolve_device(device)
+    device = kernel_device(device)
     a_start = 0
     n_features_a = None
     while n_features_a is None or a_start < n_features_a:
@@ -767,29 +754,6 @@ class LazyContexts(Sequence):
 # ---------------------------------------------------------------------------
 # Non-concept filter
 # ---------------------------------------------------------------------------
-
-_SPECIAL_TOKEN = re.compile(r"^(<[^<>\s]*>|\[[A-Z_]+\])$")  # <s>, </s>, <|endoftext|>, <0x0A>, [CLS]
-_MARKERS = str.maketrans({"\u2581": " ", "\u0120": " ", "\u010a": "\n", "\u0109": "\t"})  # ▁ Ġ Ċ ĉ
-
-
-def normalize_token(token: str) -> str:
-    """Token string without sentencepiece/GPT-2 space markers, stripped and lowercased."""
-    return token.translate(_MARKERS).strip().lower()
-
-
-def is_junk_token(token: str) -> bool:
-    """True for tokens that carry no concept: whitespace, punctuation/symbols only, special tokens.
-
-    Digits are NOT junk: numbers (years, counts, prices) are concepts.
-    """
-    stripped = token.strip()
-    if _SPECIAL_TOKEN.match(stripped):
-        return True
-    normalized = normalize_token(token)
-    if not normalized:
-        return True
-    return all(unicodedata.category(character)[0] in "PSZC" for character in normalized)
-
 
 def _tokens_of(top_tokens: Sequence | Mapping | None, feature: int, n_top_tokens: int) -> Sequence[str]:
     if isinstance(top_tokens, Mapping):

@@ -23,20 +23,17 @@ The fast null equals a recompute-from-scratch to float tolerance.
 
 from __future__ import annotations
 
-import importlib.resources
 import inspect
 import itertools
 import math
-import os
-import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .devices import kernel_device
 from .errors import UserError
 
 __all__ = [
@@ -45,7 +42,6 @@ __all__ = [
     "METRICS",
     "Metric",
     "adjust_p_values",
-    "assign_categories",
     "bootstrap_interval",
     "compute_metric",
     "debiased_cka",
@@ -54,9 +50,7 @@ __all__ = [
     "heldout_svcca",
     "heldout_svcca_choices",
     "linear_cka",
-    "load_categories",
     "mutual_knn",
-    "normalize_token",
     "normalized_score",
     "permutation_null",
     "permutation_p_value",
@@ -116,19 +110,6 @@ def _check_pair(X, Y, min_rows: int = 2) -> tuple[np.ndarray, np.ndarray]:
 
 def _center_columns(matrix: np.ndarray) -> np.ndarray:
     return matrix - matrix.mean(axis=0, keepdims=True)
-
-
-def _default_device() -> torch.device | None:
-    """CUDA when present; None selects the CPU kernels (numpy).
-
-    torch is imported only where an NVIDIA driver could be present: its import alone
-    costs a CPU-only scoring job seconds.
-    """
-    if os.name != "nt" and not Path("/proc/driver/nvidia/version").exists():
-        return None
-    import torch
-
-    return torch.device("cuda") if torch.cuda.is_available() else None
 
 
 def _nuclear_norm(matrix: np.ndarray) -> float:
@@ -1120,12 +1101,7 @@ def permutation_null(metric: str, X, Y, n_permutations: int = 1000, seed: int = 
     entry = _metric(metric)
     _route_options([metric], options)
     X, Y = _check_pair(X, Y)
-    if device is not None:
-        import torch
-
-        device = torch.device(device)
-    else:
-        device = _default_device()
+    device = kernel_device(device)
     evaluate = entry.prepare_null(X, Y, device, **options)
     n = X.shape[0]
     if permutations is None:
@@ -1338,115 +1314,3 @@ def normalized_score(observed, null_mean, ceiling=None, ceiling_null_mean=None):
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(np.isfinite(span) & (span != 0), (observed - null_mean) / span, np.nan)
     return float(score) if score.ndim == 0 else score
-
-
-# ----------------------------------------------------------------------------------------------
-# Semantic subspaces (METHOD.md section 8)
-# ----------------------------------------------------------------------------------------------
-
-# Word-start markers of SentencePiece (▁), GPT-2 byte-level BPE (Ġ) and WordPiece continuation (##).
-_TOKEN_MARKERS = re.compile(r"^(##)|[▁Ġ]")
-
-
-def normalize_token(token: str) -> str:
-    """A token string as a plain lowercase word: tokenizer markers and surrounding whitespace removed."""
-    return _TOKEN_MARKERS.sub(" ", token).strip().lower()
-
-
-def _validate_categories(categories, source: str) -> dict[str, list[str]]:
-    """{category: [unique lowercase single words]} or a UserError naming `source`."""
-    if not isinstance(categories, Mapping):
-        raise UserError(f"{source} must map category names to lists of words, got {type(categories).__name__}")
-    validated = {}
-    for name, words in categories.items():
-        if not isinstance(name, str) or not name:
-            raise UserError(f"{source}: category names must be non-empty strings, got {name!r}")
-        if isinstance(words, str) or not isinstance(words, Sequence):
-            raise UserError(f"{source}: category {name!r} must be a list of words, got {type(words).__name__}")
-        cleaned = []
-        for word in words:
-            if not isinstance(word, str) or not word.strip() or len(word.split()) != 1:
-                raise UserError(f"{source}: category {name!r} has {word!r}; keywords must be single words")
-            cleaned.append(word.strip().lower())
-        validated[name] = list(dict.fromkeys(cleaned))
-    return validated
-
-
-def load_categories(path: str | Path | None = None, extra: Mapping[str, Sequence[str]] | None = None
-                    ) -> dict[str, list[str]]:
-    """Keyword lists of the semantic categories.
-
-    Args:
-        path: a YAML file mapping category -> list of words; None reads the shipped
-            `sae_universality/data/semantic_categories.yaml`.
-        extra: user categories added on top; a name already present replaces that list.
-    Returns:
-        {category: lowercase words}, shipped (or `path`) categories first.
-    """
-    import yaml
-
-    if path is None:
-        source = "shipped semantic_categories.yaml"
-        text = (importlib.resources.files("sae_universality") / "data" / "semantic_categories.yaml").read_text(
-            encoding="utf-8")
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as error:
-            raise UserError(f"cannot read semantic categories file {path}: {error.strerror}; check the path") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise UserError(f"{source} is not valid YAML ({str(error).splitlines()[0]}); fix its syntax") from None
-    categories = _validate_categories(loaded if loaded is not None else {}, source)
-    if extra:
-        categories.update(_validate_categories(extra, "extra categories"))
-    return categories
-
-
-def _first(entry) -> str | None:
-    """The entry itself when a string, else its first element (None when empty or missing)."""
-    if entry is None or isinstance(entry, str):
-        return entry
-    return entry[0] if len(entry) else None
-
-
-def assign_categories(top_tokens: Sequence, contexts: Sequence | None,
-                      categories: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
-    """Features whose top activating token is a category keyword that reads as a word in its context.
-
-    Args:
-        top_tokens: per feature, its top activating token string, or a list of its top
-            tokens ordered by activation (the first is used); None/empty: no token.
-        contexts: per feature, the text around that top activation (a string, or a
-            list aligned with top_tokens, first used); None skips the context check.
-            The normalized token must appear there as a whole word, which rejects
-            subword pieces (e.g. "jan" cut from "janitor").
-        categories: {category: keywords}, e.g. from `load_categories()`.
-    Returns:
-        {category: sorted int64 feature indices}, every category present (maybe empty).
-        A keyword listed under several categories puts the feature in each.
-    """
-    if contexts is not None and len(contexts) != len(top_tokens):
-        raise UserError(f"got {len(contexts)} contexts for {len(top_tokens)} features; pass one per feature")
-    categories = _validate_categories(categories, "categories")
-    categories_of_word: dict[str, list[str]] = {}
-    for name, words in categories.items():
-        for word in words:
-            categories_of_word.setdefault(word, []).append(name)
-    members: dict[str, list[int]] = {name: [] for name in categories}
-    for feature, entry in enumerate(top_tokens):
-        token = _first(entry)
-        if token is None:
-            continue
-        word = normalize_token(token)
-        if word not in categories_of_word:
-            continue
-        if contexts is not None:
-            context = re.sub("[▁Ġ]", " ", _first(contexts[feature]) or "").lower()
-            if not re.search(rf"(?<!\w){re.escape(word)}(?!\w)", context):
-                continue
-        for name in categories_of_word[word]:
-            members[name].append(feature)
-    return {name: np.asarray(indices, dtype=np.int64) for name, indices in members.items()}

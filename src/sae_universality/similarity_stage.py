@@ -89,29 +89,8 @@ def score_layer_pair(matches_path, sae_a, sae_b, out_path, *, settings: dict, la
     feature_a, feature_b = kept_pairs_of(matches_path)
     scores = score_pairs(decoder_rows(sae_a), decoder_rows(sae_b), feature_a, feature_b, settings)
     scores = pd.concat([pd.DataFrame([labels] * len(scores)), scores], axis=1)
-    _write_tsv(scores, out_path)
+    write_tsv(scores, out_path)
     return scores
-
-
-def score_semantic(semantic_path, sae_a, sae_b, out_path, *, settings: dict, labels: dict) -> pd.DataFrame:
-    """Scores per semantic category (rematched pairs) -> a long table; small categories are marked skipped."""
-    pairs = pd.read_csv(semantic_path, sep="\t")
-    W_dec_a, W_dec_b = decoder_rows(sae_a), decoder_rows(sae_b)
-    frames = []
-    for category, group in pairs.groupby("category", sort=True):
-        kept = group[group["kept"].astype(bool)]
-        scores = score_pairs(W_dec_a, W_dec_b, kept["feature_a"].to_numpy(), kept["feature_b"].to_numpy(),
-                             settings, random_subset=False)
-        scores.insert(0, "category", category)
-        scores["n_features_a"] = int(group["n_features_a"].iloc[0])
-        scores["n_features_b"] = int(group["n_features_b"].iloc[0])
-        scores["skipped"] = len(kept) < settings["min_pairs"]
-        frames.append(scores)
-    columns = ["category", *SCORE_COLUMNS, "n_features_a", "n_features_b", "skipped"]
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    table = pd.concat([pd.DataFrame([labels] * len(table)), table.reset_index(drop=True)], axis=1)
-    _write_tsv(table, out_path)
-    return table
 
 
 def with_adjusted_p(scores: pd.DataFrame, method: str, family: list[str]) -> pd.DataFrame:
@@ -215,20 +194,9 @@ def pair_table(score_files: list, ceiling_files: list, out_wide: str | Path, out
     wide = wide.reset_index()
     counts = scores.groupby(keys)["n_pairs"].first().reset_index()
     wide = counts.merge(wide, on=keys)
-    _write_tsv(wide, out_wide)
-    _write_tsv(scores, out_long)
+    write_tsv(wide, out_wide)
+    write_tsv(scores, out_long)
     return scores
-
-
-def semantic_table(semantic_files: list, out_path: str | Path, settings: dict) -> pd.DataFrame:
-    """Every layer pair's semantic scores in one table, p adjusted per metric across all scored
-    (layer pair, category) cells."""
-    table = pd.concat([pd.read_csv(path, sep="\t") for path in semantic_files], ignore_index=True)
-    if len(table):
-        table = with_adjusted_p(table, settings["p_adjust"], ["metric"])
-        table["significant"] = table["p_adjusted"] < settings["significance"]
-    _write_tsv(table, out_path)
-    return table
 
 
 def tidy_scores(score_tables: list, semantic_tables: list, out_path: str | Path) -> pd.DataFrame:
@@ -238,10 +206,10 @@ def tidy_scores(score_tables: list, semantic_tables: list, out_path: str | Path)
     table = pd.concat([frame for frame in frames if len(frame)], ignore_index=True)
     first = ["model_a", "model_b", "layer_a", "layer_b", "category", "metric"]
     table = table[first + [column for column in table.columns if column not in first]]
-    _write_tsv(table, out_path)
+    write_tsv(table, out_path)
     return table
 
 
-def _write_tsv(table: pd.DataFrame, path: str | Path) -> None:
+def write_tsv(table: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path, suffix=".tsv") as temporary:
         table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")

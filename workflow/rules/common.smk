@@ -198,7 +198,7 @@ def similarity_settings(wildcards):
 @functools.cache
 def configured_categories():
     # Read once per Snakemake process: the file is the same for every matching job.
-    from sae_universality.similarity import load_categories
+    from sae_universality.semantic import load_categories
 
     semantic = config["semantic"]
     if not semantic["enabled"]:

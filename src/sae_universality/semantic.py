@@ -1,0 +1,193 @@
+"""Semantic subspaces (METHOD.md section 8): do features about the same topic match across models?
+
+A feature belongs to a category when its top activating token is one of the
+category's keywords, read as a whole word in its top context. Within each
+category the A and B features are rematched by correlation, one to one, and the
+kept pairs are scored like a whole layer pair (similarity_stage.score_pairs),
+without the random-subset baseline. This module holds every step: the keyword
+lists, the assignment, the rematching, the scoring and the collected table.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+from .matching import match_features
+from .similarity_stage import SCORE_COLUMNS, decoder_rows, score_pairs, with_adjusted_p, write_tsv
+from .tokens import marked_as_text, normalize_token
+
+
+def _validate_categories(categories, source: str) -> dict[str, list[str]]:
+    """{category: [unique lowercase single words]} or a UserError naming `source`."""
+    if not isinstance(categories, Mapping):
+        raise UserError(f"{source} must map category names to lists of words, got {type(categories).__name__}")
+    validated = {}
+    for name, words in categories.items():
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{source}: category names must be non-empty strings, got {name!r}")
+        if isinstance(words, str) or not isinstance(words, Sequence):
+            raise UserError(f"{source}: category {name!r} must be a list of words, got {type(words).__name__}")
+        cleaned = []
+        for word in words:
+            if not isinstance(word, str) or not word.strip() or len(word.split()) != 1:
+                raise UserError(f"{source}: category {name!r} has {word!r}; keywords must be single words")
+            cleaned.append(word.strip().lower())
+        validated[name] = list(dict.fromkeys(cleaned))
+    return validated
+
+
+def load_categories(path: str | Path | None = None, extra: Mapping[str, Sequence[str]] | None = None
+                    ) -> dict[str, list[str]]:
+    """Keyword lists of the semantic categories.
+
+    Args:
+        path: a YAML file mapping category -> list of words; None reads the shipped
+            `sae_universality/data/semantic_categories.yaml`.
+        extra: user categories added on top; a name already present replaces that list.
+    Returns:
+        {category: lowercase words}, shipped (or `path`) categories first.
+    """
+    import yaml
+
+    if path is None:
+        source = "shipped semantic_categories.yaml"
+        text = (importlib.resources.files("sae_universality") / "data" / "semantic_categories.yaml").read_text(
+            encoding="utf-8")
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise UserError(f"cannot read semantic categories file {path}: {error.strerror}; check the path") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UserError(f"{source} is not valid YAML ({str(error).splitlines()[0]}); fix its syntax") from None
+    categories = _validate_categories(loaded if loaded is not None else {}, source)
+    if extra:
+        categories.update(_validate_categories(extra, "extra categories"))
+    return categories
+
+
+def _first(entry) -> str | None:
+    """The entry itself when a string, else its first element (None when empty or missing)."""
+    if entry is None or isinstance(entry, str):
+        return entry
+    return entry[0] if len(entry) else None
+
+
+def assign_categories(top_tokens: Sequence, contexts: Sequence | None,
+                      categories: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
+    """Features whose top activating token is a category keyword that reads as a word in its context.
+
+    Args:
+        top_tokens: per feature, its top activating token string, or a list of its top
+            tokens ordered by activation (the first is used); None/empty: no token.
+        contexts: per feature, the text around that top activation (a string, or a
+            list aligned with top_tokens, first used); None skips the context check.
+            The normalized token must appear there as a whole word, which rejects
+            subword pieces (e.g. "jan" cut from "janitor").
+        categories: {category: keywords}, e.g. from `load_categories()`.
+    Returns:
+        {category: sorted int64 feature indices}, every category present (maybe empty).
+        A keyword listed under several categories puts the feature in each.
+    """
+    if contexts is not None and len(contexts) != len(top_tokens):
+        raise UserError(f"got {len(contexts)} contexts for {len(top_tokens)} features; pass one per feature")
+    categories = _validate_categories(categories, "categories")
+    categories_of_word: dict[str, list[str]] = {}
+    for name, words in categories.items():
+        for word in words:
+            categories_of_word.setdefault(word, []).append(name)
+    members: dict[str, list[int]] = {name: [] for name in categories}
+    for feature, entry in enumerate(top_tokens):
+        token = _first(entry)
+        if token is None:
+            continue
+        word = normalize_token(token)
+        if word not in categories_of_word:
+            continue
+        if contexts is not None:
+            context = marked_as_text(_first(contexts[feature]) or "").lower()
+            if not re.search(rf"(?<!\w){re.escape(word)}(?!\w)", context):
+                continue
+        for name in categories_of_word[word]:
+            members[name].append(feature)
+    return {name: np.asarray(indices, dtype=np.int64) for name, indices in members.items()}
+
+
+def semantic_pairs(chunks, tokens_a, contexts_a, tokens_b, contexts_b, categories: dict, threshold: float) -> pd.DataFrame:
+    """Within each category, rematch its A and B features by correlation, one to one.
+
+    A feature is in a category when its top token is one of the category's
+    keywords, read as a word in its top context. Returns one row per B feature
+    of the category with its best A feature of the category (feature indices
+    of the whole SAEs), `kept` after one-to-one and the threshold; a category
+    with no feature on one side gets one placeholder row (feature -1) so it is
+    reported with its counts.
+    """
+    members_a = assign_categories(tokens_a, contexts_a, categories)
+    members_b = assign_categories(tokens_b, contexts_b, categories)
+    frames = []
+    for category in categories:
+        features_a, features_b = members_a[category], members_b[category]
+        counts = {"category": category, "n_features_a": len(features_a), "n_features_b": len(features_b)}
+        if len(features_a) == 0 or len(features_b) == 0:
+            frames.append(pd.DataFrame([{**counts, "feature_a": -1, "feature_b": -1, "correlation": np.nan, "kept": False}]))
+            continue
+
+        def category_chunks(features_a=features_a, features_b=features_b):
+            return ((block_a[:, features_a], block_b[:, features_b]) for block_a, block_b in chunks())
+
+        table = match_features(category_chunks, junk_filter=False, one_to_one="highest", threshold=threshold)
+        if table.empty:
+            frames.append(pd.DataFrame([{**counts, "feature_a": -1, "feature_b": -1, "correlation": np.nan, "kept": False}]))
+            continue
+        frames.append(pd.DataFrame({
+            **counts,
+            "feature_a": features_a[table["final_a"].to_numpy()],
+            "feature_b": features_b[table["feature_b"].to_numpy()],
+            "correlation": table["final_correlation"].to_numpy(),
+            "kept": table["kept"].to_numpy(),
+        }))
+    columns = ["category", "n_features_a", "n_features_b", "feature_a", "feature_b", "correlation", "kept"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def score_semantic(semantic_path, sae_a, sae_b, out_path, *, settings: dict, labels: dict) -> pd.DataFrame:
+    """Scores per semantic category (rematched pairs) -> a long table; small categories are marked skipped."""
+    pairs = pd.read_csv(semantic_path, sep="\t")
+    W_dec_a, W_dec_b = decoder_rows(sae_a), decoder_rows(sae_b)
+    frames = []
+    for category, group in pairs.groupby("category", sort=True):
+        kept = group[group["kept"].astype(bool)]
+        scores = score_pairs(W_dec_a, W_dec_b, kept["feature_a"].to_numpy(), kept["feature_b"].to_numpy(),
+                             settings, random_subset=False)
+        scores.insert(0, "category", category)
+        scores["n_features_a"] = int(group["n_features_a"].iloc[0])
+        scores["n_features_b"] = int(group["n_features_b"].iloc[0])
+        scores["skipped"] = len(kept) < settings["min_pairs"]
+        frames.append(scores)
+    columns = ["category", *SCORE_COLUMNS, "n_features_a", "n_features_b", "skipped"]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    table = pd.concat([pd.DataFrame([labels] * len(table)), table.reset_index(drop=True)], axis=1)
+    write_tsv(table, out_path)
+    return table
+
+
+def semantic_table(semantic_files: list, out_path: str | Path, settings: dict) -> pd.DataFrame:
+    """Every layer pair's semantic scores in one table, p adjusted per metric across all scored
+    (layer pair, category) cells."""
+    table = pd.concat([pd.read_csv(path, sep="\t") for path in semantic_files], ignore_index=True)
+    if len(table):
+        table = with_adjusted_p(table, settings["p_adjust"], ["metric"])
+        table["significant"] = table["p_adjusted"] < settings["significance"]
+    write_tsv(table, out_path)
+    return table
