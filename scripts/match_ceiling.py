@@ -1,14 +1,17 @@
 """Snakemake script: the ceiling control's matching: two SAEs (two seeds) of one model and layer."""
 from sae_universality.entry import run_script
-from sae_universality.match_stage import match_layer_pair
+from sae_universality.match_stage import MatchOutputs, Side, all_rows, match_layer_pair
+from sae_universality.settings import MatchSettings, from_section
 
 
 def main(snakemake):
+    inputs, output = snakemake.input, snakemake.output
+    rows = all_rows(inputs.codes_a)  # two SAEs of one model and layer encode the same positions
+    first = Side(codes=inputs.codes_a, cache=inputs.cache, manifest=inputs.manifest, rows=rows)
+    second = Side(codes=inputs.codes_b, cache=inputs.cache, manifest=inputs.manifest, rows=rows)
     match_layer_pair(
-        snakemake.input.codes_a, snakemake.input.codes_b, None,
-        snakemake.input.cache, snakemake.input.cache, snakemake.input.manifest, snakemake.input.manifest,
-        snakemake.output.table, snakemake.output.summary, snakemake.output.examples,
-        settings=snakemake.params.settings, labels=snakemake.params.labels,
+        first, second, MatchOutputs(output.table, output.summary, output.examples),
+        settings=from_section(MatchSettings, snakemake.params.settings), labels=snakemake.params.labels,
     )
 
 

@@ -135,7 +135,7 @@ def test_correlation_blocks_tile_the_full_matrix(random_pair):
 def test_blocked_pass_needs_rereadable_chunks(random_pair):
     acts_a, acts_b, _ = random_pair
     one_shot = iter([(acts_a, acts_b)])
-    with pytest.raises(UserError, match="already consumed"):
+    with pytest.raises(ValueError, match="already consumed"):
         best_matches(one_shot, feature_block=10)
 
 
@@ -151,9 +151,11 @@ def test_blocked_pass_needs_rereadable_chunks(random_pair):
         (("activations.h5", np.ones((2, 2))), "numpy array or scipy.sparse"),
     ],
 )
-def test_user_errors(arguments, message):
-    with pytest.raises(UserError, match=message):
+def test_misuse_of_the_api_raises_value_or_type_errors_with_a_traceback(arguments, message):
+    # Not UserError: these are contract failures of the Python API, and a bug must show where it happened.
+    with pytest.raises((ValueError, TypeError), match=message) as error:
         pearson_correlation(*arguments)
+    assert not isinstance(error.value, UserError)
 
 
 # ---------------------------------------------------------------------------
@@ -337,12 +339,12 @@ def test_shared_token_filter_uses_normalized_strings():
     )
     # whitespace-only tokens never count as shared
     assert table["passes_non_concept"].tolist() == [True, False, False]
-    with pytest.raises(UserError, match="top_tokens_a"):
+    with pytest.raises(ValueError, match="top_tokens_a"):
         match_correlation_matrix(correlation)
 
 
 def test_top_tokens_length_is_checked():
-    with pytest.raises(UserError, match="top_tokens_a has 1 entries"):
+    with pytest.raises(ValueError, match="top_tokens_a has 1 entries"):
         match_correlation_matrix(np.eye(2), top_tokens_a=[["x"]], top_tokens_b=[["x"], ["y"]])
 
 
@@ -410,7 +412,7 @@ def test_hungarian_uses_only_concept_edges():
 
 
 def test_invalid_one_to_one_rule():
-    with pytest.raises(UserError, match="one_to_one"):
+    with pytest.raises(ValueError, match="one_to_one"):
         match_correlation_matrix(np.eye(2), junk_filter=False, one_to_one="greedy")
 
 
@@ -472,7 +474,7 @@ def test_top_examples_decode_tokens_and_contexts():
         [" the cat[[ sat]].", " the[[ dog]] ran"],
         ["[[ the]] dog", "[[ the]] cat", " dog ran[[.]]"],  # contexts stop at document boundaries
     ]
-    with pytest.raises(UserError, match="token_ids has 8 rows"):
+    with pytest.raises(ValueError, match="token_ids has 8 rows"):
         top_examples(np.array([[8]]), token_ids, decode)
 
 

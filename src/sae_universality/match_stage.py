@@ -2,7 +2,7 @@
 
 Reads the two models' feature codes at their aligned positions, finds each
 feature's top activating tokens, pairs features by correlation and filters
-the pairs (matching.py holds the math). Writes:
+the pairs (the matching package holds the math). Writes:
 - the match table: feature_b, feature_a, correlation, a column per filter,
   and the top tokens of both features;
 - a one-row summary: features alive, pairs after each filter, mean max
@@ -15,95 +15,110 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .errors import UserError
 from .io import atomic_path, open_hdf5
 from .matching import LazyContexts, match_features, summarize_matches, top_activations, top_tokens
 from .semantic import semantic_pairs
+from .settings import MatchSettings
 from .tokens import shares_a_token
 
 N_EXAMPLE_PAIRS = 40  # pairs of each kind shown on the browsable page
 
 
-def read_alignment(path: str | Path | None, codes_a: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Aligned rows of A and B; with no alignment file (two SAEs of one model) every row pairs with itself."""
-    if path is None:
-        with open_hdf5(codes_a) as codes:
-            rows = np.arange(int(codes.attrs["n_positions"]), dtype=np.int64)
-        return rows, rows
-    with open_hdf5(path) as alignment:
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: an SAE's codes and where their positions came from."""
+
+    codes: Path
+    """Feature codes of the SAE (results/codes/...h5), one row per cached position."""
+    cache: Path
+    """The activation cache those codes encode: its token ids and windows give the contexts."""
+    manifest: Path
+    """The prepared model, whose tokenizer decodes the contexts."""
+    rows: np.ndarray
+    """Rows of the codes to read, aligned with the other side's rows (row i pairs with row i)."""
+
+
+@dataclass(frozen=True)
+class MatchOutputs:
+    """Files one matching job writes."""
+
+    table: Path
+    summary: Path
+    examples: Path
+    semantic: Path | None = None
+    """Semantic rematching within keyword categories (None: not asked for)."""
+
+
+def aligned_rows(alignment_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of A and rows of B at the same text positions (two models with two tokenizers)."""
+    with open_hdf5(alignment_path) as alignment:
         return alignment["rows_a"][:], alignment["rows_b"][:]
 
 
-def _aligned_chunks(codes_a, codes_b, rows_a, rows_b, chunk_rows):
+def all_rows(codes_path: str | Path) -> np.ndarray:
+    """Every row of a codes file: two SAEs of one model and layer encode the same positions."""
+    with open_hdf5(codes_path) as codes:
+        return np.arange(int(codes.attrs["n_positions"]), dtype=np.int64)
+
+
+def _aligned_chunks(a: Side, b: Side, chunk_rows: int):
     from .codes import iter_code_chunks
 
     def chunks():
-        return zip(iter_code_chunks(codes_a, rows_a, chunk_rows), iter_code_chunks(codes_b, rows_b, chunk_rows))
+        return zip(iter_code_chunks(a.codes, a.rows, chunk_rows), iter_code_chunks(b.codes, b.rows, chunk_rows))
 
     return chunks
 
 
-def feature_top_tokens(codes_path, rows, cache_path, manifest_path, n_top: int, chunk_rows: int):
-    """Per feature: top activating token strings and contexts over the given (aligned) rows."""
+def feature_top_tokens(side: Side, n_top: int, chunk_rows: int):
+    """Per feature: top activating token strings and contexts over the side's (aligned) rows."""
     from .codes import iter_code_chunks
-
-    top_rows, _ = top_activations(iter_code_chunks(codes_path, rows, chunk_rows), n_top=n_top)
-    with open_hdf5(cache_path) as cache:
-        token_ids, window_index = cache["token_ids"][:], cache["window_index"][:]
-    # Rows of the aligned sequence -> rows of the cache, where contexts are contiguous.
-    cache_rows = np.where(top_rows >= 0, rows[np.maximum(top_rows, 0)], -1)
     from .models import token_decoder
 
-    decode = token_decoder(manifest_path)
+    top_rows, _ = top_activations(iter_code_chunks(side.codes, side.rows, chunk_rows), n_top=n_top)
+    with open_hdf5(side.cache) as cache:
+        token_ids, window_index = cache["token_ids"][:], cache["window_index"][:]
+    # Rows of the aligned sequence -> rows of the cache, where contexts are contiguous.
+    cache_rows = np.where(top_rows >= 0, side.rows[np.maximum(top_rows, 0)], -1)
+    decode = token_decoder(side.manifest)
     return top_tokens(cache_rows, token_ids, decode), LazyContexts(cache_rows, token_ids, decode, group=window_index)
 
 
-def match_layer_pair(
-    codes_a, codes_b, alignment_path, cache_a, cache_b, manifest_a, manifest_b,
-    out_table, out_summary, out_examples, *, settings: dict, labels: dict,
-    categories: dict | None = None, out_semantic=None,
-) -> dict:
+def match_layer_pair(a: Side, b: Side, outputs: MatchOutputs, *, settings: MatchSettings, labels: dict,
+                     categories: dict | None = None) -> dict:
     """Match the features of one (pair, layer_a, layer_b); write table, summary and examples.
 
-    With `categories` and `out_semantic`, also rematch features within each
-    semantic category (METHOD.md section 8) and write those pairs.
+    With `outputs.semantic`, also rematch features within each semantic category
+    of `categories` (METHOD.md section 8) and write those pairs.
     """
-    rows_a, rows_b = read_alignment(alignment_path, codes_a)
-    chunk_rows = settings["chunk_rows"]
-    n_top = settings["n_top_tokens"]
-    tokens_a, contexts_a = feature_top_tokens(codes_a, rows_a, cache_a, manifest_a, n_top, chunk_rows)
-    tokens_b, contexts_b = feature_top_tokens(codes_b, rows_b, cache_b, manifest_b, n_top, chunk_rows)
-    chunks = _aligned_chunks(codes_a, codes_b, rows_a, rows_b, chunk_rows)
-    table = match_features(
-        chunks,
-        top_tokens_a=tokens_a,
-        top_tokens_b=tokens_b,
-        junk_filter=settings["junk_filter"],
-        shared_token_filter=settings["shared_token_filter"],
-        one_to_one=settings["one_to_one"],
-        threshold=settings["threshold"],
-        n_top_tokens=n_top,
-        feature_block=settings["feature_block"],
-        device=settings["device"],
-    )
+    if len(a.rows) != len(b.rows) or not len(a.rows):
+        raise UserError(f"{a.codes} and {b.codes}: {len(a.rows)} and {len(b.rows)} aligned positions; "
+                        "the alignment must pair at least one position: rerun align_positions with more text")
+    tokens_a, contexts_a = feature_top_tokens(a, settings.n_top_tokens, settings.chunk_rows)
+    tokens_b, contexts_b = feature_top_tokens(b, settings.n_top_tokens, settings.chunk_rows)
+    chunks = _aligned_chunks(a, b, settings.chunk_rows)
+    table = match_features(chunks, top_tokens_a=tokens_a, top_tokens_b=tokens_b, settings=settings)
     summary = {**labels, **summarize_matches(table)}
-    table["top_tokens_b"] = [" | ".join(tokens_b[b]) for b in table["feature_b"]]
-    table["top_tokens_a"] = [" | ".join(tokens_a[a]) for a in table["final_a"]]
-    with atomic_path(out_table, suffix=".tsv") as temporary:
+    table["top_tokens_b"] = [" | ".join(tokens_b[feature]) for feature in table["feature_b"]]
+    table["top_tokens_a"] = [" | ".join(tokens_a[feature]) for feature in table["final_a"]]
+    with atomic_path(outputs.table, suffix=".tsv") as temporary:
         table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
-    with atomic_path(out_summary, suffix=".tsv") as temporary:
+    with atomic_path(outputs.summary, suffix=".tsv") as temporary:
         pd.DataFrame([summary]).to_csv(temporary, sep="\t", index=False, float_format="%.6g")
-    if out_semantic is not None:
+    if outputs.semantic is not None:
         semantic = semantic_pairs(chunks, tokens_a, contexts_a, tokens_b, contexts_b, categories or {},
-                                  settings["threshold"])
-        with atomic_path(out_semantic, suffix=".tsv") as temporary:
+                                  settings.threshold)
+        with atomic_path(outputs.semantic, suffix=".tsv") as temporary:
             semantic.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
     examples = example_pairs(table, tokens_a, tokens_b, contexts_a, contexts_b)
-    with atomic_path(out_examples, suffix=".json") as temporary:
+    with atomic_path(outputs.examples, suffix=".json") as temporary:
         temporary.write_text(json.dumps({**labels, **examples}, ensure_ascii=False))
     return summary
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from .errors import UserError
 from .io import atomic_path, open_hdf5
+from .settings import TrainSettings
 
 
 def held_out_mask(window_index: np.ndarray, held_out_every: int) -> np.ndarray:
@@ -46,7 +47,7 @@ def train_on_cache(
     curve_path: str | Path,
     checkpoint_dir: str | Path,
     *,
-    settings: dict,
+    settings: TrainSettings,
     seed: int,
     held_out_every: int,
     model_name: str,
@@ -55,50 +56,36 @@ def train_on_cache(
     """Train one SAE on the training windows of a cache; save it (SAELens layout) and its curve.
 
     A rerun after a kill resumes from `checkpoint_dir` and ends with the same weights.
-    Returns a summary (d_in, d_sae, steps, tokens).
+    Returns a summary (d_in, d_sae, steps, tokens). The model name and layer label the saved SAE.
     """
     from .sae_formats import save_sae
-    from .saes import SaeConfig, default_d_sae
-    from .training import TrainConfig, count_batches, iter_hdf5_batches, train_sae
+    from .saes import SaeConfig
+    from .training import iter_hdf5_batches, train_sae
 
     train_rows, _ = split_rows(cache_path, held_out_every)
     with open_hdf5(cache_path) as cache:
         d_in = cache["activations"].shape[1]
-    batch_size = settings["batch_size"]
+    batch_size = settings.batch_size
     if len(train_rows) < batch_size:
         raise UserError(
             f"{model_name} layer {layer}: {len(train_rows)} training positions, fewer than saes.train.batch_size={batch_size}; "
             "raise corpus.token_budget or lower the batch size"
         )
-    d_sae = settings["d_sae"] or default_d_sae(d_in, settings["expansion_factor"])
-    n_steps = count_batches(len(train_rows), batch_size, settings["epochs"])
-    tokens_per_epoch = (len(train_rows) // batch_size) * batch_size
+    d_sae = settings.d_sae_for(d_in)
     sae_cfg = SaeConfig(
-        d_in=d_in, d_sae=d_sae, architecture=settings["architecture"], k=settings["k"],
-        l1_coefficient=settings["l1_coefficient"], model_name=model_name,
+        d_in=d_in, d_sae=d_sae, architecture=settings.architecture, k=settings.k,
+        l1_coefficient=settings.l1_coefficient, model_name=model_name,
         hook_name=f"blocks.{layer}.hook_resid_post",
     )
-    train_cfg = TrainConfig(
-        n_steps=n_steps,
-        lr=settings["lr"],
-        warmup_steps=min(settings["warmup_steps"], max(1, n_steps // 10)),
-        decay_fraction=settings["decay_fraction"],
-        aux_k=settings["aux_k"],
-        aux_coefficient=settings["aux_coefficient"],
-        # Small experiments see few tokens: "dead" must be measurable within one epoch.
-        dead_after_tokens=settings["dead_after_tokens"] or min(10_000_000, tokens_per_epoch),
-        seed=seed,
-        checkpoint_every=settings["checkpoint_every"],
-        log_every=max(1, min(settings["log_every"], n_steps // 20 or 1)),
-    )
+    train_cfg = settings.trainer_config(len(train_rows), seed)
     make_batches = functools.partial(iter_hdf5_batches, cache_path, batch_size, seed, train_rows,
-                                     epochs=settings["epochs"])
+                                     epochs=settings.epochs)
     result = train_sae(lambda start: make_batches(start_batch=start), sae_cfg, train_cfg, checkpoint_dir)
     save_sae(result.sae, out_dir)
     curve = result.curve.assign(model=model_name, layer=layer, sae=f"seed{seed}")
     with atomic_path(curve_path, suffix=".tsv") as temporary:
         curve.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
-    return {"d_in": d_in, "d_sae": d_sae, "n_steps": n_steps, "tokens": n_steps * batch_size}
+    return {"d_in": d_in, "d_sae": d_sae, "n_steps": train_cfg.n_steps, "tokens": train_cfg.n_steps * batch_size}
 
 
 def load_pretrained(spec: dict, layer: int, out_dir: str | Path, expected_d_in: int | None) -> None:

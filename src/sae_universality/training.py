@@ -63,15 +63,18 @@ class TrainConfig:
     """Dead latents the AuxK loss uses per position (at most the number of dead latents)."""
     aux_coefficient: float = 1 / 32
     """Weight of the AuxK loss."""
-    dead_after_tokens: int = 10_000_000
-    """A latent is dead when it has not fired in this many training tokens."""
+    dead_after_tokens: int | None = None
+    """A latent is dead when it has not fired in this many training tokens; None: 10 million, or one
+    epoch when that is shorter (a small run must be able to see a latent die)."""
+    epochs: int = 1
+    """Passes over the training data that the n_steps make: one epoch is n_steps / epochs batches."""
     batchtopk_threshold_decay: float = 0.99
     """Decay of the running mean of BatchTopK's smallest kept value (its inference threshold)."""
     seed: int = 0
     """Seed of the weight initialization."""
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 200
     """Steps between checkpoints, when a checkpoint folder is given."""
-    log_every: int = 100
+    log_every: int = 20
     """Steps between rows of the training curve."""
     device: str = "auto"
     """cuda, cpu, or auto (CUDA when available; bf16 matmuls there, float32 on CPU)."""
@@ -172,7 +175,7 @@ class SaeTrainer:
 
     def _aux_loss(self, pre: Tensor, x_centered: Tensor, residual: Tensor) -> Tensor:
         """Reconstruct the residual (n, d_in) from the top aux_k dead latents (Gao et al. AuxK)."""
-        dead = (self.tokens_since_fired >= self.cfg.dead_after_tokens).nonzero().flatten()
+        dead = (self.tokens_since_fired >= self.dead_after(len(pre))).nonzero().flatten()
         if len(dead) == 0 or self.cfg.aux_coefficient == 0:
             return residual.new_zeros(())
         aux_k = min(self.cfg.aux_k, len(dead))
@@ -236,9 +239,15 @@ class SaeTrainer:
         self.tokens_since_fired[fired] = 0
         self.step_index += 1
         self.tokens_seen += len(x)
-        dead_fraction = float((self.tokens_since_fired >= cfg.dead_after_tokens).float().mean())
+        dead_fraction = float((self.tokens_since_fired >= self.dead_after(len(x))).float().mean())
         return {"step": self.step_index, "tokens": self.tokens_seen, "lr": lr, "loss": loss.item(), **metrics,
                 "mean_l0": mean_l0, "dead_fraction": dead_fraction}
+
+    def dead_after(self, batch_size: int) -> int:
+        """Tokens without firing after which a latent counts as dead (see TrainConfig.dead_after_tokens)."""
+        if self.cfg.dead_after_tokens is not None:
+            return self.cfg.dead_after_tokens
+        return min(10_000_000, (self.cfg.n_steps // self.cfg.epochs) * batch_size)
 
     def raw_sae(self) -> SparseAutoencoder:
         """The SAE for raw (unnormalized) activations, on CPU."""

@@ -156,10 +156,8 @@ def matching_inputs(wildcards):
 
 
 def matching_settings(wildcards):
-    settings = dict(config["matching"])
-    settings["one_to_one"] = None if settings["one_to_one"] == "none" else settings["one_to_one"]
-    settings["device"] = None if settings["device"] == "auto" else settings["device"]
-    return settings
+    # Plain data, as checked; the job reads it as settings.MatchSettings.
+    return config["matching"]
 
 
 def matching_labels(wildcards):
