@@ -75,7 +75,7 @@ def test_read_code_rows_slices(codes_file):
     path, expected = codes_file
     np.testing.assert_allclose(read_code_rows(path, 120, 133).toarray(), expected[120:133], atol=3e-5)
     assert read_code_rows(path, 7, 7).shape == (0, D_SAE)
-    with pytest.raises(UserError, match="outside"):
+    with pytest.raises(ValueError, match="outside"):
         read_code_rows(path, 10, 501)
 
 
@@ -92,7 +92,7 @@ def test_iter_code_chunks_for_all_sorted_and_unsorted_rows(codes_file):
         got = np.vstack([c.toarray() for c in chunks])
         np.testing.assert_allclose(got, expected[rows], atol=3e-5)
         assert np.array_equal(got != 0, expected[rows] != 0)
-    with pytest.raises(UserError, match="row indices"):
+    with pytest.raises(ValueError, match="row indices"):
         next(iter_code_chunks(path, rows=[1, 500]))
 
 

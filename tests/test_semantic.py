@@ -49,5 +49,5 @@ def test_assign_categories_needs_keyword_token_that_reads_as_a_word():
     without_context = assign_categories(top_tokens, None, categories)
     np.testing.assert_array_equal(without_context["month_names"], [0, 1, 2, 6, 9])
     np.testing.assert_array_equal(without_context["emotions"], [3, 5])
-    with pytest.raises(UserError, match="contexts"):
+    with pytest.raises(ValueError, match="contexts"):
         assign_categories(top_tokens, contexts[:-1], categories)

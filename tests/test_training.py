@@ -286,7 +286,7 @@ def test_hdf5_batches_use_only_the_given_rows(tmp_path):
         train_rows = np.flatnonzero(handle["window_index"][:] % 5 != 0)
     ids = np.concatenate(row_ids(iter_hdf5_batches(path, batch_size=50, seed=1, rows=train_rows, buffer_rows=128, chunk_rows=16)))
     assert len(ids) == 800 and set(ids) == set(train_rows)
-    with pytest.raises(UserError, match="row indices"):
+    with pytest.raises(ValueError, match="row indices"):
         next(iter_hdf5_batches(path, batch_size=50, seed=1, rows=[5, 1000]))
 
 

@@ -303,9 +303,10 @@ def cache_shard(
     """
     from .data import fingerprint, read_windows
     from .io import atomic_directory
-    from .models import default_device, load_model
+    from .devices import torch_device
+    from .models import load_model
 
-    device = device or default_device()
+    device = torch_device(device)
     model, tokenizer, manifest = load_model(manifest_path, device=device)
     windows = shard_windows(read_windows(windows_path), n_shards, shard)
     attributes = {

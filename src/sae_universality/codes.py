@@ -93,7 +93,7 @@ def read_code_rows(path: str | Path, start: int, stop: int) -> scipy.sparse.csr_
     with open_hdf5(path) as handle:
         n_positions, n_features = int(handle.attrs["n_positions"]), int(handle.attrs["n_features"])
         if not 0 <= start <= stop <= n_positions:
-            raise UserError(f"rows [{start}, {stop}) are outside the {n_positions} rows of {path}")
+            raise ValueError(f"rows [{start}, {stop}) are outside the {n_positions} rows of {path}")
         indptr = handle["indptr"][start:stop + 1]
         indices = handle["indices"][indptr[0]:indptr[-1]]
         values = handle["values"][indptr[0]:indptr[-1]]
@@ -120,7 +120,7 @@ def iter_code_chunks(path: str | Path, rows=None, chunk_rows: int = 65_536) -> I
             return
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= n_positions):
-            raise UserError(f"row indices must lie in [0, {n_positions}) for {path}")
+            raise ValueError(f"row indices must lie in [0, {n_positions}) for {path}")
         for chunk_start in range(0, len(rows), chunk_rows):
             chunk = rows[chunk_start:chunk_start + chunk_rows]
             first, last = chunk.min(), chunk.max()

@@ -474,13 +474,6 @@ def load_model(manifest_path: str | Path, device=None, dtype=None):
     return model, tokenizer, manifest
 
 
-def default_device():
-    """CUDA when present, else CPU."""
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def decoder_layers(model):
     """The ModuleList of transformer blocks of a causal LM (Llama, Gemma 1-3, GPT-NeoX, GPT-2, ...)."""
     base = model.base_model

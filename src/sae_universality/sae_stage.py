@@ -128,7 +128,8 @@ def evaluate(
     import torch
 
     from .data import read_windows
-    from .models import default_device, load_model
+    from .devices import torch_device
+    from .models import load_model
     from .sae_formats import load_sae
     from .training import downstream_losses, evaluate_saes, read_rows
 
@@ -149,7 +150,7 @@ def evaluate(
     no_loss = {"ce_clean": np.nan, "ce_sae": np.nan, "ce_zero": np.nan, "fraction_recovered": np.nan, "loss_tokens": 0}
     losses = [no_loss] * len(rows)
     if loss_windows > 0:
-        device = default_device()
+        device = torch_device()
         model, tokenizer, _ = load_model(manifest_path, device=device)
         windows = [w for w in read_windows(windows_path) if held_out_mask(w.window_index, held_out_every)][:loss_windows]
         from .activations import prepare_tokenizer, tokenize_windows

@@ -100,7 +100,7 @@ def assign_categories(top_tokens: Sequence, contexts: Sequence | None,
         A keyword listed under several categories puts the feature in each.
     """
     if contexts is not None and len(contexts) != len(top_tokens):
-        raise UserError(f"got {len(contexts)} contexts for {len(top_tokens)} features; pass one per feature")
+        raise ValueError(f"got {len(contexts)} contexts for {len(top_tokens)} features; pass one per feature")
     categories = _validate_categories(categories, "categories")
     categories_of_word: dict[str, list[str]] = {}
     for name, words in categories.items():

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sae_universality.devices import torch_device
 from sae_universality.errors import UserError
 from sae_universality.io import open_hdf5, read_checked
 from sae_universality.saes import SaeConfig, SparseAutoencoder, SparseLatents, default_learning_rate
@@ -114,21 +115,14 @@ def geometric_median(points: Tensor, n_iterations: int = 100, tolerance: float =
     return guess
 
 
-def choose_device(name: str = "auto") -> torch.device:
-    """The device a config names; auto picks CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class SaeTrainer:
     """Holds an SAE, its optimizer and dead-latent counters; `step(x)` trains on one batch."""
 
     def __init__(self, sae_cfg: SaeConfig, cfg: TrainConfig):
         if sae_cfg.architecture == "jumprelu":
-            raise UserError("jumprelu SAEs can be loaded but not trained here; train topk, batchtopk or relu")
+            raise ValueError("jumprelu SAEs can be loaded but not trained here; train topk, batchtopk or relu")
         self.cfg = cfg
-        self.device = choose_device(cfg.device)
+        self.device = torch_device(cfg.device)
         self.use_bf16 = self.device.type == "cuda"
         self.sae = SparseAutoencoder(sae_cfg, seed=cfg.seed).to(self.device)
         self.base_lr = cfg.lr if cfg.lr is not None else default_learning_rate(sae_cfg.d_sae)
@@ -153,7 +147,7 @@ class SaeTrainer:
             elif self.cfg.b_dec_init == "mean":
                 self.sae.b_dec.copy_(first.mean(dim=0))
             elif self.cfg.b_dec_init != "zeros":
-                raise UserError(f"unknown b_dec_init {self.cfg.b_dec_init!r}; use geometric_median, mean or zeros")
+                raise ValueError(f"unknown b_dec_init {self.cfg.b_dec_init!r}; use geometric_median, mean or zeros")
 
     def _pre_activations(self, x_centered: Tensor) -> Tensor:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
@@ -214,7 +208,7 @@ class SaeTrainer:
         sae, cfg = self.sae, self.cfg
         x = torch.as_tensor(batch).to(self.device, torch.float32) * self.input_scale
         if x.ndim != 2 or x.shape[1] != sae.cfg.d_in:
-            raise UserError(f"training batch has shape {tuple(x.shape)}, expected (n, {sae.cfg.d_in}); check the activation cache and d_in")
+            raise ValueError(f"training batch has shape {tuple(x.shape)}, expected (n, {sae.cfg.d_in}); check the activation cache and d_in")
         lr = learning_rate_at(self.step_index, self.base_lr, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -323,14 +317,14 @@ def train_sae(batches: BatchSource, sae_cfg: SaeConfig, cfg: TrainConfig = Train
     first, stream = _start_stream(batches, trainer.step_index, cfg.normalization_batches)
     if trainer.step_index == 0:
         if not first:
-            raise UserError("the activation batch stream is empty; check the activation cache and the row selection")
+            raise ValueError("the activation batch stream is empty; check the activation cache and the row selection")
         trainer.initialize([torch.as_tensor(batch).to(torch.float32) for batch in first])
     while trainer.step_index < cfg.n_steps:
         batch = next(stream, None)
         if batch is None:
             if folder is not None:
                 _save_checkpoint(trainer, identity, folder)
-            raise UserError(f"the batch stream ended after {trainer.step_index} of n_steps={cfg.n_steps} steps; lower n_steps or supply more batches")
+            raise ValueError(f"the batch stream ended after {trainer.step_index} of n_steps={cfg.n_steps} steps; lower n_steps or supply more batches")
         metrics = trainer.step(batch)
         if trainer.step_index % cfg.log_every == 0 or trainer.step_index == cfg.n_steps:
             trainer.curve.append(metrics)
@@ -371,7 +365,7 @@ def iter_hdf5_batches(path: str | Path, batch_size: int, seed: int, rows=None, b
         data = handle[dataset]
         selected = np.arange(data.shape[0]) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         if len(selected) and (selected[0] < 0 or selected[-1] >= data.shape[0]):
-            raise UserError(f"row indices must lie in [0, {data.shape[0]}) for {path}")
+            raise ValueError(f"row indices must lie in [0, {data.shape[0]}) for {path}")
         batches_per_epoch = len(selected) // batch_size
         if batches_per_epoch == 0:
             return
