@@ -180,6 +180,13 @@ def cache_activations(
 
     Every file is written under a temporary name and renamed only when all
     layers are complete, so an interrupted job leaves nothing that looks done.
+
+    The core of the forward-pass stage, kept free of files it does not write: the
+    model and tokenizer come in loaded (tests and benchmarks pass their own), the
+    windows in memory, one output path per layer; `model_name` and `attributes`
+    only label the files (error messages, provenance), and `dtype` and
+    `batch_size` are the two settings that change what is computed or stored.
+    `cache_shard` is the job-level call.
     """
     import torch
     from tqdm import tqdm

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .settings import CorpusSettings, from_section
 from .io import atomic_path, hub_offline
 
 WIKIPEDIA_SAMPLE = (
@@ -289,10 +290,10 @@ def read_hf_dataset(name: str, split: str, text_field: str, config_name: str | N
         yield document
 
 
-def load_documents(corpus: dict) -> list[str]:
-    """All documents named by the `corpus` config section, in source order."""
-    source = corpus["source"]
-    limit = corpus.get("n_documents")
+def load_documents(corpus: CorpusSettings | dict) -> list[str]:
+    """All documents named by the corpus settings (or the `corpus` config section), in source order."""
+    corpus = _corpus_settings(corpus)
+    source, limit = corpus.source, corpus.n_documents
     if source == "wikipedia-sample":
         documents = read_wikipedia_dump(wikipedia_sample_path())
     elif source == "wikipedia-leads":
@@ -301,12 +302,12 @@ def load_documents(corpus: dict) -> list[str]:
         documents = itertools.chain(read_wikipedia_dump(wikipedia_sample_path()),
                                     read_wikipedia_leads(wikipedia_leads_path()))
     elif source == "files":
-        documents = read_text_files(corpus["paths"])
+        documents = read_text_files(corpus.paths)
     elif source == "hf-dataset":
-        spec = corpus["hf_dataset"]
+        spec = corpus.hf_dataset
         documents = read_hf_dataset(
-            spec["name"], spec.get("split", "train"), spec.get("text_field", "text"),
-            spec.get("config"), limit or 10_000, revision=spec.get("revision"), data_files=spec.get("data_files"),
+            spec.name, spec.split, spec.text_field, spec.config, limit or 10_000,
+            revision=spec.revision, data_files=list(spec.data_files),
         )
     else:  # the schema admits no other value
         raise UserError(f"corpus.source '{source}' is unknown; use wikipedia-sample, wikipedia-leads, wikipedia, "
@@ -386,19 +387,24 @@ def select_windows(
     return chosen
 
 
-def build_windows(corpus: dict) -> list[Window]:
-    """Documents -> windows, as configured by the `corpus` section."""
+def build_windows(corpus: CorpusSettings | dict) -> list[Window]:
+    """Documents -> windows, as the corpus settings (or the `corpus` config section) say."""
+    corpus = _corpus_settings(corpus)
     documents = load_documents(corpus)
     if not documents:
         raise UserError("the corpus has no documents: check corpus.source and corpus.paths")
     return select_windows(
         documents,
-        window_chars=corpus["window_chars"],
-        token_budget=corpus.get("token_budget"),
-        windows_per_document=corpus.get("windows_per_document"),
-        order=corpus["order"],
-        seed=corpus["seed"],
+        window_chars=corpus.window_chars,
+        token_budget=corpus.token_budget,
+        windows_per_document=corpus.windows_per_document,
+        order=corpus.order,
+        seed=corpus.seed,
     )
+
+
+def _corpus_settings(corpus: CorpusSettings | dict) -> CorpusSettings:
+    return corpus if isinstance(corpus, CorpusSettings) else from_section(CorpusSettings, corpus)
 
 
 def write_windows(windows: list[Window], path: str | Path) -> None:

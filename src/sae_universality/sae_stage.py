@@ -124,6 +124,11 @@ def evaluate(
     ablation, fraction recovered, and loss_tokens: how many predicted tokens) over
     the first `loss_windows` held-out windows. The model is loaded once and its clean and zero-ablation passes
     are shared by the SAEs.
+
+    Its parameters are the four inputs the job reads (SAEs, cache, model, windows), its
+    one output, the labels of its rows (model_name, layer), and the two settings that
+    pick the held-out text (`held_out_every` must equal training's, or the SAE would
+    be judged on text it was trained on; `loss_windows`).
     """
     import torch
 
