@@ -14,7 +14,9 @@ from conftest import TEXT, documents
 
 @pytest.mark.parametrize("window_chars", [16, 50, 180, 10_000])
 def test_windows_are_exact_slices_cut_at_whitespace(window_chars):
-    for document in documents():
+    long_word = "pneumonoultramicroscopicsilicovolcanoconiosis"  # 45 characters: longer than the small windows
+    cuts_inside_words = 0
+    for document in [*documents(), f"A miner got {long_word} from the dust\nof the mine."]:
         pieces = cut_windows(document, window_chars)
         assert pieces, "every non-empty document yields a window"
         for start, text in pieces:
@@ -23,11 +25,14 @@ def test_windows_are_exact_slices_cut_at_whitespace(window_chars):
             assert not text[0].isspace() and not text[-1].isspace()
             end = start + len(text)
             # A cut inside a word only happens when one word is longer than a window.
-            if end < len(document) and not document[end].isspace():
-                assert " " not in text and "\n" not in text
+            cut_inside_a_word = end < len(document) and not document[end].isspace()
+            assert not cut_inside_a_word or (" " not in text and "\n" not in text), text
+            cuts_inside_words += cut_inside_a_word
         # Windows cover every non-whitespace character exactly once, in order.
         covered = "".join(text for _, text in pieces)
         assert "".join(covered.split()) == "".join(document.split())
+    # The long word is cut exactly when it does not fit a window: the check above ran on such cuts.
+    assert (cuts_inside_words > 0) == (window_chars < len(long_word))
 
 
 def test_select_windows_is_deterministic_and_respects_the_budget():

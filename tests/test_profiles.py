@@ -24,14 +24,16 @@ def rules_named_in(profile: dict) -> set[str]:
 def test_every_rule_a_profile_names_exists():
     rules = workflow_rules()
     assert {"build_corpus", "cache_activations", "train_sae", "verdict"} <= rules
+    array_job_lines = 0
     for folder in PROFILES.iterdir():
         profile = yaml.safe_load((folder / "config.yaml").read_text())
         assert rules_named_in(profile) <= rules, f"{folder.name}: {sorted(rules_named_in(profile) - rules)}"
         # The array-jobs line is a comment in the profile: its rules must exist too when someone enables it.
         for line in (folder / "config.yaml").read_text().splitlines():
-            if "slurm-array-jobs:" in line:
-                listed = {name.strip() for name in line.split(":", 1)[1].split(",")}
-                assert listed <= rules, f"{folder.name}: {sorted(listed - rules)}"
+            listed = {name.strip() for name in line.split(":", 1)[1].split(",")} if "slurm-array-jobs:" in line else set()
+            assert listed <= rules, f"{folder.name}: {sorted(listed - rules)}"
+            array_job_lines += bool(listed)
+    assert array_job_lines == 1, "the slurm profile's commented slurm-array-jobs line was not found"
 
 
 def test_the_cluster_profile_sizes_every_rule_but_the_target():

@@ -365,9 +365,13 @@ def test_jobs_ask_for_what_the_profile_says(runs):
         assert option(call, "--job-name").startswith("sae_"), call
         assert "--gres" not in call, call
         assert option(call, "--gpus") == ("1" if rule in gpu_rules else None), call
-        if rule in profile["set-threads"]:
-            assert option(call, "--cpus-per-task") == str(profile["set-threads"][rule]), call
-    assert gpu_rules & {rule_of(call, profile["set-resources"]) for call in calls}, "no GPU job was submitted"
+        threads = profile["set-threads"].get(rule)
+        assert threads is None or option(call, "--cpus-per-task") == str(threads), call
+    submitted_rules = {rule_of(call, profile["set-resources"]) for call in calls}
+    assert gpu_rules & submitted_rules, "no GPU job was submitted"
+    # TARGETS need these rules, each with set-threads: their --cpus-per-task was checked above.
+    threaded = {"prepare_model", "cache_activations", "train_sae", "encode_features", "match_features"}
+    assert threaded <= set(profile["set-threads"]) and threaded <= submitted_rules, sorted(submitted_rules)
 
 
 def test_a_cancelled_job_is_resubmitted_with_more_memory_and_time(runs):

@@ -118,6 +118,8 @@ def test_matched_correlations_equal_a_float64_recomputation(finished_run):
     assert sorted(table["feature_b"]) == sorted(index_b.tolist())
     best = {int(index_b[j]): float(correlation[:, j].max()) for j in range(len(index_b))}
     np.testing.assert_allclose(table["correlation"], [best[b] for b in table["feature_b"]], atol=1e-5)
+    partner = {int(index_b[j]): int(index_a[np.argmax(correlation[:, j])]) for j in range(len(index_b))}
+    assert table["feature_a"].tolist() == [partner[b] for b in table["feature_b"]]
     kept = table[table["kept"]]
     assert kept["final_a"].is_unique and (kept["final_correlation"] >= 0.1).all()
     summary = pd.read_csv(finished_run / "results/matching/neox--llama/summary.tsv", sep="\t")
@@ -126,6 +128,25 @@ def test_matched_correlations_equal_a_float64_recomputation(finished_run):
     assert len(summary) == 2  # every (layer_a, layer_b)
     page = (finished_run / "results/matching/neox--llama/pairs.html").read_text()
     assert "<mark>" in page and "neox layer 2" in page
+
+
+def assert_png_shows(path, figure):
+    """The PNG at `path` is `figure` drawn at the report's resolution: same size and, pixel for pixel, the same
+    picture up to a sliver (the figure here is drawn from the table's 6 significant digits, the PNG was drawn
+    from full precision: a colour may move by one step of the colour map, a rounded label by one digit)."""
+    from io import BytesIO
+
+    from matplotlib.image import imread
+
+    from sae_universality.report import DPI
+
+    buffer = BytesIO()
+    figure.savefig(buffer, dpi=DPI, format="png")
+    buffer.seek(0)
+    written, expected = imread(path), imread(buffer, format="png")
+    assert written.shape == expected.shape, path.name
+    differing = (np.abs(written - expected) > 0.03).any(axis=-1).mean()
+    assert differing < 1e-3, f"{path.name}: {differing:.2%} of pixels differ from the table's figure"
 
 
 def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
@@ -162,17 +183,20 @@ def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
         ceiling = pd.read_csv(finished_run / f"results/similarity/ceiling/{model}/layer{layer}.tsv", sep="\t")
         assert set(ceiling["metric"]) == set(cell.index)
         ceilings[model, layer] = ceiling.set_index("metric")
+    expected_valid, expected_normalized = [], []
     for metric, row in cell.iterrows():
         both = [ceilings["neox", 2].loc[metric], ceilings["llama", 1].loc[metric]]
         span = np.mean([c["observed"] for c in both]) - np.mean([c["null_mean"] for c in both])
         valid = all(c["p"] < 0.05 for c in both) and span > 0
-        assert row["ceiling_valid"] == valid
-        if valid:
-            assert row["normalized"] == pytest.approx((row["observed"] - row["null_mean"]) / span, rel=1e-4, abs=1e-4)
-            assert row["normalized_note"] != row["normalized_note"]  # NaN: no note where defined
-        else:
-            # Never a normalized score on a ceiling at chance: empty, and the note says why.
-            assert np.isnan(row["normalized"]) and "ceiling" in row["normalized_note"], metric
+        expected_valid.append(valid)
+        # Never a normalized score on a ceiling at chance: NaN there.
+        expected_normalized.append((row["observed"] - row["null_mean"]) / span if valid else np.nan)
+    assert cell["ceiling_valid"].tolist() == expected_valid
+    np.testing.assert_allclose(cell["normalized"], expected_normalized, rtol=1e-4, atol=1e-4)  # NaN matches NaN only
+    # A note exactly where there is no normalized score (an empty note reads back as NaN), saying why.
+    notes = cell["normalized_note"]
+    assert notes.isna().tolist() == expected_valid
+    assert all("ceiling" in note for note in notes[~np.array(expected_valid)]), notes.to_dict()
     table = pd.read_csv(finished_run / "results/similarity/neox--llama/table.tsv", sep="\t")
     assert len(table) == 2
     for value in ("observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
@@ -185,8 +209,13 @@ def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
     floor_rows = sum(len(pd.read_csv(finished_run / f"results/similarity/neox--llama-rerandomized/{name}", sep="\t"))
                      for name in ("scores.tsv", "semantic.tsv"))
     assert {"all", "time"} <= set(tidy["category"]) and len(tidy) == len(scores) + len(semantic) + floor_rows
-    for figure in ("heatmaps.png", "heatmaps_raw.png"):
-        assert (finished_run / f"results/similarity/neox--llama/{figure}").stat().st_size > 10_000
+    # The figures are the tables': each PNG is the figure drawn from the table written next to it.
+    from sae_universality.report import heatmap_figure, semantic_figure
+
+    folder = finished_run / "results/similarity/neox--llama"
+    assert_png_shows(folder / "heatmaps.png", heatmap_figure(scores, "neox vs llama", color_by="excess"))
+    assert_png_shows(folder / "heatmaps_raw.png", heatmap_figure(scores, "neox vs llama", color_by="observed"))
+    assert_png_shows(folder / "semantic.png", semantic_figure(semantic, "neox vs llama"))
 
 
 def test_floor_control_and_verdict(finished_run):
@@ -210,8 +239,7 @@ def test_floor_control_and_verdict(finished_run):
         assert row.floor_excess == pytest.approx(same["excess"], rel=1e-5)
     text = (finished_run / "results/verdict.md").read_text()
     assert text.startswith("**neox vs llama**")
-    if (verdict["n_significant"] == 0).all():
-        assert "**Nothing is significant.**" in text
+    assert ("**Nothing is significant.**" in text) == (verdict["n_significant"] == 0).all()
     assert "re-randomized floor (llama-rerandomized)" in text and "The SAEs these scores rest on" in text
 
 

@@ -125,7 +125,7 @@ def match_layer_pair(a: Side, b: Side, outputs: MatchOutputs, *, settings: Match
 
 def example_pairs(table, tokens_a, tokens_b, contexts_a, contexts_b) -> dict:
     """The best kept pairs, and the most surprising: highly correlated yet sharing no top token."""
-    kept = table[table["kept"]].sort_values("final_correlation", ascending=False)
+    kept = table[table["kept"]].sort_values("final_correlation", ascending=False, kind="stable")  # ties: lowest B first
 
     def describe(row):
         a, b = int(row.final_a), int(row.feature_b)

@@ -1,7 +1,9 @@
 """Figures of the report: heatmaps like the paper's, bar charts of semantic subspaces.
 
-Pure functions of the long score tables written by similarity_stage; each
-writes one PNG atomically.
+Pure functions of the long score tables written by similarity_stage:
+`heatmap_figure` and `semantic_figure` build a matplotlib Figure (no pyplot
+state, nothing written), `plot_heatmaps` and `plot_semantic_bars` write it as
+one PNG atomically.
 """
 
 from __future__ import annotations
@@ -15,15 +17,7 @@ import pandas as pd
 from .io import atomic_path
 
 SIGNIFICANCE = 0.05
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+DPI = 110
 
 
 def _significant(frame: pd.DataFrame) -> np.ndarray:
@@ -38,15 +32,18 @@ def _cell_text(value: float) -> str:
     return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.2g}"
 
 
-def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_by: str = "excess") -> None:
-    """One heatmap per metric: layer of A (rows) x layer of B (columns).
+def heatmap_figure(scores: pd.DataFrame, title: str, color_by: str = "excess"):
+    """One heatmap per metric: layer of A (rows) x layer of B (columns); returns the Figure.
 
     color_by "excess": cells coloured by observed - null mean on a scale centred at 0
     (chance), each cell showing the observed score and a star where the adjusted p is
     below 0.05. color_by "observed": the paper's style, coloured by the raw score; cells
-    that are not significant are hatched with grey numbers.
+    that are not significant are hatched with grey numbers. Each panel's title is its metric.
     """
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+    from matplotlib.ticker import MaxNLocator
+
     metrics = list(dict.fromkeys(scores["metric"]))
     layers_a = sorted(scores["layer_a"].unique())
     layers_b = sorted(scores["layer_b"].unique())
@@ -54,7 +51,8 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_
     rows = int(np.ceil(len(metrics) / columns))
     panel_width = max(3.4, 1.4 + 0.75 * len(layers_b))
     panel_height = max(2.8, 1.2 + 0.55 * len(layers_a))
-    figure, axes = plt.subplots(rows, columns, figsize=(panel_width * columns, panel_height * rows + 0.5), squeeze=False)
+    figure = Figure(figsize=(panel_width * columns, panel_height * rows + 0.5))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat[len(metrics):]:
         axis.axis("off")
     for axis, metric in zip(axes.flat, metrics):
@@ -93,8 +91,8 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_
                     color = ("black" if bright else "white") if marked[i, j] else ("dimgray" if bright else "lightgrey")
                     text = _cell_text(observed[i, j])
                     if not marked[i, j]:
-                        axis.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
-                                                     edgecolor="grey", linewidth=0))
+                        axis.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                                                 edgecolor="grey", linewidth=0))
                 axis.text(j, i, text, ha="center", va="center", fontsize=8, color=color,
                           fontweight="bold" if marked[i, j] else "normal")
         axis.set_xticks(range(len(layers_b)), layers_b)
@@ -103,7 +101,7 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_
         axis.set_ylabel(f"layer of {scores['model_a'].iloc[0]}")
         axis.set_title(metric)
         colorbar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-        colorbar.locator = plt.MaxNLocator(4)
+        colorbar.locator = MaxNLocator(4)
         colorbar.update_ticks()
         if color_by == "excess":
             colorbar.set_label("observed - null mean", fontsize=7)
@@ -113,29 +111,39 @@ def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_
                 f"colour: raw observed score (as in the paper); hatched, grey: {adjusted}p >= 0.05")
     figure.suptitle(f"{title}\n{subtitle}", fontsize=9)
     figure.tight_layout()
-    _save(figure, out_path, plt)
+    return figure
 
 
-def plot_semantic_bars(semantic: pd.DataFrame, out_path: str | Path, title: str) -> None:
-    """Per (layer_a, layer_b) with a scored category: every metric per category, against its null.
+def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_by: str = "excess") -> None:
+    """`heatmap_figure` written as one PNG (see there for what it shows)."""
+    _save(heatmap_figure(scores, title, color_by), out_path)
+
+
+def semantic_figure(semantic: pd.DataFrame, title: str):
+    """Per (layer_a, layer_b) with a scored category: every metric per category, against its null; returns
+    the Figure.
 
     Bars are the excess of each observed score over its null mean (grouped by
     category, one colour per metric, solid = adjusted p < 0.05, pale = not), with
-    the interval of the observed score shifted the same way as error bars; 0 is chance. Layer pairs where no category reached
-    `min_pairs` get no panel; the figure's footnote lists the largest skipped
-    categories with their pair counts, so an empty result still says why.
+    the interval of the observed score shifted the same way as error bars; 0 is chance. Layer pairs where no
+    category reached `min_pairs` get no panel; the figure's footnote lists the largest skipped
+    categories with their pair counts, so an empty result still says why. Each panel's bars of one
+    metric form one container labelled with the metric, in the order of the panel's categories.
     """
-    plt = _pyplot()
+    import matplotlib
+    from matplotlib.figure import Figure
+
     metrics = list(dict.fromkeys(semantic["metric"])) if len(semantic) else []
     skipped_rows = semantic[semantic["skipped"].astype(bool)] if len(semantic) else semantic
     scored_rows = semantic[~semantic["skipped"].astype(bool)] if len(semantic) else semantic
     cells = list(scored_rows.groupby(["layer_a", "layer_b"], sort=True)) if len(scored_rows) else []
     columns = min(4, max(1, len(cells)))
     rows = int(np.ceil(max(1, len(cells)) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(max(9.0, 4.6 * columns), 3.4 * rows + 0.9), squeeze=False)
+    figure = Figure(figsize=(max(9.0, 4.6 * columns), 3.4 * rows + 0.9))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat[len(cells):]:
         axis.axis("off")
-    colours = plt.get_cmap("tab10")
+    colours = matplotlib.colormaps["tab10"]
     width = 0.8 / max(1, len(metrics))
     for axis, ((layer_a, layer_b), cell) in zip(axes.flat, cells):
         categories = list(dict.fromkeys(cell["category"]))
@@ -171,10 +179,14 @@ def plot_semantic_bars(semantic: pd.DataFrame, out_path: str | Path, title: str)
     figure.suptitle(f"{title}: semantic categories, excess of every metric over random pairings\n"
                     "(0 = chance; solid = adjusted p < 0.05; error bars: 95% interval)", fontsize=9)
     figure.tight_layout(rect=(0, 0.05, 1, 1))
-    _save(figure, out_path, plt)
+    return figure
 
 
-def _save(figure, out_path, plt) -> None:
+def plot_semantic_bars(semantic: pd.DataFrame, out_path: str | Path, title: str) -> None:
+    """`semantic_figure` written as one PNG (see there for what it shows)."""
+    _save(semantic_figure(semantic, title), out_path)
+
+
+def _save(figure, out_path) -> None:
     with atomic_path(out_path, suffix=".png") as temporary:
-        figure.savefig(temporary, dpi=110, format="png")
-    plt.close(figure)
+        figure.savefig(temporary, dpi=DPI, format="png")

@@ -128,10 +128,12 @@ def semantic_pairs(chunks, tokens_a, contexts_a, tokens_b, contexts_b, categorie
 
     A feature is in a category when its top token is one of the category's
     keywords, read as a word in its top context. Returns one row per B feature
-    of the category with its best A feature of the category (feature indices
-    of the whole SAEs), `kept` after one-to-one and the threshold; a category
-    with no feature on one side gets one placeholder row (feature -1) so it is
-    reported with its counts.
+    of the category that varies and has a varying A feature of the category,
+    with its best such A feature (feature indices of the whole SAEs), `kept`
+    after one-to-one and the threshold. A category left with no row (no
+    feature on one side, or none that fires) gets one placeholder row (feature
+    -1), so it is reported with its counts; the counts include features that
+    never fire.
     """
     members_a = assign_categories(tokens_a, contexts_a, categories)
     members_b = assign_categories(tokens_b, contexts_b, categories)

@@ -1,0 +1,201 @@
+"""The report's figures show their tables: every heatmap cell, annotation and bar is checked against the table
+it was drawn from."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.container import BarContainer
+from matplotlib.image import imread
+
+from sae_universality.report import heatmap_figure, plot_heatmaps, plot_semantic_bars, semantic_figure
+
+LAYERS_A, LAYERS_B = [0, 2, 4], [1, 3]
+
+# rsa: (layer_a, layer_b) -> observed, null_mean, significant, and the text its cell must show.
+RSA = {
+    (0, 1): (0.5, 0.1, True, "0.50*"),
+    (0, 3): (0.034, 0.01, False, "0.034"),
+    (2, 1): (0.25, 0.3, True, "0.25*"),
+    (2, 3): (np.nan, np.nan, False, "–"),  # too few pairs: no score
+    (4, 1): (-0.12, 0.0, False, "-0.12"),
+    # (4, 3): no row at all
+}
+PROCRUSTES = {
+    (0, 1): (0.9, 0.6, True, "0.90*"),
+    (0, 3): (0.7, 0.6, False, "0.70"),
+    (2, 1): (0.65, 0.6, False, "0.65"),
+    (2, 3): (0.8, 0.6, True, "0.80*"),
+    (4, 1): (0.61, 0.6, False, "0.61"),
+    (4, 3): (0.6, 0.6, False, "0.60"),
+}
+
+
+def score_table():
+    rows = []
+    # Layers out of order in the table: the figure sorts them.
+    for metric, cells in (("rsa", RSA), ("procrustes", PROCRUSTES)):
+        for (layer_a, layer_b), (observed, null_mean, significant, _) in sorted(cells.items(), reverse=True):
+            rows.append({"model_a": "pythia", "model_b": "gemma", "layer_a": layer_a, "layer_b": layer_b,
+                         "metric": metric, "observed": observed, "null_mean": null_mean,
+                         "excess": observed - null_mean, "p": 0.001 if significant else 0.3,
+                         "p_adjusted": 0.01 if significant else 0.6, "significant": significant})
+    return pd.DataFrame(rows)
+
+
+def panels(figure, titles):
+    """The figure's axes titled with each of `titles`, in that order (colour bars and empty axes left out)."""
+    by_title = {axis.get_title(): axis for axis in figure.axes if axis.get_title()}
+    return [by_title[title] for title in titles]
+
+
+def expected_grid(cells, column):
+    """The table pivoted by hand: layer_a rows x layer_b columns, NaN where there is no row."""
+    index = {"observed": 0, "null_mean": 1}
+    grid = np.full((len(LAYERS_A), len(LAYERS_B)), np.nan)
+    for (layer_a, layer_b), values in cells.items():
+        value = values[0] - values[1] if column == "excess" else values[index[column]]
+        grid[LAYERS_A.index(layer_a), LAYERS_B.index(layer_b)] = value
+    return grid
+
+
+def cell_texts(axis):
+    return {(int(round(text.get_position()[1])), int(round(text.get_position()[0]))): text.get_text()
+            for text in axis.texts}
+
+
+@pytest.mark.parametrize("color_by", ["excess", "observed"])
+def test_heatmap_cells_are_the_table_pivoted_by_layers(color_by):
+    scores = score_table()
+    figure = heatmap_figure(scores, "pythia vs gemma", color_by=color_by)
+    rsa, procrustes = panels(figure, ["rsa", "procrustes"])
+    for axis, cells in ((rsa, RSA), (procrustes, PROCRUSTES)):
+        expected = expected_grid(cells, color_by)
+        # Independently of the figure code: pandas' pivot of the same table.
+        pivot = (scores[scores["metric"] == axis.get_title()]
+                 .pivot(index="layer_a", columns="layer_b", values=color_by)
+                 .reindex(index=LAYERS_A, columns=LAYERS_B).to_numpy())
+        np.testing.assert_array_equal(pivot, expected)
+        assert len(axis.images) == 1
+        shown = np.ma.filled(np.ma.asarray(axis.images[0].get_array(), dtype=float), np.nan)
+        np.testing.assert_allclose(shown, expected, rtol=0, atol=1e-12)  # NaN exactly where expected
+        low, high = axis.images[0].get_clim()
+        if color_by == "excess":  # symmetric around chance, reaching the largest |excess|
+            span = np.nanmax(np.abs(expected))
+            assert (low, high) == pytest.approx((-span, span))
+        else:
+            assert (low, high) == pytest.approx((np.nanmin(expected), np.nanmax(expected)))
+        assert [label.get_text() for label in axis.get_xticklabels()] == [str(layer) for layer in LAYERS_B]
+        assert [label.get_text() for label in axis.get_yticklabels()] == [str(layer) for layer in LAYERS_A]
+        assert axis.get_xlabel() == "layer of gemma" and axis.get_ylabel() == "layer of pythia"
+    # The clim of rsa in excess mode is 0.4 (cell 0, 1); in observed mode 0.5 - (-0.12).
+    assert rsa.images[0].get_clim()[1] == pytest.approx(0.4 if color_by == "excess" else 0.5)
+
+
+def test_heatmap_annotations_show_the_observed_score_and_significance():
+    scores = score_table()
+    excess = heatmap_figure(scores, "t", color_by="excess")
+    observed = heatmap_figure(scores, "t", color_by="observed")
+    for metric, cells in (("rsa", RSA), ("procrustes", PROCRUSTES)):
+        expected = {(LAYERS_A.index(a), LAYERS_B.index(b)): values[3] for (a, b), values in cells.items()}
+        expected.setdefault((2, 1), "–")  # rsa (4, 3): no row
+        [axis] = panels(excess, [metric])
+        assert cell_texts(axis) == expected
+        # The paper's style: no star; non-significant scored cells are hatched instead.
+        [axis] = panels(observed, [metric])
+        assert cell_texts(axis) == {cell: text.rstrip("*") for cell, text in expected.items()}
+        hatched = {(int(round(patch.get_y() + 0.5)), int(round(patch.get_x() + 0.5)))
+                   for patch in axis.patches if patch.get_hatch() == "///"}
+        assert hatched == {(LAYERS_A.index(a), LAYERS_B.index(b)) for (a, b), values in cells.items()
+                           if np.isfinite(values[0]) and not values[2]}
+        bold = {cell for cell, text in zip(cell_texts(axis), axis.texts) if text.get_fontweight() == "bold"}
+        assert bold == {(LAYERS_A.index(a), LAYERS_B.index(b)) for (a, b), values in cells.items() if values[2]}
+
+
+def test_heatmap_without_significant_column_stars_raw_p():
+    scores = score_table().drop(columns=["significant", "p_adjusted"])
+    scores.loc[(scores["metric"] == "procrustes") & (scores["layer_a"] == 4) & (scores["layer_b"] == 3), "p"] = 0.049
+    [axis] = panels(heatmap_figure(scores, "t"), ["procrustes"])
+    texts = cell_texts(axis)
+    assert texts[(2, 1)] == "0.60*" and texts[(0, 1)] == "0.70"
+    assert "*: p < 0.05" in axis.figure.get_suptitle()
+
+
+def test_plot_heatmaps_writes_the_figure_of_the_table(tmp_path):
+    scores = score_table()
+    plot_heatmaps(scores, tmp_path / "heatmaps.png", "pythia vs gemma")
+    figure = heatmap_figure(scores, "pythia vs gemma")
+    figure.savefig(tmp_path / "direct.png", dpi=110, format="png")
+    written, direct = imread(tmp_path / "heatmaps.png"), imread(tmp_path / "direct.png")
+    assert written.shape == direct.shape and np.array_equal(written, direct)
+    # Another table gives another picture.
+    plot_heatmaps(scores.assign(excess=-scores["excess"]), tmp_path / "other.png", "pythia vs gemma")
+    assert not np.array_equal(imread(tmp_path / "other.png"), written)
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporary left
+
+
+def semantic_table():
+    rows = []
+    layout = {
+        (0, 1): {"time": (20, False), "nature": (15, False), "emotions": (3, True)},
+        (2, 3): {"nature": (12, False), "time": (25, False)},
+        (4, 5): {"time": (4, True)},  # nothing scored: no panel
+    }
+    rng = np.random.default_rng(3)
+    for (layer_a, layer_b), categories in layout.items():
+        for category, (n_pairs, skipped) in categories.items():
+            for metric in ("rsa", "procrustes"):
+                observed = np.nan if skipped else round(float(rng.uniform(-0.2, 0.9)), 3)
+                null_mean = round(float(rng.uniform(0, 0.3)), 3)
+                ci = (np.nan, np.nan) if skipped or n_pairs < 15 else (observed - 0.05, observed + 0.08)
+                rows.append({"model_a": "pythia", "model_b": "gemma", "layer_a": layer_a, "layer_b": layer_b,
+                             "category": category, "metric": metric, "observed": observed, "null_mean": null_mean,
+                             "ci_low": ci[0], "ci_high": ci[1], "n_pairs": n_pairs, "skipped": skipped,
+                             "p_adjusted": np.nan if skipped else (0.01 if category == "time" else 0.4),
+                             "significant": (not skipped) and category == "time"})
+    return pd.DataFrame(rows)
+
+
+def test_semantic_bars_are_the_excess_of_each_scored_category():
+    table = semantic_table()
+    figure = semantic_figure(table, "pythia vs gemma")
+    axes = panels(figure, ["layer 0 vs 1", "layer 2 vs 3"])
+    assert "layer 4 vs 5" not in {axis.get_title() for axis in figure.axes}
+    for axis, (layer_a, layer_b) in zip(axes, [(0, 1), (2, 3)]):
+        cell = table[(table["layer_a"] == layer_a) & (table["layer_b"] == layer_b) & ~table["skipped"]]
+        categories = list(dict.fromkeys(cell["category"]))  # the table's order, skipped ones left out
+        assert categories == (["time", "nature"] if layer_a == 0 else ["nature", "time"])
+        assert [label.get_text() for label in axis.get_xticklabels()] == [
+            f"{category}\n(n={cell[cell['category'] == category]['n_pairs'].iloc[0]})" for category in categories]
+        bars = [container for container in axis.containers if isinstance(container, BarContainer)]
+        assert [bars_of.get_label() for bars_of in bars] == ["rsa", "procrustes"]
+        for offset, bars_of in zip((-0.2, 0.2), bars):
+            rows = cell[cell["metric"] == bars_of.get_label()].set_index("category").loc[categories]
+            heights = [patch.get_height() for patch in bars_of.patches]
+            np.testing.assert_allclose(heights, rows["observed"] - rows["null_mean"], rtol=0, atol=1e-12)
+            centres = [patch.get_x() + patch.get_width() / 2 for patch in bars_of.patches]
+            np.testing.assert_allclose(centres, np.arange(len(categories)) + offset, atol=1e-12)
+            alphas = [patch.get_facecolor()[3] for patch in bars_of.patches]
+            np.testing.assert_allclose(alphas, np.where(rows["significant"], 1.0, 0.35))
+        # Error bars: the interval shifted by the null mean, only where there is one.
+        segments = np.concatenate([container.lines[2][0].get_segments() for container in axis.containers
+                                   if not isinstance(container, BarContainer) and len(container.lines[2])])
+        with_interval = cell[cell["ci_low"].notna()]
+        expected = sorted((round(row.ci_low - row.null_mean, 9), round(row.ci_high - row.null_mean, 9))
+                          for row in with_interval.itertuples())
+        assert sorted((round(low[1], 9), round(high[1], 9)) for low, high in segments) == expected
+        assert len(expected) == (2 if layer_a == 2 else 4)  # intervals to check; (2, 3) nature has none (n < 15)
+    footnote = " ".join(text.get_text() for text in figure.texts)
+    assert "skipped (too few pairs; most in any layer pair): time 4, emotions 3" in footnote
+
+
+def test_semantic_figure_says_when_nothing_was_scored(tmp_path):
+    table = semantic_table().assign(skipped=True)
+    figure = semantic_figure(table, "t")
+    texts = [text.get_text() for axis in figure.axes for text in axis.texts]
+    assert texts == ["no semantic category reached min_pairs in any layer pair"]
+    assert not any(axis.patches for axis in figure.axes)
+    assert "skipped (too few pairs; most in any layer pair): time 25, nature 15, emotions 3" in figure.texts[0].get_text()
+    plot_semantic_bars(table, tmp_path / "semantic.png", "t")
+    direct = tmp_path / "direct.png"
+    semantic_figure(table, "t").savefig(direct, dpi=110, format="png")
+    assert np.array_equal(imread(tmp_path / "semantic.png"), imread(direct))
