@@ -21,7 +21,7 @@ import scipy.stats
 import torch
 
 from sae_universality import similarity as sim
-from sae_universality.errors import UserError
+from sae_universality.similarity.representational_similarity import _average_ranks
 
 
 def coupled_pair(seed: int, n: int = 40, d_a: int = 10, d_b: int = 7, noise: float = 1.0):
@@ -422,7 +422,7 @@ def test_random_subset_baseline_draws_reproducible_unmatched_subsets():
         values = table[table["draw"] == draw].set_index("metric")["value"]
         assert values["svcca"] == pytest.approx(sim.svcca(W_dec_a[rows_a], W_dec_b[rows_b], components=1))
         assert values["rsa"] == pytest.approx(sim.rsa(W_dec_a[rows_a], W_dec_b[rows_b]))
-    with pytest.raises(UserError, match="random subset size"):
+    with pytest.raises(ValueError, match="random subset size"):
         sim.random_subset_baseline(W_dec_a, W_dec_b, n=60)
 
 
@@ -436,26 +436,32 @@ def test_normalized_score():
 
 
 # ------------------------------------------------------------------------------------------
-# Errors a user can cause
+# Misuse of the API: ValueError or TypeError, shown with a traceback
 # ------------------------------------------------------------------------------------------
 
 
-def test_user_errors_name_the_problem():
+def test_misuse_errors_name_the_problem():
     X, Y = coupled_pair(61)
-    with pytest.raises(UserError, match="rows"):
+    with pytest.raises(ValueError, match="rows"):
         sim.svcca(X, Y[:-1])
-    with pytest.raises(UserError, match="unknown similarity metric 'cca'"):
+    with pytest.raises(ValueError, match="unknown similarity metric 'cca'"):
         sim.compute_metric("cca", X, Y)
-    with pytest.raises(UserError, match="'kk' is not accepted"):
+    with pytest.raises(TypeError, match="'kk' is not accepted"):
         sim.permutation_test(X, Y, metrics=("mutual_knn",), n_permutations=5, kk=3)
-    with pytest.raises(UserError, match="components=11 exceeds"):
+    with pytest.raises(ValueError, match="components=11 exceeds"):
         sim.svcca(X, Y, components=11)
-    with pytest.raises(UserError, match="mutual_knn k"):
+    with pytest.raises(TypeError, match="svcca components must be a positive integer"):
+        sim.svcca(X, Y, components=True)
+    with pytest.raises(ValueError, match="mutual_knn k"):
         sim.mutual_knn(X, Y, k=40)
-    with pytest.raises(UserError, match="constant"):
+    with pytest.raises(TypeError, match="mutual_knn k"):
+        sim.mutual_knn(X, Y, k=True)
+    with pytest.raises(ValueError, match="constant"):
         sim.rsa(np.ones((5, 3)), np.eye(5, 3))
-    with pytest.raises(UserError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN"):
         sim.procrustes(np.full((4, 2), np.nan), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="n_permutations"):
+        sim.draw_permutations(5, 0)
 
 
 def test_average_ranks_equal_scipys_with_ties():
@@ -463,8 +469,8 @@ def test_average_ranks_equal_scipys_with_ties():
 
     rng = np.random.default_rng(11)
     values = np.round(rng.standard_normal(500), 1)  # many ties
-    np.testing.assert_array_equal(sim._average_ranks(values), scipy.stats.rankdata(values, method="average"))
-    np.testing.assert_array_equal(sim._average_ranks(np.array([3.0, 3.0, 3.0])), [2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(_average_ranks(values), scipy.stats.rankdata(values, method="average"))
+    np.testing.assert_array_equal(_average_ranks(np.array([3.0, 3.0, 3.0])), [2.0, 2.0, 2.0])
 
 
 def test_scoring_on_cpu_imports_neither_torch_nor_scipy_stats():
@@ -545,7 +551,7 @@ def test_heldout_svcca_chooses_components_on_the_fit_folds_only():
     again = sim.heldout_svcca_choices(X, changed)
     assert again.loc[0, "components"] == choices.loc[0, "components"]
     assert again.loc[0, "averaged"] == choices.loc[0, "averaged"]
-    with pytest.raises(UserError, match="components"):
+    with pytest.raises(ValueError, match="components"):
         sim.heldout_svcca(X, Y, folds=1)
     # Too few pairs to hold any out: NaN (and a NaN null), never a silent in-sample score.
     assert np.isnan(sim.heldout_svcca(X[:8], Y[:8]))
@@ -568,7 +574,7 @@ def test_adjusted_p_values_equal_hand_computed_ones():
     np.testing.assert_allclose(sim.adjust_p_values([0.5, 0.9], "holm"), [1.0, 1.0])
     np.testing.assert_allclose(sim.adjust_p_values([0.3, 0.2, 0.1], "bh"), [0.3, 0.3, 0.3])
     assert np.isnan(sim.adjust_p_values([np.nan, np.nan])).all()
-    with pytest.raises(UserError, match="holm, bh"):
+    with pytest.raises(ValueError, match="holm, bh"):
         sim.adjust_p_values([0.1], "bonferroni")
 
 
