@@ -1,11 +1,12 @@
 """Snakemake script: the ceiling control's scores: two SAEs (two seeds) of one model and layer."""
 from sae_universality.entry import run_script
+from sae_universality.settings import SimilaritySettings, from_section
 from sae_universality.similarity_stage import score_layer_pair
 
 
 def main(snakemake):
     score_layer_pair(snakemake.input.matches, snakemake.input.sae_a, snakemake.input.sae_b, snakemake.output.scores,
-                     settings=snakemake.params.settings, labels=snakemake.params.labels)
+                     settings=from_section(SimilaritySettings, snakemake.params.settings), labels=snakemake.params.labels)
 
 
 run_script(snakemake, main)

@@ -2,12 +2,13 @@
 from sae_universality.entry import run_script
 from sae_universality.report import plot_heatmaps, plot_semantic_bars
 from sae_universality.semantic import semantic_table
+from sae_universality.settings import SimilaritySettings, from_section
 from sae_universality.similarity_stage import pair_table
 
 
 def main(snakemake):
     title = f"{snakemake.wildcards.model_a} vs {snakemake.wildcards.model_b}"
-    settings, output = snakemake.params.settings, snakemake.output
+    settings, output = from_section(SimilaritySettings, snakemake.params.settings), snakemake.output
     scores = pair_table(snakemake.input.scores, snakemake.input.ceilings, output.table, output.scores, settings)
     plot_heatmaps(scores, output.heatmaps, title, color_by="excess")
     plot_heatmaps(scores, output.heatmaps_raw, title, color_by="observed")

@@ -2,6 +2,7 @@
 import pandas as pd
 
 from sae_universality.entry import run_script
+from sae_universality.settings import SimilaritySettings, from_section
 from sae_universality.verdict import read_tables, write_verdict
 
 
@@ -18,7 +19,7 @@ def main(snakemake):
             semantic[(table["model_a"].iloc[0], table["model_b"].iloc[0])] = table
     floors = {(a, b): (floor_a, floor_b) for a, b, floor_a, floor_b in snakemake.params.floors}
     write_verdict(pair_scores, floors, pd.read_csv(inputs.quality, sep="\t"), read_tables(inputs.ceilings),
-                  read_tables(inputs.ceiling_summaries), snakemake.params.settings, snakemake.output.verdict,
+                  read_tables(inputs.ceiling_summaries), from_section(SimilaritySettings, snakemake.params.settings), snakemake.output.verdict,
                   snakemake.output.table, semantic)
 
 

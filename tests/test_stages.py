@@ -320,3 +320,67 @@ def test_pair_table_without_ceilings_has_no_normalized_score(pair_inputs, tmp_pa
     # The adjustment does not depend on the ceilings.
     np.testing.assert_allclose(scores.set_index(["layer_a", "metric"]).loc[[(0, "rsa"), (1, "procrustes")], "p_adjusted"],
                                [0.012, 0.003], rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# What a user's config or files can make the scoring stage meet
+# ---------------------------------------------------------------------------
+
+
+def test_a_decoder_with_nan_is_named_as_a_damaged_sae(tmp_path):
+    from safetensors.numpy import save_file
+
+    from sae_universality.errors import UserError
+    from sae_universality.similarity_stage import decoder_rows
+
+    weights = np.eye(4, dtype=np.float32)
+    save_file({"W_dec": weights}, str(tmp_path / "sae_weights.safetensors"))
+    np.testing.assert_array_equal(decoder_rows(tmp_path), np.eye(4))
+    weights[2, 1] = np.nan
+    save_file({"W_dec": weights}, str(tmp_path / "sae_weights.safetensors"))
+    with pytest.raises(UserError, match=r"sae_weights.safetensors: the decoder holds NaN.*delete its folder and rerun"):
+        decoder_rows(tmp_path)
+
+
+def test_svcca_components_are_bounded_by_the_pairs_and_widths_of_a_small_category():
+    from sae_universality.settings import SimilaritySettings
+    from sae_universality.similarity_stage import metric_options
+
+    settings = SimilaritySettings(metrics=("svcca", "mutual_knn"), svcca_components=8, knn_k=10)
+    assert metric_options(settings, n_pairs=5, width=16)["components"] == 5
+    assert metric_options(settings, n_pairs=50, width=6)["components"] == 6
+    assert metric_options(settings, n_pairs=50, width=16)["components"] == 8
+    assert metric_options(settings, n_pairs=5, width=16)["k"] == 4
+    unset = SimilaritySettings(metrics=("svcca",))
+    assert metric_options(unset, n_pairs=5, width=16)["components"] is None
+
+
+def test_zeroed_decoder_rows_are_left_out_of_the_random_subset_baseline():
+    from sae_universality.settings import SimilaritySettings
+    from sae_universality.similarity_stage import score_pairs
+
+    rng = np.random.default_rng(0)
+    W_dec_a, W_dec_b = rng.normal(size=(40, 6)), rng.normal(size=(40, 7))
+    W_dec_a[30:] = 0.0  # dead latents some published SAEs blank out
+    settings = SimilaritySettings(metrics=("mutual_knn", "rsa"), knn_k=3, n_permutations=20, bootstrap_draws=5,
+                                  random_subset_draws=4, min_pairs=5)
+    scores = score_pairs(W_dec_a, W_dec_b, np.arange(12), np.arange(12), settings).set_index("metric")
+    assert np.isfinite(scores["random_subset_mean"]).all() and (scores["n_pairs"] == 12).all()
+
+
+def test_config_rejects_similarity_settings_the_metrics_cannot_run():
+    import yaml
+
+    from sae_universality.config import SCHEMA, check_config
+    from sae_universality.errors import UserError
+
+    def config_with(**similarity):
+        config = yaml.safe_load((SCHEMA.parents[2] / "config.yaml").read_text())
+        config["similarity"] = {**config.get("similarity", {}), **similarity}
+        return config
+
+    with pytest.raises(UserError, match="svcca_folds: 1 leaves heldout_svcca no folds"):
+        check_config(config_with(svcca_folds=1))
+    check_config(config_with(svcca_folds=1, svcca_components=4))
+    with pytest.raises(UserError, match=r"min_pairs.*debiased_cka needs 4"):
+        check_config(config_with(min_pairs=3))

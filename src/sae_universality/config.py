@@ -26,6 +26,7 @@ def check_config(config: dict, schema: str | Path = SCHEMA) -> dict:
     _check_models(config["models"])
     _check_corpus(config["corpus"])
     _check_saes(config)
+    _check_similarity(config["similarity"])
     return config
 
 
@@ -161,6 +162,13 @@ def _check_corpus(corpus: dict) -> None:
                 raise UserError(f"corpus.paths: {path} does not exist; fix the path or remove it")
     if corpus["source"] == "hf-dataset" and not corpus["hf_dataset"].get("name"):
         raise UserError("corpus.hf_dataset.name: missing while corpus.source is hf-dataset; e.g. Skylion007/openwebtext")
+
+
+def _check_similarity(similarity: dict) -> None:
+    if ("heldout_svcca" in similarity["metrics"] and similarity["svcca_folds"] == 1
+            and similarity["svcca_components"] is None):
+        raise UserError("similarity.svcca_folds: 1 leaves heldout_svcca no folds to choose its components on; "
+                        "use 2 or more folds, or set similarity.svcca_components")
 
 
 def _check_saes(config: dict) -> None:

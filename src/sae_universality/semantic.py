@@ -20,6 +20,7 @@ import pandas as pd
 
 from .errors import UserError
 from .matching import match_features
+from .settings import SimilaritySettings, as_settings
 from .similarity_stage import SCORE_COLUMNS, decoder_rows, score_pairs, with_adjusted_p, write_tsv
 from .tokens import marked_as_text, normalize_token
 
@@ -163,8 +164,9 @@ def semantic_pairs(chunks, tokens_a, contexts_a, tokens_b, contexts_b, categorie
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-def score_semantic(semantic_path, sae_a, sae_b, out_path, *, settings: dict, labels: dict) -> pd.DataFrame:
+def score_semantic(semantic_path, sae_a, sae_b, out_path, *, settings: SimilaritySettings, labels: dict) -> pd.DataFrame:
     """Scores per semantic category (rematched pairs) -> a long table; small categories are marked skipped."""
+    settings = as_settings(SimilaritySettings, settings)
     pairs = pd.read_csv(semantic_path, sep="\t")
     W_dec_a, W_dec_b = decoder_rows(sae_a), decoder_rows(sae_b)
     frames = []
@@ -175,7 +177,7 @@ def score_semantic(semantic_path, sae_a, sae_b, out_path, *, settings: dict, lab
         scores.insert(0, "category", category)
         scores["n_features_a"] = int(group["n_features_a"].iloc[0])
         scores["n_features_b"] = int(group["n_features_b"].iloc[0])
-        scores["skipped"] = len(kept) < settings["min_pairs"]
+        scores["skipped"] = len(kept) < settings.min_pairs
         frames.append(scores)
     columns = ["category", *SCORE_COLUMNS, "n_features_a", "n_features_b", "skipped"]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
@@ -184,12 +186,13 @@ def score_semantic(semantic_path, sae_a, sae_b, out_path, *, settings: dict, lab
     return table
 
 
-def semantic_table(semantic_files: list, out_path: str | Path, settings: dict) -> pd.DataFrame:
+def semantic_table(semantic_files: list, out_path: str | Path, settings: SimilaritySettings) -> pd.DataFrame:
     """Every layer pair's semantic scores in one table, p adjusted per metric across all scored
     (layer pair, category) cells."""
+    settings = as_settings(SimilaritySettings, settings)
     table = pd.concat([pd.read_csv(path, sep="\t") for path in semantic_files], ignore_index=True)
     if len(table):
-        table = with_adjusted_p(table, settings["p_adjust"], ["metric"])
-        table["significant"] = table["p_adjusted"] < settings["significance"]
+        table = with_adjusted_p(table, settings.p_adjust, ["metric"])
+        table["significant"] = table["p_adjusted"] < settings.significance
     write_tsv(table, out_path)
     return table

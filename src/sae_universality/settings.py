@@ -35,6 +35,11 @@ def from_section(cls: type[T], section: Mapping[str, Any] | None) -> T:
     return cls(**values)
 
 
+def as_settings(cls: type[T], settings) -> T:
+    """`settings` itself when already a `cls`, else `cls` built from a config section (a plain mapping)."""
+    return settings if isinstance(settings, cls) else from_section(cls, settings)
+
+
 def _frozen(value):
     # Lists become tuples so that settings objects are hashable and cannot change under a job.
     if isinstance(value, list):

@@ -15,63 +15,83 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import UserError
 from .io import atomic_path
+from .settings import SimilaritySettings, as_settings
 
 SCORE_COLUMNS = ["metric", "observed", "ci_low", "ci_high", "null_mean", "null_std", "excess", "z", "p",
                  "n_pairs", "n_permutations", "random_subset_mean", "random_subset_std"]
 
 
 def decoder_rows(sae_dir: str | Path) -> np.ndarray:
-    """W_dec (d_sae, d_in) of a saved SAE, float64."""
+    """W_dec (d_sae, d_in) of a saved SAE, float64; a decoder with NaN or infinite values is a damaged SAE."""
     from safetensors.numpy import load_file
 
-    return load_file(str(Path(sae_dir) / "sae_weights.safetensors"))["W_dec"].astype(np.float64)
+    from .io import read_checked
+
+    path = Path(sae_dir) / "sae_weights.safetensors"
+    rows = read_checked(path, lambda path: load_file(str(path))["W_dec"]).astype(np.float64)
+    if not np.isfinite(rows).all():
+        raise UserError(f"{path}: the decoder holds NaN or infinite values; retrain the SAE "
+                        "(delete its folder and rerun) or replace the pretrained file")
+    return rows
 
 
-def metric_options(settings: dict, n_pairs: int) -> dict:
-    """Keyword options of the configured metrics, only those some configured metric accepts."""
+def metric_options(settings: SimilaritySettings, n_pairs: int, width: int | None = None) -> dict:
+    """Keyword options of the configured metrics, only those some configured metric accepts.
+
+    `width`: the smaller model width of the two sides, which bounds SVCCA's components as n_pairs does.
+    """
     from .similarity import METRICS
 
+    components = settings.svcca_components
+    if components is not None:
+        # A small category cannot hold more components than it has pairs (or the models have dimensions).
+        components = min(components, n_pairs, width or components)
     options = {
-        "variance": settings["svcca_variance"],
-        "components": settings["svcca_components"],
-        "folds": settings["svcca_folds"],
-        "fold_seed": settings["seed"],
+        "variance": settings.svcca_variance,
+        "components": components,
+        "folds": settings.svcca_folds,
+        "fold_seed": settings.seed,
         # mutual_knn needs k < n: a small category gets as many neighbours as it has.
-        "k": max(1, min(settings["knn_k"], n_pairs - 1)),
+        "k": max(1, min(settings.knn_k, n_pairs - 1)),
     }
-    accepted = {option for name in settings["metrics"] for option in METRICS[name].options}
+    accepted = {option for name in settings.metrics for option in METRICS[name].options}
     return {key: value for key, value in options.items() if key in accepted}
 
 
-def score_pairs(W_dec_a, W_dec_b, feature_a, feature_b, settings: dict, random_subset: bool = True) -> pd.DataFrame:
+def score_pairs(W_dec_a, W_dec_b, feature_a, feature_b, settings: SimilaritySettings,
+                random_subset: bool = True) -> pd.DataFrame:
     """Every metric on the paired decoder rows: observed with its interval, the permutation null,
     the excess over it, and the random-subset baseline.
 
     Returns one row per metric (SCORE_COLUMNS); all NaN when there are fewer
-    than `settings['min_pairs']` pairs.
+    than `settings.min_pairs` pairs.
     """
     from .similarity import METRICS, bootstrap_interval, permutation_test, random_subset_baseline
 
-    metrics = settings["metrics"]
+    settings = as_settings(SimilaritySettings, settings)
+    metrics = list(settings.metrics)
     n_pairs = len(feature_a)
-    if n_pairs < settings["min_pairs"]:
+    if n_pairs < settings.min_pairs:
         return pd.DataFrame({"metric": metrics, "n_pairs": n_pairs}, columns=SCORE_COLUMNS)
     X, Y = W_dec_a[np.asarray(feature_a)], W_dec_b[np.asarray(feature_b)]
-    options = metric_options(settings, n_pairs)
-    scores = permutation_test(X, Y, metrics=metrics, n_permutations=settings["n_permutations"],
-                              seed=settings["seed"], **options)
+    options = metric_options(settings, n_pairs, width=min(X.shape[1], Y.shape[1]))
+    scores = permutation_test(X, Y, metrics=metrics, n_permutations=settings.n_permutations,
+                              seed=settings.seed, **options)
     scores["excess"] = scores["observed"] - scores["null_mean"]
     intervals = [
-        bootstrap_interval(row.metric, X, Y, draws=settings["bootstrap_draws"], level=settings["bootstrap_level"],
-                           seed=settings["seed"], observed=row.observed,
+        bootstrap_interval(row.metric, X, Y, draws=settings.bootstrap_draws, level=settings.bootstrap_level,
+                           seed=settings.seed, observed=row.observed,
                            **{key: value for key, value in options.items() if key in METRICS[row.metric].options})
         for row in scores.itertuples()
     ]
     scores[["ci_low", "ci_high"]] = intervals
     if random_subset:
+        # Zeroed rows (dead latents some published SAEs blank out) are no features to draw.
+        W_dec_a, W_dec_b = W_dec_a[np.any(W_dec_a != 0, axis=1)], W_dec_b[np.any(W_dec_b != 0, axis=1)]
         baseline = random_subset_baseline(W_dec_a, W_dec_b, n=n_pairs, metrics=metrics,
-                                          n_draws=settings["random_subset_draws"], seed=settings["seed"], **options)
+                                          n_draws=settings.random_subset_draws, seed=settings.seed, **options)
         summary = baseline.groupby("metric")["value"].agg(["mean", "std"])
         scores["random_subset_mean"] = scores["metric"].map(summary["mean"])
         scores["random_subset_std"] = scores["metric"].map(summary["std"])
@@ -84,7 +104,7 @@ def kept_pairs_of(matches_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return kept["final_a"].to_numpy(), kept["feature_b"].to_numpy()
 
 
-def score_layer_pair(matches_path, sae_a, sae_b, out_path, *, settings: dict, labels: dict) -> pd.DataFrame:
+def score_layer_pair(matches_path, sae_a, sae_b, out_path, *, settings: SimilaritySettings, labels: dict) -> pd.DataFrame:
     """Scores of one (pair, layer_a, layer_b) -> a long table (one row per metric)."""
     feature_a, feature_b = kept_pairs_of(matches_path)
     scores = score_pairs(decoder_rows(sae_a), decoder_rows(sae_b), feature_a, feature_b, settings)
@@ -169,20 +189,21 @@ WIDE_VALUES = ["observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p",
 
 
 def pair_table(score_files: list, ceiling_files: list, out_wide: str | Path, out_long: str | Path,
-               settings: dict) -> pd.DataFrame:
+               settings: SimilaritySettings) -> pd.DataFrame:
     """One row per (layer_a, layer_b) of a pair: every metric with its interval, null, excess, z, raw and
     adjusted p, and the normalized score where the ceiling is above chance.
 
-    p is adjusted per metric across the layer pairs of the table (settings['p_adjust']).
+    p is adjusted per metric across the layer pairs of the table (settings.p_adjust).
     The ceiling of a (layer_a, layer_b) cell is the mean of the two SAEs' own
     seed-to-seed scores ((A, layer_a) and (B, layer_b)) where they exist, with
     the mean of their own null means as its chance level (see normalized_score).
     """
-    significance = settings["significance"]
+    settings = as_settings(SimilaritySettings, settings)
+    significance = settings.significance
     scores = pd.concat([pd.read_csv(path, sep="\t") for path in score_files], ignore_index=True)
     ceilings = (pd.concat([pd.read_csv(path, sep="\t") for path in ceiling_files], ignore_index=True)
                 if ceiling_files else pd.DataFrame(columns=["model", "layer", "metric", "observed", "null_mean", "p"]))
-    scores = with_adjusted_p(scores, settings["p_adjust"], ["metric"])
+    scores = with_adjusted_p(scores, settings.p_adjust, ["metric"])
     scores = pd.concat([scores, ceilings_of(scores, ceilings, significance)], axis=1)
     scores = with_normalized(scores, significance)
     scores["significant"] = scores["p_adjusted"] < significance

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path
+from .settings import SimilaritySettings, as_settings
 from .similarity_stage import above_chance
 
 VERDICT_COLUMNS = ["model_a", "model_b", "metric", "n_layer_pairs", "n_significant", "best_layer_a", "best_layer_b",
@@ -113,17 +114,17 @@ def weak_sae_note(quality: pd.DataFrame, models: list[str]) -> str:
             "understate how similar the models are; more training tokens is the remedy (README \"Scaling up\").")
 
 
-def permutation_floor_note(scores: pd.DataFrame, settings: dict) -> str:
+def permutation_floor_note(scores: pd.DataFrame, settings: SimilaritySettings) -> str:
     """A warning when the permutations are too few for any adjusted p to reach the significance level."""
     permutations = scores["n_permutations"].dropna()
     if not len(permutations):
         return ""
     smallest_p = 1.0 / (1.0 + float(permutations.min()))
     family = int(scores.groupby("metric")["p"].apply(lambda p: p.notna().sum()).max())
-    smallest_adjusted = smallest_p * (family if settings["p_adjust"] == "holm" else 1)
-    if smallest_adjusted < settings["significance"]:
+    smallest_adjusted = smallest_p * (family if settings.p_adjust == "holm" else 1)
+    if smallest_adjusted < settings.significance:
         return ""
-    needed = int(np.ceil(family / settings["significance"]))
+    needed = int(np.ceil(family / settings.significance))
     return (f"**Too few random pairings to find anything:** with {int(permutations.min())} per null and {family} "
             f"layer pairs, no adjusted p can fall below {smallest_adjusted:.3g}; raise similarity.n_permutations "
             f"above {needed}.")
@@ -181,7 +182,7 @@ def semantic_sentence(semantic: pd.DataFrame, significance: float) -> str:
 
 
 def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilings: pd.DataFrame,
-                  ceiling_summaries: pd.DataFrame, settings: dict, out_markdown: str | Path,
+                  ceiling_summaries: pd.DataFrame, settings: SimilaritySettings, out_markdown: str | Path,
                   out_table: str | Path, semantic: dict | None = None) -> str:
     """The verdict of every real model pair -> Markdown/reST text and a table (VERDICT_COLUMNS).
 
@@ -195,8 +196,9 @@ def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilin
     Returns:
         The text written to out_markdown.
     """
-    significance = settings["significance"]
-    method = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings["p_adjust"]]
+    settings = as_settings(SimilaritySettings, settings)
+    significance = settings.significance
+    method = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings.p_adjust]
     floor_pairs = set(floors.values())
     paragraphs, tables = [], []
     for (model_a, model_b), scores in pair_scores.items():
