@@ -290,7 +290,8 @@ def test_a_damaged_file_ends_its_job_in_one_line_naming_it_and_the_rule_that_rem
     with open(codes, "r+b") as handle:
         handle.truncate(2000)
     target = "results/matching/neox--llama/layer0--layer1.tsv"
-    result = snakemake(run, "--forcerun", "match_features", target, check=False)
+    # The target first: --forcerun takes every word after it as a rule, and the run would become `all`.
+    result = snakemake(run, target, "--forcerun", "match_features", check=False)
     assert result.returncode != 0
     # The job's line, also shown by Snakemake from the job's log.
     lines = {line for line in result.stderr.splitlines() if line.startswith("sae-universality:")}

@@ -60,7 +60,8 @@ def train_on_cache(
     """
     from .sae_formats import save_sae
     from .saes import SaeConfig
-    from .training import iter_hdf5_batches, train_sae
+    from .activation_batches import iter_hdf5_batches
+    from .training import train_sae
 
     train_rows, _ = split_rows(cache_path, held_out_every)
     with open_hdf5(cache_path) as cache:
@@ -136,7 +137,8 @@ def evaluate(
     from .devices import torch_device
     from .models import load_model
     from .sae_formats import load_sae
-    from .training import downstream_losses, evaluate_saes, read_rows
+    from .activation_batches import read_rows
+    from .sae_evaluation import downstream_losses, evaluate_saes
 
     saes = {name: load_sae("saelens", path=path) for name, path in sae_dirs.items()}
     _, held_out_rows = split_rows(cache_path, held_out_every)

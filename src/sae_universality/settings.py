@@ -143,7 +143,8 @@ class TrainSettings:
     def trainer_config(self, n_rows: int, seed: int):
         """The `training.TrainConfig` of one SAE trained on n_rows positions: the one place where the
         config's settings become a run of a known length."""
-        from .training import TrainConfig, count_batches
+        from .activation_batches import count_batches
+        from .training import TrainConfig
 
         n_steps = count_batches(n_rows, self.batch_size, self.epochs)
         return TrainConfig(

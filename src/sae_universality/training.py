@@ -1,9 +1,10 @@
-"""Train sparse autoencoders on streams of activation batches, and measure their quality.
+"""Train sparse autoencoders on streams of activation batches.
 
 The trainer does not know where activations come from: it takes
 `make_batches(start_step)`, a function returning an iterable of (n, d_in) float
 arrays that starts at batch `start_step` (or a plain iterable, which a resume
-fast-forwards). `iter_hdf5_batches` is one such source, for activation caches.
+fast-forwards). `activation_batches.iter_hdf5_batches` is one such source, for
+activation caches; `sae_evaluation` measures what a trained SAE is worth.
 
 Practices (each a `TrainConfig` field): one input scale so that E||x||^2 = d_in,
 folded into the saved weights; unit-norm decoder rows with the parallel gradient
@@ -18,19 +19,17 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from sae_universality.devices import torch_device
 from sae_universality.errors import UserError
-from sae_universality.io import open_hdf5, read_checked
+from sae_universality.io import read_checked
 from sae_universality.saes import SaeConfig, SparseAutoencoder, SparseLatents, default_learning_rate
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -333,198 +332,3 @@ def train_sae(batches: BatchSource, sae_cfg: SaeConfig, cfg: TrainConfig = Train
     if folder is not None:
         _save_checkpoint(trainer, identity, folder)
     return TrainResult(trainer.raw_sae(), pd.DataFrame(trainer.curve), trainer.input_scale)
-
-
-def count_batches(n_rows: int, batch_size: int, epochs: int = 1) -> int:
-    """Batches `iter_hdf5_batches` yields for n_rows rows: the remainder of each epoch is dropped."""
-    return epochs * (n_rows // batch_size)
-
-
-def iter_hdf5_batches(path: str | Path, batch_size: int, seed: int, rows=None, buffer_rows: int = 65_536,
-                      start_batch: int = 0, epochs: int = 1, chunk_rows: int = 512,
-                      dataset: str = "activations") -> Iterator[np.ndarray]:
-    """Shuffled float32 batches (batch_size, d) from an activation cache, streamed.
-
-    Rows are taken in contiguous chunks of `chunk_rows` (in the order of `rows`),
-    chunks in a seeded random order; each group of buffer_rows // chunk_rows
-    chunks is read into memory and its rows shuffled. Each epoch has its own
-    order; the last batch_size-incomplete batch of an epoch is dropped. The order
-    depends only on (seed, rows, sizes), so `start_batch` restarts mid-stream
-    exactly, reading from the group that holds that batch.
-
-    rows: row indices to use (e.g. a train split); sorted and deduplicated; None = all.
-    Memory: about buffer_rows * d * 4 bytes. With train_sae:
-
-        make_batches = functools.partial(iter_hdf5_batches, path, 4096, seed, train_rows, epochs=2)
-        cfg = TrainConfig(n_steps=count_batches(len(train_rows), 4096, epochs=2))
-        train_sae(lambda start: make_batches(start_batch=start), sae_cfg, cfg, checkpoint_dir)
-    """
-    with open_hdf5(path) as handle:
-        if dataset not in handle:
-            raise UserError(f"{path} has no dataset {dataset!r}; it is not an activation cache")
-        data = handle[dataset]
-        selected = np.arange(data.shape[0]) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
-        if len(selected) and (selected[0] < 0 or selected[-1] >= data.shape[0]):
-            raise ValueError(f"row indices must lie in [0, {data.shape[0]}) for {path}")
-        batches_per_epoch = len(selected) // batch_size
-        if batches_per_epoch == 0:
-            return
-        chunks_per_group = max(1, buffer_rows // chunk_rows)
-        for epoch in range(start_batch // batches_per_epoch, epochs):
-            skip_rows = max(0, start_batch - epoch * batches_per_epoch) * batch_size
-            yield from _epoch_batches(data, selected, batch_size, (seed, epoch), chunk_rows, chunks_per_group, skip_rows)
-
-
-def _epoch_batches(data, selected: np.ndarray, batch_size: int, seed: tuple[int, int], chunk_rows: int,
-                   chunks_per_group: int, skip_rows: int) -> Iterator[np.ndarray]:
-    """One epoch's batches, after skipping its first skip_rows shuffled rows."""
-    n_chunks = math.ceil(len(selected) / chunk_rows)
-    chunk_order = np.random.default_rng(seed).permutation(n_chunks)
-    rows_left = (len(selected) // batch_size) * batch_size - skip_rows
-    position = 0  # rows of this epoch's order passed so far
-    pending = np.empty((0, data.shape[1]), dtype=np.float32)
-    for group_index, start in enumerate(range(0, n_chunks, chunks_per_group)):
-        chunks = [selected[c * chunk_rows:(c + 1) * chunk_rows] for c in chunk_order[start:start + chunks_per_group]]
-        group_size = sum(len(chunk) for chunk in chunks)
-        if position + group_size <= skip_rows:
-            position += group_size
-            continue
-        shuffle = np.random.default_rng([*seed, group_index]).permutation(group_size)
-        block = np.concatenate([read_rows(data, chunk) for chunk in chunks])[shuffle]
-        pending = np.concatenate([pending, block[max(0, skip_rows - position):]])
-        position += group_size
-        while len(pending) >= batch_size and rows_left > 0:
-            yield pending[:batch_size]
-            pending, rows_left = pending[batch_size:], rows_left - batch_size
-        if rows_left <= 0:
-            return
-
-
-def read_rows(data, rows: np.ndarray) -> np.ndarray:
-    """Rows of an HDF5 dataset as float32, read as one contiguous slice covering them."""
-    block = data[rows[0]:rows[-1] + 1]
-    return np.asarray(block[rows - rows[0]], dtype=np.float32)
-
-
-@torch.no_grad()
-def evaluate_sae(sae: SparseAutoencoder, batches: Iterable) -> dict:
-    """Reconstruction quality over streamed raw batches (n, d_in).
-
-    Returns fvu (sum ||x - x_hat||^2 / sum ||x - mean x||^2, mean over all
-    positions), explained_variance (1 - fvu), mean_l0 (active latents per
-    position), dead_fraction (latents that never fired) and n_positions.
-    """
-    return evaluate_saes([sae], batches)[0]
-
-
-@torch.no_grad()
-def evaluate_saes(saes: Sequence[SparseAutoencoder], batches: Iterable) -> list[dict]:
-    """`evaluate_sae` for several SAEs of one layer in one pass over the batches: one dict per SAE, in order.
-
-    The seeds of a layer are evaluated on the same held-out positions; reading
-    them once serves all of them.
-    """
-    if len({sae.cfg.d_in for sae in saes}) > 1:
-        raise UserError(f"SAEs of one layer must share d_in; got {sorted({sae.cfg.d_in for sae in saes})}")
-    sum_x = torch.zeros(saes[0].cfg.d_in, dtype=torch.float64)
-    sum_square_norm = 0.0
-    n_positions = 0
-    squared_errors = [0.0] * len(saes)
-    n_active = [0] * len(saes)
-    fired = [torch.zeros(sae.cfg.d_sae, dtype=torch.bool) for sae in saes]
-    for batch in batches:
-        x = torch.as_tensor(batch).to(torch.float32)
-        x64 = x.double()
-        sum_x += x64.sum(dim=0)
-        sum_square_norm += float(x64.pow(2).sum())
-        n_positions += len(x)
-        for index, sae in enumerate(saes):
-            x_device = x.to(sae.device)
-            active = sae.encode_sparse(x_device)
-            residual = x_device - sae.decode_sparse(active)
-            squared_errors[index] += float(residual.double().pow(2).sum())
-            nonzero = active.values > 0
-            n_active[index] += int(nonzero.sum())
-            fired[index][active.latents[nonzero].cpu()] = True
-    if n_positions == 0:
-        raise UserError("no positions to evaluate the SAE on; check the held-out split")
-    total_variance = sum_square_norm - float(sum_x.pow(2).sum()) / n_positions
-    results = []
-    for squared_error, active_count, fired_latents in zip(squared_errors, n_active, fired):
-        fvu = squared_error / total_variance if total_variance > 0 else float("nan")
-        results.append({"fvu": fvu, "explained_variance": 1 - fvu, "mean_l0": active_count / n_positions,
-                        "dead_fraction": float((~fired_latents).float().mean()), "n_positions": n_positions})
-    return results
-
-
-def _mean_next_token_loss(model, input_ids: Tensor, attention_mask: Tensor) -> float:
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-    # Targets shifted onto the logits, instead of slicing the logits: with a 262k-token
-    # vocabulary a copy of the (batch, seq, vocab) logits costs as much as the loss.
-    counted = torch.zeros_like(attention_mask, dtype=torch.bool)
-    counted[:, :-1] = (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
-    targets = torch.full_like(input_ids, -100)
-    targets[:, :-1] = input_ids[:, 1:]
-    targets[~counted] = -100
-    losses = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), reduction="sum", ignore_index=-100)
-    return float(losses / counted.sum())
-
-
-def splice_loss_recovered(model, input_ids: Tensor, layer: int, sae: SparseAutoencoder,
-                          attention_mask: Tensor | None = None, splice_mask: Tensor | None = None) -> dict:
-    """Next-token loss with the SAE's reconstruction spliced into the residual stream.
-
-    The output of block `layer` (hidden_states[layer + 1] in transformers) is
-    replaced by sae(output), then by zeros (zero ablation), at positions where
-    splice_mask (batch, seq) is True (default: everywhere).
-    Returns ce_clean, ce_sae, ce_zero, fraction_recovered =
-    (ce_zero - ce_sae) / (ce_zero - ce_clean), and loss_tokens (predicted tokens the losses average).
-    """
-    return downstream_losses(model, input_ids, layer, [sae], attention_mask, splice_mask)[0]
-
-
-@torch.no_grad()
-def downstream_losses(model, input_ids: Tensor, layer: int, saes: Sequence[SparseAutoencoder],
-                      attention_mask: Tensor | None = None, splice_mask: Tensor | None = None) -> list[dict]:
-    """`splice_loss_recovered` for several SAEs of one layer: one dict per SAE, in order.
-
-    The clean and zero-ablation passes do not depend on the SAE, so they run
-    once; each SAE costs one more forward pass. Several SAEs per layer are the
-    rule here (the ceiling control trains two seeds), and on models with large
-    vocabularies the passes dominate an evaluation job.
-    """
-    from .models import decoder_layers
-
-    blocks = decoder_layers(model)
-    if not 0 <= layer < len(blocks):
-        raise UserError(f"layer {layer} is out of range: the model has blocks 0..{len(blocks) - 1}")
-    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    mask = torch.ones_like(input_ids, dtype=torch.bool) if splice_mask is None else splice_mask.bool()
-
-    def replace_with(make_replacement):
-        def hook(module, inputs, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            spliced = torch.where(mask[..., None], make_replacement(hidden).to(hidden.dtype), hidden)
-            return (spliced, *output[1:]) if isinstance(output, tuple) else spliced
-        return hook
-
-    def spliced_loss(make_replacement) -> float:
-        handle = blocks[layer].register_forward_hook(replace_with(make_replacement))
-        try:
-            return _mean_next_token_loss(model, input_ids, attention_mask)
-        finally:
-            handle.remove()
-
-    ce_clean = _mean_next_token_loss(model, input_ids, attention_mask)
-    ce_zero = spliced_loss(torch.zeros_like)
-    # Predicted tokens behind each loss: a few hundred make fraction_recovered noise.
-    loss_tokens = int((attention_mask[:, 1:] * attention_mask[:, :-1]).sum())
-    gap = ce_zero - ce_clean
-    results = []
-    for sae in saes:
-        sae = sae.to(input_ids.device)
-        ce_sae = spliced_loss(lambda hidden, sae=sae: sae(hidden.float()))
-        results.append({"ce_clean": ce_clean, "ce_sae": ce_sae, "ce_zero": ce_zero,
-                        "fraction_recovered": (ce_zero - ce_sae) / gap if gap != 0 else float("nan"),
-                        "loss_tokens": loss_tokens})
-    return results
