@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .settings import CorpusSettings, from_section
+from .settings import CorpusSettings, as_settings
 from .io import atomic_path, hub_offline
 
 WIKIPEDIA_SAMPLE = (
@@ -292,7 +292,7 @@ def read_hf_dataset(name: str, split: str, text_field: str, config_name: str | N
 
 def load_documents(corpus: CorpusSettings | dict) -> list[str]:
     """All documents named by the corpus settings (or the `corpus` config section), in source order."""
-    corpus = _corpus_settings(corpus)
+    corpus = as_settings(CorpusSettings, corpus)
     source, limit = corpus.source, corpus.n_documents
     if source == "wikipedia-sample":
         documents = read_wikipedia_dump(wikipedia_sample_path())
@@ -389,7 +389,7 @@ def select_windows(
 
 def build_windows(corpus: CorpusSettings | dict) -> list[Window]:
     """Documents -> windows, as the corpus settings (or the `corpus` config section) say."""
-    corpus = _corpus_settings(corpus)
+    corpus = as_settings(CorpusSettings, corpus)
     documents = load_documents(corpus)
     if not documents:
         raise UserError("the corpus has no documents: check corpus.source and corpus.paths")
@@ -401,10 +401,6 @@ def build_windows(corpus: CorpusSettings | dict) -> list[Window]:
         order=corpus.order,
         seed=corpus.seed,
     )
-
-
-def _corpus_settings(corpus: CorpusSettings | dict) -> CorpusSettings:
-    return corpus if isinstance(corpus, CorpusSettings) else from_section(CorpusSettings, corpus)
 
 
 def write_windows(windows: list[Window], path: str | Path) -> None:
