@@ -1,14 +1,16 @@
 # Two commands on a fresh machine:
 #   make run    install everything pinned into .venv, then run the default experiment
-#   make test   install, then the whole test suite and `snakemake --lint`
-# CI runs `make install-slurm test` (.ci/run): the SLURM test then runs instead of skipping.
+#   make test   install, then the test suite on two workers and `snakemake --lint`
+# The system tests run the whole workflow against a private SLURM cluster (root, slurm-wlm) and on
+# a stand-in Hugging Face hub, minutes each: `make test-system`. CI runs both
+# (.ci/run: `make install-slurm test test-system`); without SLURM the cluster test skips, in CI it fails.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-slurm run test test-slurm lint benchmark scaling clean
+.PHONY: install install-slurm run test test-system test-slurm lint benchmark scaling clean
 
 install: $(STAMP)
 
@@ -38,17 +40,22 @@ scaling: install
 	$(BIN)/python -m sae_universality.scaling run --root $(SCALING_ROOT) --cores $(CORES)
 	$(BIN)/python -m sae_universality.scaling collect --root $(SCALING_ROOT) --out docs/figures/scaling
 
+# Two workers, each test file on one of them (module fixtures are built once); the system tests apart.
 test: install
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not system" --durations=15
 	$(BIN)/snakemake --lint
 
 # Debian's slurm-wlm and munge (root and apt-get; otherwise says why and does nothing).
 install-slurm:
 	bash .ci/install-slurm.sh
 
+# The presets on the stand-in hub and the tiny experiment on a private SLURM cluster, side by side.
+test-system: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m system --durations=10
+
 # Only the cluster test: a private single-node SLURM runs the tiny experiment.
 test-slurm: install
-	$(BIN)/python -m pytest -q tests/test_slurm.py
+	$(BIN)/python -m pytest -q --durations=5 tests/test_slurm.py
 
 lint: install
 	$(BIN)/snakemake --lint

@@ -15,6 +15,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker (make test runs two): BLAS and torch threads that wait for a core another
+    # worker holds cost 4-8x on the large similarity tests. Snakemake jobs set their own from the rule's threads.
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

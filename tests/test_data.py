@@ -56,8 +56,14 @@ def test_first_order_with_one_window_per_document_is_the_papers_setup():
     assert all(w.char_start == 0 for w in chosen)
 
 
-def test_wikipedia_sample_is_real_prose():
-    articles = list(read_wikipedia_dump(wikipedia_sample_path()))
+@pytest.fixture(scope="module")
+def wikipedia_articles():
+    """The sample's articles, parsed once for this module (mwparserfromhell takes half a minute)."""
+    return list(read_wikipedia_dump(wikipedia_sample_path()))
+
+
+def test_wikipedia_sample_is_real_prose(wikipedia_articles):
+    articles = wikipedia_articles
     assert 90 <= len(articles) <= 110
     total = sum(len(a) for a in articles)
     assert 2_500_000 < total < 4_000_000
@@ -67,10 +73,10 @@ def test_wikipedia_sample_is_real_prose():
     assert any(a.startswith("Anarchism") or "anarchism" in a[:300].lower() for a in articles)
 
 
-def test_wikipedia_leads_are_real_prose_and_join_the_sample():
-    from sae_universality.data import load_documents, read_wikipedia_leads, wikipedia_leads_path
+def test_wikipedia_leads_are_real_prose_and_join_the_sample(wikipedia_articles, monkeypatch):
+    import sae_universality.data as data
 
-    leads = list(read_wikipedia_leads(wikipedia_leads_path()))
+    leads = list(data.read_wikipedia_leads(data.wikipedia_leads_path()))
     assert len(leads) == 10_033
     assert 4_500_000 < sum(len(lead) for lead in leads) < 5_500_000
     assert leads[0].startswith("20th-century classical music is Western art music")
@@ -79,10 +85,18 @@ def test_wikipedia_leads_are_real_prose_and_join_the_sample():
     joined = "\n".join(leads)
     for markup in ("[[", "{{", "<ref", "'''"):
         assert joined.count(markup) < 5, markup
-    # The whole articles first (the sample's 90-110), then every lead; the dump is parsed once here.
-    both = load_documents({"source": "wikipedia"})
-    n_articles = len(both) - len(leads)
-    assert 90 <= n_articles <= 110 and both[n_articles:] == leads
+    # The whole articles first, then every lead. The dump's parse is the fixture's: the test above checks it,
+    # and parsing it again would only cost half a minute.
+    parsed = []
+
+    def parsed_articles(path):
+        parsed.append(path)
+        return iter(wikipedia_articles)
+
+    monkeypatch.setattr(data, "read_wikipedia_dump", parsed_articles)
+    both = data.load_documents({"source": "wikipedia"})
+    assert parsed == [data.wikipedia_sample_path()]
+    assert both == wikipedia_articles + leads
     assert both[0].lower().count("anarch") > 10 and len(both[0]) > 10_000
 
 

