@@ -280,6 +280,29 @@ def test_scaling_study_collects_a_finished_run(finished_run, tmp_path):
     assert (tmp_path / "scaling.png").stat().st_size > 20_000
 
 
+def test_a_collection_keeps_the_variants_whose_folders_are_gone(finished_run, tmp_path):
+    """The per-layer tables written beside the summary stand in for a deleted variant folder."""
+    from sae_universality.errors import UserError
+    from sae_universality.scaling import collect, read_collection, summary_table, write_collection
+
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "tokensall-latents8").symlink_to(finished_run, target_is_directory=True)
+    tables = collect(study)
+    write_collection(tables, tmp_path / "scaling")
+    kept = read_collection(tmp_path / "scaling")
+    assert sorted(kept) == ["ceiling_matching", "ceilings", "cross", "quality"]
+    # The folder gone: the same summary, value for value, from the kept tables alone.
+    (study / "tokensall-latents8").unlink()
+    pd.testing.assert_frame_equal(summary_table(collect(study, kept)), summary_table(tables))
+    # The folder back: its own rows count once, not twice.
+    (study / "tokensall-latents8").symlink_to(finished_run, target_is_directory=True)
+    again = collect(study, kept)
+    assert {name: len(table) for name, table in again.items()} == {name: len(table) for name, table in tables.items()}
+    with pytest.raises(UserError, match="--keep .*nothing.quality.tsv there"):
+        read_collection(tmp_path / "nothing")
+
+
 def test_a_damaged_file_ends_its_job_in_one_line_naming_it_and_the_rule_that_remakes_it(finished_run, tmp_path):
     """A truncated codes file (a disk that filled up): the matching job says which file and how to get it back."""
     import shutil

@@ -10,7 +10,10 @@ a variant starts from hard links to an earlier one's (or to a `--reuse` run's, s
 as the reference experiment's), so only its SAE stages run. `collect` then reads
 every finished variant's own tables and puts them side by side against the
 training tokens: SAE quality, the seed-to-seed ceiling, and the cross-model
-excess over chance at each layer pair.
+excess over chance at each layer pair. It also writes those per-layer tables
+(`<out>.quality.tsv`, `.ceilings.tsv`, `.ceiling_matching.tsv`, `.cross.tsv`, a
+few kilobytes): a later `collect --keep <out>` adds the variants they hold whose
+folders are gone, so the study's record outlives its bulky run folders.
 
     python -m sae_universality.scaling run --root runs/scaling            # every variant in turn
     python -m sae_universality.scaling collect --root runs/scaling --out docs/figures/scaling
@@ -170,16 +173,51 @@ def variant_rows(folder: Path) -> dict[str, pd.DataFrame]:
             if len(table)}
 
 
-def collect(root: Path) -> dict[str, pd.DataFrame]:
-    """Every finished variant's tables, concatenated, sorted by training tokens."""
+TABLE_NAMES = ("quality", "ceilings", "ceiling_matching", "cross")
+
+
+def collect(root: Path, kept: dict[str, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
+    """Every finished variant's tables, concatenated, sorted by training tokens.
+
+    `kept`: tables of an earlier collection (read_collection); its variants that have no finished
+    folder under `root` are added, so a study keeps the variants whose run folders are gone."""
     tables: dict[str, list] = {}
-    for folder in sorted(path for path in root.iterdir() if (path / "config.yaml").is_file()):
-        for name, table in variant_rows(folder).items():
-            tables.setdefault(name, []).append(table)
+    found = set()
+    if root.is_dir():
+        for folder in sorted(path for path in root.iterdir() if (path / "config.yaml").is_file()):
+            for name, table in variant_rows(folder).items():
+                tables.setdefault(name, []).append(table)
+                found.add(folder.name)
+    for name, table in (kept or {}).items():
+        earlier = table[~table["variant"].isin(found)]
+        if len(earlier):
+            tables.setdefault(name, []).append(earlier)
     if not tables:
         raise UserError(f"{root}: no finished scaling variant (results/saes/quality.tsv) yet; run the study first")
-    return {name: pd.concat(frames, ignore_index=True).sort_values(["d_sae", "training_tokens"])
+    return {name: pd.concat(frames, ignore_index=True).sort_values(["d_sae", "training_tokens"], kind="stable")
             for name, frames in tables.items()}
+
+
+def collection_path(prefix: Path, name: str) -> Path:
+    return prefix.with_name(f"{prefix.name}.{name}.tsv")
+
+
+def write_collection(tables: dict[str, pd.DataFrame], prefix: Path) -> None:
+    """The per-layer tables behind the summary, one TSV each beside it (`<prefix>.<name>.tsv`)."""
+    for name in TABLE_NAMES:
+        if name in tables:
+            with atomic_path(collection_path(prefix, name), suffix=".tsv") as temporary:
+                tables[name].to_csv(temporary, sep="\t", index=False)
+
+
+def read_collection(prefix: Path) -> dict[str, pd.DataFrame]:
+    """What write_collection wrote at `prefix` (a UserError naming the prefix if there is nothing)."""
+    tables = {name: pd.read_csv(collection_path(prefix, name), sep="\t")
+              for name in TABLE_NAMES if collection_path(prefix, name).is_file()}
+    if "quality" not in tables:
+        raise UserError(f"--keep {prefix}: no {collection_path(prefix, 'quality').name} there; give the --out "
+                        "prefix of an earlier collect")
+    return tables
 
 
 def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -309,15 +347,20 @@ def main(argv: list[str] | None = None) -> None:
                             help="finished runs (folders with config.yaml) whose activations a variant may share")
     collect_parser = commands.add_parser("collect", help="the table and figure of the finished variants")
     collect_parser.add_argument("--root", type=Path, default=Path("runs/scaling"))
-    collect_parser.add_argument("--out", type=Path, required=True, help="path prefix of <out>.tsv, .md and .png")
+    collect_parser.add_argument("--out", type=Path, required=True,
+                                help="path prefix of <out>.tsv, .md, .png and the per-layer <out>.<table>.tsv")
+    collect_parser.add_argument("--keep", type=Path,
+                                help="an earlier collection's prefix: its variants without a folder under --root "
+                                     "are kept")
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "run":
             run(args.root, args.preset, args.cores, args.only, extra, args.reuse)
         else:
-            tables = collect(args.root)
+            tables = collect(args.root, read_collection(args.keep) if args.keep else None)
             table = summary_table(tables)
             args.out.parent.mkdir(parents=True, exist_ok=True)
+            write_collection(tables, args.out)
             with atomic_path(args.out.with_suffix(".tsv"), suffix=".tsv") as temporary:
                 table.to_csv(temporary, sep="\t", index=False, float_format="%.4g")
             plot_study(tables, args.out.with_suffix(".png"))
