@@ -33,12 +33,14 @@ run: install
 	$(BIN)/snakemake --workflow-profile workflow/profiles/default --cores $(CORES) --report results/report.html
 
 # The scaling study (docs/results.md): presets/scaling.yaml at several token budgets, each in
-# runs/scaling/<variant> (resumable), then its table and figure. Hours on 2 cores.
+# runs/scaling/<variant> (resumable), then its table and figure. Hours on 2 cores. The committed
+# per-layer tables keep the variants whose folders are not here (--keep).
 SCALING_ROOT ?= runs/scaling
 
 scaling: install
 	$(BIN)/python -m sae_universality.scaling run --root $(SCALING_ROOT) --cores $(CORES)
-	$(BIN)/python -m sae_universality.scaling collect --root $(SCALING_ROOT) --out docs/figures/scaling
+	$(BIN)/python -m sae_universality.scaling collect --root $(SCALING_ROOT) --out docs/figures/scaling \
+		$(if $(wildcard docs/figures/scaling.quality.tsv),--keep docs/figures/scaling)
 
 # Two workers, each test file on one of them (module fixtures are built once); the system tests apart.
 test: install
