@@ -36,13 +36,11 @@ def smollm2(tmp_path_factory):
         loaded.append(_load_gguf(gguf_file))
         return loaded[-1]
 
-    models._load_gguf = load_and_keep
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "_load_gguf", load_and_keep)
         manifest = prepare_model("smollm2", {"embedded": "smollm2-135m-instruct", "layers": [5]}, root / "model")
-    finally:
-        models._load_gguf = _load_gguf
-    if not loaded:  # another test of this session filled the machine's model cache first
-        loaded.append(_load_gguf(EMBEDDED["smollm2-135m-instruct"].locate_gguf(root)))
+    # The session's model cache starts empty (conftest.model_cache) and only this module fills it.
+    assert len(loaded) == 1, "prepare_model dequantizes the GGUF file exactly once"
     return root, manifest, loaded[0]
 
 
