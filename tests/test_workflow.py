@@ -254,7 +254,7 @@ def test_report_opens_with_the_verdict(finished_run):
 
 def test_scaling_study_collects_a_finished_run(finished_run, tmp_path):
     """The scaling study's table and figure, from a finished run standing in for one variant."""
-    from sae_universality.scaling import collect, markdown_table, plot_study, summary_table
+    from sae_universality.scaling import collect, excess_series, markdown_table, plot_study, summary_table
 
     (tmp_path / "tokensall-latents8").symlink_to(finished_run, target_is_directory=True)
     tables = collect(tmp_path)
@@ -276,6 +276,15 @@ def test_scaling_study_collects_a_finished_run(finished_run, tmp_path):
     markdown = markdown_table(table)
     assert "| tokensall-latents8 |" in markdown and "heldout_svcca: ceiling above chance" in markdown
     assert f"/ {row['cross_rsa_significant']} /" in markdown
+    # What the figure draws: the excess over chance with its interval, per layer pair, in float64 from the run's own table.
+    drawn = tables["cross"][(tables["cross"]["model_b"] == "llama") & (tables["cross"]["metric"] == "rsa")]
+    series = excess_series(drawn, ["layer_a", "layer_b"])
+    expected = cells.sort_values(["layer_a", "layer_b"]).astype({"observed": "float64"})
+    np.testing.assert_allclose(series["excess"], expected["observed"] - expected["null_mean"], rtol=1e-12)
+    np.testing.assert_allclose(series["excess_low"], expected["ci_low"] - expected["null_mean"], rtol=1e-12)
+    np.testing.assert_allclose(series["excess_high"], expected["ci_high"] - expected["null_mean"], rtol=1e-12)
+    assert series["significant"].tolist() == (expected["p_adjusted"] < 0.05).tolist()
+    assert (series["excess_low"] <= series["excess_high"]).all()
     plot_study(tables, tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").stat().st_size > 20_000
 

@@ -270,40 +270,65 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def excess_series(cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per (cell key, width), sorted by training tokens: the excess over chance and its 95% interval.
+
+    The interval is the observed score's half-sample interval shifted by the same null mean, so it is the
+    uncertainty of the excess given the null; `significant` is the table's own mark (adjusted p or
+    above_chance)."""
+    series = cells[[*keys, "d_sae", "training_tokens"]].copy()
+    series["excess"] = cells["observed"] - cells["null_mean"]
+    series["excess_low"] = cells["ci_low"] - cells["null_mean"]
+    series["excess_high"] = cells["ci_high"] - cells["null_mean"]
+    series["significant"] = cells["significant"].astype(bool)
+    return series.sort_values([*keys, "d_sae", "training_tokens"], kind="stable").reset_index(drop=True)
+
+
 def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
-    """Three rows of panels against training tokens: SAE quality, seed-to-seed ceiling, cross-model excess."""
+    """Three rows of panels against training tokens: SAE quality, seed-to-seed ceiling, cross-model excess.
+
+    Ceiling and cross-model excesses carry their 95% half-sample intervals as shaded bands."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     quality, ceilings, cross = tables["quality"], tables.get("ceilings"), tables.get("cross")
+    matching = tables.get("ceiling_matching")
     metrics = list(dict.fromkeys(cross["metric"])) if cross is not None else []
-    figure, axes = plt.subplots(3, max(3, len(metrics)), figsize=(3.3 * max(3, len(metrics)), 9.5), squeeze=False)
+    columns = max(4, len(metrics))
+    figure, axes = plt.subplots(3, columns, figsize=(3.3 * columns, 9.5), squeeze=False)
     for axis in axes.flat:
         axis.set_xscale("log")
         axis.xaxis.set_minor_formatter(plt.NullFormatter())  # labelled minor ticks overlap on a few decades
     widths = sorted(quality["d_sae"].unique())
     markers = dict(zip(widths, "osD^v"))
-    for column, (name, label) in enumerate((("fraction_recovered", "loss recovered"), ("fvu", "FVU"),
-                                            ("dead_fraction", "dead fraction"))):
+    panels = [(quality, "fraction_recovered", "SAE loss recovered (held out)"),
+              (quality, "fvu", "SAE FVU (held out)"),
+              (quality, "dead_fraction", "SAE dead fraction (held out)")]
+    if matching is not None and len(matching):
+        # Seed agreement: how well a feature's best match in the second seed correlates, per layer.
+        panels.append((matching.rename(columns={"model_a": "model", "layer_a": "layer"}), "mean_max_correlation",
+                       "seed agreement (mean best-match corr.)"))
+    for column, (table, name, title) in enumerate(panels):
         axis = axes[0, column]
-        for (model, layer), group in quality.groupby(["model", "layer"]):
+        for (model, layer), group in table.groupby(["model", "layer"]):
             for width, cells in group.groupby("d_sae"):
                 means = cells.groupby("training_tokens")[name].mean()
                 axis.plot(means.index, means.values, marker=markers[width], label=f"{model} {layer} ({width})")
-        axis.set_title(f"SAE {label} (held out)", fontsize=9)
+        axis.set_title(title, fontsize=9)
         if name == "fraction_recovered":
             axis.axhline(0.8, color="grey", linestyle=":", linewidth=0.8)
         if name == "dead_fraction":
             axis.axhline(0.1, color="grey", linestyle=":", linewidth=0.8)
     axes[0, 0].legend(fontsize=6)
-    for axis in axes[0, 3:]:
+    for axis in axes[0, len(panels):]:
         axis.axis("off")
-    for column, metric in enumerate(metrics):
+    for column in range(columns):
+        metric = metrics[column] if column < len(metrics) else None
         for row, (table, title) in enumerate(((ceilings, "ceiling (seed vs seed)"), (cross, "cross-model"))):
             axis = axes[row + 1, column]
-            if table is None or not len(table):
+            if metric is None or table is None or not len(table):
                 axis.axis("off")
                 continue
             cells = table[table["metric"] == metric]
@@ -312,23 +337,29 @@ def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
                 keys = ["layer_a", "layer_b"]
             else:
                 keys = ["model", "layer"]
-            for key, group in cells.groupby(keys):
-                for width, points in group.groupby("d_sae"):
-                    points = points.sort_values("training_tokens")
-                    excess = points["observed"] - points["null_mean"]
-                    significant = points["significant"].astype(bool)
-                    line = axis.plot(points["training_tokens"], excess, marker=markers[width], markersize=4,
-                                     label=" / ".join(map(str, key)) + f" ({width})")[0]
-                    axis.scatter(points["training_tokens"][significant], excess[significant], s=40,
-                                 facecolors="none", edgecolors=line.get_color())
+            series = list(excess_series(cells, keys).groupby([*keys, "d_sae"]))
+            for index, (key, points) in enumerate(series):
+                # Each series nudged sideways (a few percent on the log axis) so the intervals stay apart.
+                tokens = points["training_tokens"] * 10 ** (0.02 * (index - (len(series) - 1) / 2))
+                line = axis.plot(tokens, points["excess"], marker=markers[key[-1]], markersize=4,
+                                 label=" / ".join(map(str, key[:-1])) + f" ({key[-1]})")[0]
+                axis.vlines(tokens, points["excess_low"], points["excess_high"], color=line.get_color(),
+                            alpha=0.5, linewidth=1.0)
+                significant = points["significant"].to_numpy()
+                axis.scatter(tokens[significant], points["excess"][significant], s=40,
+                             facecolors="none", edgecolors=line.get_color())
             axis.axhline(0.0, color="black", linewidth=0.6)
             axis.set_title(f"{title}: {metric} excess", fontsize=9)
             if column == 0:
                 axis.legend(fontsize=6)
+    # One x range for every panel, wide enough that the nudged intervals of a single budget stay readable.
+    tokens = quality["training_tokens"]
+    for axis in axes.flat:
+        axis.set_xlim(tokens.min() / 1.6, tokens.max() * 1.6)
     for axis in axes[2]:
         axis.set_xlabel("training tokens per SAE")
     figure.suptitle("Scaling study: SAE quality, seed-to-seed ceiling and cross-model excess over chance vs training "
-                    "tokens (circled: significant)", fontsize=10)
+                    "tokens (bars: 95% half-sample intervals; circled: significant)", fontsize=10)
     figure.tight_layout()
     with atomic_path(out_path, suffix=".png") as temporary:
         figure.savefig(temporary, dpi=110, format="png")
