@@ -89,8 +89,9 @@ def test_verdict_says_plainly_when_nothing_is_significant(tmp_path):
 
 def test_verdict_names_significant_layer_pairs_and_the_floor(tmp_path):
     scores = verdict_inputs([0.001, 0.01, 0.9])
-    floor = verdict_inputs([0.4, 0.5, 0.9]).assign(model_b="b-rerandomized", observed=[0.2, 0.1, 0.1],
-                                                   excess=[0.2, 0.1, 0.1])
+    # A floor above chance at the best layer pair: token identity explains part of it, and the difference counts.
+    floor = verdict_inputs([0.001, 0.5, 0.9]).assign(model_b="b-rerandomized", observed=[0.2, 0.1, 0.1],
+                                                     excess=[0.2, 0.1, 0.1])
     text = write_verdict({("a", "b"): scores, ("a", "b-rerandomized"): floor}, {("a", "b"): ("a", "b-rerandomized")},
                          quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
     assert "Nothing is significant" not in text and "rsa 2/3" in text
@@ -98,11 +99,22 @@ def test_verdict_names_significant_layer_pairs_and_the_floor(tmp_path):
             "layer 0 with b layer 5, significant on 1 of 1 metrics (rsa).") in text
     assert "Caution" not in text  # these SAEs recover 0.85 and more, with few dead latents
     assert "**significant**" in text
-    assert "re-randomized floor (b-rerandomized) gives excess 0.2" in text and "exceeds it by 0.3" in text
+    assert "re-randomized floor (b-rerandomized) is above chance too (excess 0.2, adjusted p 0.003" in text
+    assert "exceeds it by 0.3" in text
     assert "a vs b-rerandomized" not in text  # the floor pair is part of its real pair's verdict
     assert "No floor control ran" not in text
     table = pd.read_csv(tmp_path / "v.tsv", sep="\t")
     assert len(table) == 1 and table.loc[0, "excess_above_floor"] == pytest.approx(0.3)
+    # A floor at chance: its excess is noise, so no difference is drawn from it (the table keeps the number).
+    at_chance = floor.assign(p=[0.4, 0.5, 0.9], p_adjusted=[0.8, 0.8, 0.9], excess=[-0.5, 0.1, 0.1])
+    text = write_verdict({("a", "b"): scores, ("a", "b-rerandomized"): at_chance},
+                         {("a", "b"): ("a", "b-rerandomized")}, quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS,
+                         tmp_path / "v.md", tmp_path / "v.tsv")
+    assert ("the re-randomized floor (b-rerandomized) is at chance here (excess -0.5, adjusted p 0.8") in text
+    assert "token identity alone does not produce this score" in text
+    assert "exceeds it by" not in text and "falls below it by" not in text
+    table = pd.read_csv(tmp_path / "v.tsv", sep="\t")
+    assert table.loc[0, "excess_above_floor"] == pytest.approx(1.0)  # 0.5 - (-0.5)
 
 
 def test_verdict_reads_an_unscorable_floor_as_no_matches_from_token_identity(tmp_path):

@@ -277,7 +277,7 @@ def excess_series(cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     uncertainty of the excess given the null; `significant` is the table's own mark (adjusted p or
     above_chance)."""
     series = cells[[*keys, "d_sae", "training_tokens"]].copy()
-    series["excess"] = cells["observed"] - cells["null_mean"]
+    series["excess"] = cells["observed"] - cells["null_mean"]  # the tables round their excess column; this matches the interval
     series["excess_low"] = cells["ci_low"] - cells["null_mean"]
     series["excess_high"] = cells["ci_high"] - cells["null_mean"]
     series["significant"] = cells["significant"].astype(bool)
@@ -287,7 +287,7 @@ def excess_series(cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
     """Three rows of panels against training tokens: SAE quality, seed-to-seed ceiling, cross-model excess.
 
-    Ceiling and cross-model excesses carry their 95% half-sample intervals as shaded bands."""
+    Ceiling and cross-model excesses carry their 95% half-sample intervals as vertical bars."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -248,10 +248,17 @@ def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilin
                 text += (f"; the re-randomized floor ({row.floor_model}) keeps only {pairs} at these layers, too "
                          "few to score: token identity alone does not produce these matches")
             elif isinstance(row.floor_model, str):
-                text += (f"; the re-randomized floor ({row.floor_model}) gives excess {_number(row.floor_excess)} "
-                         f"(adjusted p {_number(row.floor_p_adjusted, 2)}); the real pair "
-                         + (f"exceeds it by {_number(row.excess_above_floor)}" if row.excess_above_floor >= 0
-                            else f"falls below it by {_number(-row.excess_above_floor)}"))
+                floor = (f"excess {_number(row.floor_excess)}, adjusted p {_number(row.floor_p_adjusted, 2)}"
+                         + (f", on {int(row.floor_n_pairs)} matched pairs" if np.isfinite(row.floor_n_pairs) else ""))
+                if row.floor_p_adjusted < significance:
+                    text += (f"; the re-randomized floor ({row.floor_model}) is above chance too ({floor}), so token "
+                             "identity carries part of this; the real pair "
+                             + (f"exceeds it by {_number(row.excess_above_floor)}" if row.excess_above_floor >= 0
+                                else f"falls below it by {_number(-row.excess_above_floor)}"))
+                else:
+                    # A floor at chance has no excess to subtract: the difference would only measure its noise.
+                    text += (f"; the re-randomized floor ({row.floor_model}) is at chance here ({floor}): token "
+                             "identity alone does not produce this score")
             lines.append(text + ".")
         semantic_line = semantic_sentence((semantic or {}).get((model_a, model_b)), significance)
         if semantic_line:
