@@ -38,8 +38,8 @@ run: install
 SCALING_ROOT ?= runs/scaling
 
 scaling: install
-	$(BIN)/python -m sae_universality.scaling run --root $(SCALING_ROOT) --cores $(CORES)
-	$(BIN)/python -m sae_universality.scaling collect --root $(SCALING_ROOT) --out docs/figures/scaling \
+	$(BIN)/python -m sae_universality.studies.scaling run --root $(SCALING_ROOT) --cores $(CORES)
+	$(BIN)/python -m sae_universality.studies.scaling collect --root $(SCALING_ROOT) --out docs/figures/scaling \
 		$(if $(wildcard docs/figures/scaling.quality.tsv),--keep docs/figures/scaling)
 
 # Two workers, each test file on one of them (module fixtures are built once); the system tests apart.

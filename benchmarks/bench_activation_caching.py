@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from sae_universality.activations import cache_activations, prepare_tokenizer, tokenize_windows
-from sae_universality.data import build_windows
-from sae_universality.models import decoder_layers, load_model, prepare_model
+from sae_universality.activations.cache import cache_activations, prepare_tokenizer, tokenize_windows
+from sae_universality.text.corpus import build_windows
+from sae_universality.models.sources import decoder_layers, load_model, prepare_model
 
 
 def bare_forward(model, batches, deepest: int) -> float:

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from sae_universality.saes import SaeConfig, SparseAutoencoder
-from sae_universality.training import SaeTrainer, TrainConfig
+from sae_universality.saes.architectures import SaeConfig, SparseAutoencoder
+from sae_universality.saes.training import SaeTrainer, TrainConfig
 
 
 def seconds_per_call(function, repeats: int) -> float:

@@ -1,5 +1,5 @@
 """Snakemake script: common token boundaries of a model pair -> results/alignment/{pair}.h5 and .tsv."""
-from sae_universality.alignment import write_alignment, write_alignment_summary
+from sae_universality.activations.alignment import write_alignment, write_alignment_summary
 from sae_universality.entry import run_script
 
 

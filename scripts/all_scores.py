@@ -1,6 +1,6 @@
 """Snakemake script: every pair's scores (and semantic scores) in one tidy long table."""
 from sae_universality.entry import run_script
-from sae_universality.similarity_stage import tidy_scores
+from sae_universality.similarity.stage import tidy_scores
 
 
 def main(snakemake):

@@ -1,7 +1,7 @@
 """Snakemake script: documents -> context windows (resources/corpus/windows.jsonl)."""
 import sys
 
-from sae_universality.data import build_windows, corpus_statistics, write_windows
+from sae_universality.text.corpus import build_windows, corpus_statistics, write_windows
 from sae_universality.entry import run_script
 
 

@@ -1,5 +1,5 @@
 """Snakemake script: one forward pass over a shard of windows, one HDF5 file per layer."""
-from sae_universality.activations import cache_shard
+from sae_universality.activations.cache import cache_shard
 from sae_universality.entry import run_script
 
 

@@ -1,6 +1,6 @@
 """Snakemake script: SAE codes of every cached position, stored sparsely (results/codes)."""
 from sae_universality.entry import run_script
-from sae_universality.sae_stage import encode
+from sae_universality.saes.stage import encode
 
 
 def main(snakemake):

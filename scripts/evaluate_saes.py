@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from sae_universality.entry import run_script
-from sae_universality.sae_stage import evaluate
+from sae_universality.saes.stage import evaluate
 
 
 def main(snakemake):

@@ -1,6 +1,6 @@
 """Snakemake script: a published SAE (local folder or hub) -> SAELens layout in results/saes."""
 from sae_universality.entry import run_script
-from sae_universality.sae_stage import cache_width, load_pretrained
+from sae_universality.saes.stage import cache_width, load_pretrained
 
 
 def main(snakemake):

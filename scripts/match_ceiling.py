@@ -1,6 +1,6 @@
 """Snakemake script: the ceiling control's matching: two SAEs (two seeds) of one model and layer."""
 from sae_universality.entry import run_script
-from sae_universality.match_stage import MatchOutputs, Side, all_rows, match_layer_pair
+from sae_universality.matching.stage import MatchOutputs, Side, all_rows, match_layer_pair
 from sae_universality.settings import MatchSettings, from_section
 
 

@@ -1,6 +1,6 @@
 """Snakemake script: pair the features of one (model pair, layer_a, layer_b) by activation correlation."""
 from sae_universality.entry import run_script
-from sae_universality.match_stage import MatchOutputs, Side, aligned_rows, match_layer_pair
+from sae_universality.matching.stage import MatchOutputs, Side, aligned_rows, match_layer_pair
 from sae_universality.settings import MatchSettings, from_section
 
 

@@ -1,7 +1,7 @@
 """Snakemake script: one summary table and one browsable page of matched pairs per model pair."""
 from sae_universality.entry import run_script
-from sae_universality.match_stage import write_pairs_page
-from sae_universality.sae_stage import collect_tables
+from sae_universality.matching.stage import write_pairs_page
+from sae_universality.saes.stage import collect_tables
 
 
 def main(snakemake):

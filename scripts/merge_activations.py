@@ -1,5 +1,5 @@
 """Snakemake script: the shards of one (model, layer) -> results/activations/{model}/layer{layer}.h5."""
-from sae_universality.activations import merge_shards
+from sae_universality.activations.cache import merge_shards
 from sae_universality.entry import run_script
 
 

@@ -1,6 +1,6 @@
 """Snakemake script: make one model loadable offline in seconds (resources/models/{model})."""
 from sae_universality.entry import run_script
-from sae_universality.models import prepare_model
+from sae_universality.models.sources import prepare_model
 
 
 def main(snakemake):

@@ -1,6 +1,6 @@
 """Snakemake script: every SAE's quality row -> one table; every training curve -> one figure."""
 from sae_universality.entry import run_script
-from sae_universality.sae_stage import collect_tables, plot_training_curves
+from sae_universality.saes.stage import collect_tables, plot_training_curves
 
 
 def main(snakemake):

@@ -1,7 +1,7 @@
 """Snakemake script: the ceiling control's scores: two SAEs (two seeds) of one model and layer."""
 from sae_universality.entry import run_script
 from sae_universality.settings import SimilaritySettings, from_section
-from sae_universality.similarity_stage import score_layer_pair
+from sae_universality.similarity.stage import score_layer_pair
 
 
 def main(snakemake):

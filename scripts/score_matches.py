@@ -1,8 +1,8 @@
 """Snakemake script: every metric on the kept pairs' decoder rows (whole match and per semantic category)."""
 from sae_universality.entry import run_script
-from sae_universality.semantic import score_semantic
+from sae_universality.similarity.semantic import score_semantic
 from sae_universality.settings import SimilaritySettings, from_section
-from sae_universality.similarity_stage import score_layer_pair
+from sae_universality.similarity.stage import score_layer_pair
 
 
 def main(snakemake):

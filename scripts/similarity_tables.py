@@ -1,9 +1,9 @@
 """Snakemake script: a pair's tables (wide and long), heatmaps (excess and raw), semantic table and bar chart."""
 from sae_universality.entry import run_script
-from sae_universality.report import plot_heatmaps, plot_semantic_bars
-from sae_universality.semantic import semantic_table
+from sae_universality.report.figures import plot_heatmaps, plot_semantic_bars
+from sae_universality.similarity.semantic import semantic_table
 from sae_universality.settings import SimilaritySettings, from_section
-from sae_universality.similarity_stage import pair_table
+from sae_universality.similarity.stage import pair_table
 
 
 def main(snakemake):

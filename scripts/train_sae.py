@@ -1,6 +1,6 @@
 """Snakemake script: train one SAE on the training windows of an activation cache (resumes after a kill)."""
 from sae_universality.entry import run_script
-from sae_universality.sae_stage import train_on_cache
+from sae_universality.saes.stage import train_on_cache
 from sae_universality.settings import TrainSettings, from_section
 
 

@@ -3,7 +3,7 @@ import pandas as pd
 
 from sae_universality.entry import run_script
 from sae_universality.settings import SimilaritySettings, from_section
-from sae_universality.verdict import read_tables, write_verdict
+from sae_universality.report.verdict import read_tables, write_verdict
 
 
 def main(snakemake):

@@ -131,7 +131,7 @@ def tiny_models(tmp_path_factory, tokenizers_pair):
 
 @pytest.fixture(scope="session")
 def windows():
-    from sae_universality.data import select_windows
+    from sae_universality.text.corpus import select_windows
 
     return select_windows(documents(), window_chars=180, token_budget=None, windows_per_document=None,
                           order="first", seed=0)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from sae_universality.activations import cache_shard, merge_shards, prepare_tokenizer, tokenize_windows
-from sae_universality.data import write_windows
+from sae_universality.activations.cache import cache_shard, merge_shards, prepare_tokenizer, tokenize_windows
+from sae_universality.text.corpus import write_windows
 from sae_universality.errors import UserError
-from sae_universality.models import load_model, prepare_model
+from sae_universality.models.sources import load_model, prepare_model
 
 ARCHITECTURES = ["gpt_neox", "gemma", "gemma2", "llama"]
 
@@ -108,7 +108,7 @@ def test_a_layer_beyond_the_model_is_refused(prepared, windows_file, tmp_path):
 
 
 def test_nan_activations_stop_the_job_naming_model_layer_and_position(prepared, windows_file, tmp_path, monkeypatch):
-    import sae_universality.activations as activations
+    import sae_universality.activations.cache as activations
 
     real = activations.residual_stream
 
@@ -125,7 +125,7 @@ def test_nan_activations_stop_the_job_naming_model_layer_and_position(prepared, 
 
 
 def test_float16_overflow_is_reported_with_the_fix(prepared, windows_file, tmp_path, monkeypatch):
-    import sae_universality.activations as activations
+    import sae_universality.activations.cache as activations
 
     real = activations.residual_stream
 

@@ -4,10 +4,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from sae_universality.activations import cache_shard, read_positions
-from sae_universality.alignment import align_positions, write_alignment, write_alignment_summary
-from sae_universality.data import write_windows
-from sae_universality.models import prepare_model
+from sae_universality.activations.cache import cache_shard, read_positions
+from sae_universality.activations.alignment import align_positions, write_alignment, write_alignment_summary
+from sae_universality.text.corpus import write_windows
+from sae_universality.models.sources import prepare_model
 
 
 def cache(tiny_models, architecture, windows_file, root):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from sae_universality.codes import encode_cache_to_codes, iter_code_chunks, read_code_rows
+from sae_universality.saes.codes import encode_cache_to_codes, iter_code_chunks, read_code_rows
 from sae_universality.errors import UserError
-from sae_universality.saes import SaeConfig, sae_from_weights
+from sae_universality.saes.architectures import SaeConfig, sae_from_weights
 
 N_ROWS, D_IN, D_SAE = 500, 10, 48
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from sae_universality.data import (
+from sae_universality.text.corpus import (
     build_windows, cut_windows, fingerprint, read_text_files, read_wikipedia_dump, read_windows,
     select_windows, wikipedia_sample_path, write_windows,
 )
@@ -74,7 +74,7 @@ def test_wikipedia_sample_is_real_prose(wikipedia_articles):
 
 
 def test_wikipedia_leads_are_real_prose_and_join_the_sample(wikipedia_articles, monkeypatch):
-    import sae_universality.data as data
+    import sae_universality.text.corpus as data
 
     leads = list(data.read_wikipedia_leads(data.wikipedia_leads_path()))
     assert len(leads) == 10_033

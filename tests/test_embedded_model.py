@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sae_universality.activations import cache_shard
-from sae_universality.data import Window, write_windows
-from sae_universality.models import EMBEDDED, _load_gguf, prepare_model
+from sae_universality.activations.cache import cache_shard
+from sae_universality.text.corpus import Window, write_windows
+from sae_universality.models.sources import EMBEDDED, _load_gguf, prepare_model
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def smollm2(tmp_path_factory):
     The in-memory model is the one prepare_model saved: kept here as the independent reference of the
     cache (saved folder -> reload -> hooks -> HDF5) instead of loading the GGUF a second time (20 s).
     """
-    import sae_universality.models as models
+    import sae_universality.models.sources as models
 
     root = tmp_path_factory.mktemp("smollm2")
     loaded = []
@@ -55,7 +55,7 @@ def test_dequantized_folder_matches_the_registry(smollm2):
 
 
 def test_the_dequantized_model_is_made_once_per_machine(smollm2, model_cache, tmp_path, monkeypatch):
-    import sae_universality.models as models
+    import sae_universality.models.sources as models
 
     _, manifest, _ = smollm2
     folder = Path(manifest["load_from"])
@@ -100,7 +100,7 @@ def test_cache_of_the_real_model_equals_the_gguf_models_hidden_states(smollm2):
 def test_token_decoder_equals_the_transformers_tokenizer(smollm2):
     from transformers import AutoTokenizer
 
-    from sae_universality.models import token_decoder
+    from sae_universality.models.sources import token_decoder
 
     root, manifest, _ = smollm2
     decode = token_decoder(root / "model" / "manifest.json")
@@ -116,7 +116,7 @@ def test_token_decoder_equals_the_transformers_tokenizer(smollm2):
 def test_gguf_metadata_is_parsed_once_per_file(tmp_path):
     import gguf
 
-    from sae_universality.models import _gguf_parsed_once
+    from sae_universality.models.sources import _gguf_parsed_once
 
     path = EMBEDDED["smollm2-135m-instruct"].locate_gguf(tmp_path)
     original = gguf.GGUFReader

@@ -12,7 +12,7 @@ import yaml
 
 from sae_universality.config import SCHEMA, check_config
 from sae_universality.errors import UserError
-from sae_universality.models import known_n_layers, load_model, prepare_model, rerandomize_parameters
+from sae_universality.models.sources import known_n_layers, load_model, prepare_model, rerandomize_parameters
 
 from conftest import REPO
 

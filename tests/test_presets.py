@@ -82,7 +82,7 @@ def test_presets_folder_holds_both_variants_of_both_experiments_and_own_saes():
 
 def test_scaling_preset_and_every_study_variant_are_valid_configs():
     from sae_universality.config import check_config
-    from sae_universality.scaling import study_variants
+    from sae_universality.studies.scaling import study_variants
 
     variants = study_variants(load_preset("scaling"))
     assert list(variants) == ["tokens16000-latents2048", "tokens50000-latents2048", "tokens150000-latents2048",
@@ -96,7 +96,7 @@ def test_scaling_preset_and_every_study_variant_are_valid_configs():
 
 
 def test_study_variants_and_the_reference_share_activations_exactly_where_their_text_and_layers_agree(tmp_path):
-    from sae_universality.scaling import activation_identity, share_activations, study_variants, write_variant
+    from sae_universality.studies.scaling import activation_identity, share_activations, study_variants, write_variant
 
     variants = study_variants(load_preset("scaling"))
     reference = load_preset("reference")
@@ -297,7 +297,7 @@ def cached_activations(results: Path, model: str, layer: int) -> np.ndarray:
 
 
 def stored_codes(results: Path, model: str, layer: int, sae: str = "pretrained") -> tuple[np.ndarray, str]:
-    from sae_universality.codes import read_code_rows
+    from sae_universality.saes.codes import read_code_rows
 
     path = results / "codes" / model / f"layer{layer}" / f"{sae}.h5"
     with h5py.File(path, "r") as handle:
@@ -391,7 +391,7 @@ def test_pythia_paper_loads_eleutherais_saes_from_the_hub_cache(pythia_runs, hub
 
 @pytest.mark.system
 def test_pythia_paper_reads_the_first_documents_at_300_tokens(pythia_runs):
-    from sae_universality.data import read_windows
+    from sae_universality.text.corpus import read_windows
 
     windows = read_windows(pythia_runs["pythia-paper"][0].parent.parent / "run/resources/corpus/windows.jsonl")
     assert [w.doc_index for w in windows] == list(range(8)) and all(w.char_start == 0 for w in windows)
@@ -528,7 +528,7 @@ def test_gemma_variants_carry_their_settings_to_matching_and_scores(gemma_runs):
 
 
 def test_canonical_gemma_scope_pick_is_saelens_canonical_release(tmp_path):
-    from sae_universality.sae_formats import pick_canonical_gemma_scope
+    from sae_universality.saes.formats import pick_canonical_gemma_scope
 
     for layer, l0s in GEMMA_SCOPE_L0S.items():
         for l0 in l0s:
@@ -543,7 +543,7 @@ def test_norm_scaled_saelens_sae_is_folded_to_read_raw_activations(tmp_path, nor
 
     from safetensors.numpy import save_file
 
-    from sae_universality.sae_formats import load_sae
+    from sae_universality.saes.formats import load_sae
 
     rng = np.random.default_rng(3)
     d_in, d_sae, s = 6, 10, 0.25
@@ -569,7 +569,7 @@ def test_gemma_res_jb_folders_and_factor_come_from_the_saelens_release(tmp_path)
 
     from safetensors.numpy import save_file
 
-    from sae_universality.sae_formats import load_sae, saelens_release_folder
+    from sae_universality.saes.formats import load_sae, saelens_release_folder
 
     repo = "jbloom/Gemma-2b-Residual-Stream-SAEs"
     assert {layer: saelens_release_folder(f"blocks.{layer}.hook_resid_post", repo=repo) for layer in GEMMA_RES_JB_FOLDERS} == GEMMA_RES_JB_FOLDERS
@@ -601,7 +601,7 @@ def openwebtext_cache(tmp_path, monkeypatch):
 def test_the_presets_read_openwebtexts_parquet_through_the_real_datasets_library(openwebtext_cache, capfd):
     import datasets
 
-    from sae_universality.data import load_documents
+    from sae_universality.text.corpus import load_documents
 
     assert datasets.__version__.startswith("5.")
     corpus = load_preset("pythia-paper")["corpus"]
@@ -623,7 +623,7 @@ def test_the_presets_read_openwebtexts_parquet_through_the_real_datasets_library
     ({"data_files": []}, r"streaming needs the hub and HF_HUB_OFFLINE=1; name the dataset's Parquet files"),
 ])
 def test_each_failure_to_read_the_hub_text_is_one_line_naming_the_fix(openwebtext_cache, change, message):
-    from sae_universality.data import load_documents
+    from sae_universality.text.corpus import load_documents
     from sae_universality.errors import UserError
 
     corpus = load_preset("pythia-paper")["corpus"]
@@ -635,7 +635,7 @@ def test_each_failure_to_read_the_hub_text_is_one_line_naming_the_fix(openwebtex
 
 def test_a_dataset_that_ships_only_a_loading_script_gets_the_parquet_advice(tmp_path, monkeypatch):
     """datasets >= 4.0 refuses loading scripts: OpenWebText's main branch as a user of `datasets` 5 meets it."""
-    from sae_universality.data import load_documents
+    from sae_universality.text.corpus import load_documents
     from sae_universality.errors import UserError
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
@@ -651,7 +651,7 @@ def test_a_dataset_that_ships_only_a_loading_script_gets_the_parquet_advice(tmp_
 
 
 def test_local_parquet_files_are_a_corpus(tmp_path, monkeypatch):
-    from sae_universality.data import load_documents
+    from sae_universality.text.corpus import load_documents
     from sae_universality.errors import UserError
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
@@ -695,7 +695,7 @@ def test_answers_of_a_reachable_hub_are_one_line_each(tmp_path):
              "revision": {"name": "some/corpus", "revision": "nope"}, "file": {"name": "some/corpus"}}
     script = f"""
 import json
-from sae_universality.data import load_documents
+from sae_universality.text.corpus import load_documents
 from sae_universality.errors import UserError
 messages = {{}}
 for case, change in {cases!r}.items():

@@ -7,7 +7,7 @@ import pytest
 from matplotlib.container import BarContainer
 from matplotlib.image import imread
 
-from sae_universality.report import heatmap_figure, plot_heatmaps, plot_semantic_bars, semantic_figure
+from sae_universality.report.figures import heatmap_figure, plot_heatmaps, plot_semantic_bars, semantic_figure
 
 LAYERS_A, LAYERS_B = [0, 2, 4], [1, 3]
 

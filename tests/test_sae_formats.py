@@ -10,8 +10,8 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
 from sae_universality.errors import UserError
-from sae_universality.sae_formats import load_sae, pick_canonical_gemma_scope, save_sae
-from sae_universality.saes import SaeConfig, SparseAutoencoder
+from sae_universality.saes.formats import load_sae, pick_canonical_gemma_scope, save_sae
+from sae_universality.saes.architectures import SaeConfig, SparseAutoencoder
 
 D_IN, D_SAE = 12, 40
 
@@ -260,7 +260,7 @@ def test_hub_cache_is_used_offline(tmp_path, monkeypatch, weights, x):
 @pytest.mark.parametrize("damage", ["weights", "config"])
 def test_a_damaged_sae_folder_is_one_line_naming_the_file(tmp_path, weights, damage):
     """A saved SAE whose weights were cut short, or whose cfg.json is not JSON: which file, and how to remake it."""
-    from sae_universality.sae_formats import save_sae
+    from sae_universality.saes.formats import save_sae
 
     write_sparsify(tmp_path / "release", weights)
     folder = tmp_path / "results" / "saes" / "m" / "layer0" / "seed0"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sae_universality.errors import UserError
-from sae_universality.saes import (
+from sae_universality.saes.architectures import (
     SaeConfig,
     SparseAutoencoder,
     default_d_sae,

@@ -87,7 +87,7 @@ def test_every_settings_class_is_listed_with_its_section():
 
 
 def test_the_library_trainer_and_the_workflow_share_their_defaults():
-    from sae_universality.training import TrainConfig
+    from sae_universality.saes.training import TrainConfig
 
     shared = {item.name for item in dataclasses.fields(TrainConfig)} & {item.name for item in dataclasses.fields(TrainSettings)}
     assert {"lr", "warmup_steps", "decay_fraction", "aux_k", "aux_coefficient", "dead_after_tokens",
@@ -106,8 +106,8 @@ def test_trainer_config_turns_settings_into_a_run_of_known_length():
 
 
 def test_a_latent_is_dead_after_one_epoch_in_a_small_run_and_after_10m_tokens_in_a_large_one():
-    from sae_universality.saes import SaeConfig
-    from sae_universality.training import SaeTrainer, TrainConfig
+    from sae_universality.saes.architectures import SaeConfig
+    from sae_universality.saes.training import SaeTrainer, TrainConfig
 
     sae_cfg = SaeConfig(d_in=4, d_sae=8, k=2)
     assert SaeTrainer(sae_cfg, TrainConfig(n_steps=30, epochs=3, device="cpu")).dead_after(100) == 1000

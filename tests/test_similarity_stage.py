@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae_universality.similarity_stage import ceilings_of, with_adjusted_p, with_normalized
-from sae_universality.verdict import write_verdict
+from sae_universality.similarity.stage import ceilings_of, with_adjusted_p, with_normalized
+from sae_universality.report.verdict import write_verdict
 
 SETTINGS = {"significance": 0.05, "p_adjust": "holm"}
 
@@ -151,7 +151,7 @@ def test_verdict_cautions_about_weak_saes(tmp_path):
 
 
 def test_verdict_reports_semantic_cells():
-    from sae_universality.verdict import semantic_sentence
+    from sae_universality.report.verdict import semantic_sentence
 
     semantic = pd.DataFrame({
         "layer_a": [0, 0, 1, 1], "layer_b": 5, "category": ["time", "time", "months", "nature"],

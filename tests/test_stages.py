@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae_universality.match_stage import N_EXAMPLE_PAIRS, example_pairs
-from sae_universality.semantic import semantic_pairs
-from sae_universality.similarity_stage import SCORE_COLUMNS, above_chance, pair_table, with_adjusted_p
+from sae_universality.matching.stage import N_EXAMPLE_PAIRS, example_pairs
+from sae_universality.similarity.semantic import semantic_pairs
+from sae_universality.similarity.stage import SCORE_COLUMNS, above_chance, pair_table, with_adjusted_p
 
 # ---------------------------------------------------------------------------------------------------------------
 # semantic_pairs
@@ -331,7 +331,7 @@ def test_a_decoder_with_nan_is_named_as_a_damaged_sae(tmp_path):
     from safetensors.numpy import save_file
 
     from sae_universality.errors import UserError
-    from sae_universality.similarity_stage import decoder_rows
+    from sae_universality.similarity.stage import decoder_rows
 
     weights = np.eye(4, dtype=np.float32)
     save_file({"W_dec": weights}, str(tmp_path / "sae_weights.safetensors"))
@@ -344,7 +344,7 @@ def test_a_decoder_with_nan_is_named_as_a_damaged_sae(tmp_path):
 
 def test_svcca_components_are_bounded_by_the_pairs_and_widths_of_a_small_category():
     from sae_universality.settings import SimilaritySettings
-    from sae_universality.similarity_stage import metric_options
+    from sae_universality.similarity.stage import metric_options
 
     settings = SimilaritySettings(metrics=("svcca", "mutual_knn"), svcca_components=8, knn_k=10)
     assert metric_options(settings, n_pairs=5, width=16)["components"] == 5
@@ -357,7 +357,7 @@ def test_svcca_components_are_bounded_by_the_pairs_and_widths_of_a_small_categor
 
 def test_zeroed_decoder_rows_are_left_out_of_the_random_subset_baseline():
     from sae_universality.settings import SimilaritySettings
-    from sae_universality.similarity_stage import score_pairs
+    from sae_universality.similarity.stage import score_pairs
 
     rng = np.random.default_rng(0)
     W_dec_a, W_dec_b = rng.normal(size=(40, 6)), rng.normal(size=(40, 7))

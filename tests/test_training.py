@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from sae_universality.errors import UserError
-from sae_universality.saes import SaeConfig, SparseAutoencoder, sae_from_weights
-from sae_universality.activation_batches import count_batches, iter_hdf5_batches
-from sae_universality.sae_evaluation import downstream_losses, evaluate_sae, evaluate_saes, splice_loss_recovered
-from sae_universality.training import SaeTrainer, TrainConfig, geometric_median, learning_rate_at, train_sae
+from sae_universality.saes.architectures import SaeConfig, SparseAutoencoder, sae_from_weights
+from sae_universality.activations.batches import count_batches, iter_hdf5_batches
+from sae_universality.saes.evaluation import downstream_losses, evaluate_sae, evaluate_saes, splice_loss_recovered
+from sae_universality.saes.training import SaeTrainer, TrainConfig, geometric_median, learning_rate_at, train_sae
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -102,9 +102,9 @@ RUN_SCRIPT = textwrap.dedent('''
     import sys, time
     import numpy as np, torch
     torch.set_num_threads(1)
-    from sae_universality.saes import SaeConfig
-    from sae_universality.sae_formats import save_sae
-    from sae_universality.training import TrainConfig, train_sae
+    from sae_universality.saes.architectures import SaeConfig
+    from sae_universality.saes.formats import save_sae
+    from sae_universality.saes.training import TrainConfig, train_sae
     checkpoint_dir, out_dir, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     data = np.random.default_rng(5).normal(size=(64 * 120, 16)).astype(np.float32) * 3
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sae_universality.data import read_windows
+from sae_universality.text.corpus import read_windows
 
 from conftest import REPO, write_tiny_experiment
 
@@ -35,7 +35,7 @@ def finished_run(tiny_models, tmp_path_factory):
 
 
 def test_outputs_hold_the_models_activations(finished_run):
-    from sae_universality.models import load_model
+    from sae_universality.models.sources import load_model
 
     windows = read_windows(finished_run / "resources/corpus/windows.jsonl")
     model, tokenizer, manifest = load_model(finished_run / "resources/models/llama/manifest.json")
@@ -101,7 +101,7 @@ def test_sae_quality_table_is_complete_and_plausible(finished_run):
 def test_matched_correlations_equal_a_float64_recomputation(finished_run):
     import scipy.sparse
 
-    from sae_universality.codes import iter_code_chunks
+    from sae_universality.saes.codes import iter_code_chunks
 
     def dense_codes(path):
         return scipy.sparse.vstack(list(iter_code_chunks(path))).toarray().astype(np.float64)
@@ -138,7 +138,7 @@ def assert_png_shows(path, figure):
 
     from matplotlib.image import imread
 
-    from sae_universality.report import DPI
+    from sae_universality.report.figures import DPI
 
     buffer = BytesIO()
     figure.savefig(buffer, dpi=DPI, format="png")
@@ -210,7 +210,7 @@ def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
                      for name in ("scores.tsv", "semantic.tsv"))
     assert {"all", "time"} <= set(tidy["category"]) and len(tidy) == len(scores) + len(semantic) + floor_rows
     # The figures are the tables': each PNG is the figure drawn from the table written next to it.
-    from sae_universality.report import heatmap_figure, semantic_figure
+    from sae_universality.report.figures import heatmap_figure, semantic_figure
 
     folder = finished_run / "results/similarity/neox--llama"
     assert_png_shows(folder / "heatmaps.png", heatmap_figure(scores, "neox vs llama", color_by="excess"))
@@ -254,7 +254,7 @@ def test_report_opens_with_the_verdict(finished_run):
 
 def test_scaling_study_collects_a_finished_run(finished_run, tmp_path):
     """The scaling study's table and figure, from a finished run standing in for one variant."""
-    from sae_universality.scaling import collect, excess_series, markdown_table, plot_study, summary_table
+    from sae_universality.studies.scaling import collect, excess_series, markdown_table, plot_study, summary_table
 
     (tmp_path / "tokensall-latents8").symlink_to(finished_run, target_is_directory=True)
     tables = collect(tmp_path)
@@ -292,7 +292,7 @@ def test_scaling_study_collects_a_finished_run(finished_run, tmp_path):
 def test_a_collection_keeps_the_variants_whose_folders_are_gone(finished_run, tmp_path):
     """The per-layer tables written beside the summary stand in for a deleted variant folder."""
     from sae_universality.errors import UserError
-    from sae_universality.scaling import collect, read_collection, summary_table, write_collection
+    from sae_universality.studies.scaling import collect, read_collection, summary_table, write_collection
 
     study = tmp_path / "study"
     study.mkdir()

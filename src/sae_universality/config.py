@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import UserError
-from .models import EMBEDDED, known_n_layers, model_source
+from .models.sources import EMBEDDED, known_n_layers, model_source
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 

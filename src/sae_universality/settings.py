@@ -136,15 +136,15 @@ class TrainSettings:
 
     def d_sae_for(self, d_in: int) -> int:
         """The number of latents for a model dimension d_in."""
-        from .saes import default_d_sae
+        from .saes.architectures import default_d_sae
 
         return self.d_sae or default_d_sae(d_in, self.expansion_factor)
 
     def trainer_config(self, n_rows: int, seed: int):
         """The `training.TrainConfig` of one SAE trained on n_rows positions: the one place where the
         config's settings become a run of a known length."""
-        from .activation_batches import count_batches
-        from .training import TrainConfig
+        from .activations.batches import count_batches
+        from .saes.training import TrainConfig
 
         n_steps = count_batches(n_rows, self.batch_size, self.epochs)
         return TrainConfig(

@@ -4,7 +4,7 @@ import sys
 
 from sae_universality.config import check_config, floor_controls, sae_names
 from sae_universality.errors import UserError
-from sae_universality.sae_stage import sae_settings
+from sae_universality.saes.stage import sae_settings
 
 try:
     check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -196,7 +196,7 @@ def similarity_settings(wildcards):
 @functools.cache
 def configured_categories():
     # Read once per Snakemake process: the file is the same for every matching job.
-    from sae_universality.semantic import load_categories
+    from sae_universality.similarity.semantic import load_categories
 
     semantic = config["semantic"]
     if not semantic["enabled"]:

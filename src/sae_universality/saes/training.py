@@ -30,7 +30,7 @@ from torch import Tensor
 from sae_universality.devices import torch_device
 from sae_universality.errors import UserError
 from sae_universality.io import read_checked
-from sae_universality.saes import SaeConfig, SparseAutoencoder, SparseLatents, default_learning_rate
+from sae_universality.saes.architectures import SaeConfig, SparseAutoencoder, SparseLatents, default_learning_rate
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path
-from .settings import SimilaritySettings, as_settings
-from .similarity_stage import above_chance
+from ..io import atomic_path
+from ..settings import SimilaritySettings, as_settings
+from ..similarity.stage import above_chance
 
 VERDICT_COLUMNS = ["model_a", "model_b", "metric", "n_layer_pairs", "n_significant", "best_layer_a", "best_layer_b",
                    "observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",

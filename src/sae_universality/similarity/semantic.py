@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .matching import match_features
-from .settings import SimilaritySettings, as_settings
-from .similarity_stage import SCORE_COLUMNS, decoder_rows, score_pairs, with_adjusted_p, write_tsv
-from .tokens import marked_as_text, normalize_token
+from ..errors import UserError
+from ..matching import match_features
+from ..settings import SimilaritySettings, as_settings
+from .stage import SCORE_COLUMNS, decoder_rows, score_pairs, with_adjusted_p, write_tsv
+from ..tokens import marked_as_text, normalize_token
 
 
 def _validate_categories(categories, source: str) -> dict[str, list[str]]:
@@ -50,7 +50,7 @@ def load_categories(path: str | Path | None = None, extra: Mapping[str, Sequence
 
     Args:
         path: a YAML file mapping category -> list of words; None reads the shipped
-            `sae_universality/data/semantic_categories.yaml`.
+            `sae_universality/similarity/semantic_categories.yaml`.
         extra: user categories added on top; a name already present replaces that list.
     Returns:
         {category: lowercase words}, shipped (or `path`) categories first.
@@ -59,7 +59,7 @@ def load_categories(path: str | Path | None = None, extra: Mapping[str, Sequence
 
     if path is None:
         source = "shipped semantic_categories.yaml"
-        text = (importlib.resources.files("sae_universality") / "data" / "semantic_categories.yaml").read_text(
+        text = (importlib.resources.files("sae_universality.similarity") / "semantic_categories.yaml").read_text(
             encoding="utf-8")
     else:
         source = str(path)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UserError
-from .saes import SparseAutoencoder
+from ..errors import UserError
+from .architectures import SparseAutoencoder
 
 
 @torch.no_grad()
@@ -99,7 +99,7 @@ def downstream_losses(model, input_ids: Tensor, layer: int, saes: Sequence[Spars
     rule here (the ceiling control trains two seeds), and on models with large
     vocabularies the passes dominate an evaluation job.
     """
-    from .models import decoder_layers
+    from ..models.sources import decoder_layers
 
     blocks = decoder_layers(model)
     if not 0 <= layer < len(blocks):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .io import open_hdf5
+from ..errors import UserError
+from ..io import open_hdf5
 
 
 def count_batches(n_rows: int, batch_size: int, epochs: int = 1) -> int:

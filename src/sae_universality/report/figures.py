@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path
+from ..io import atomic_path
 
 SIGNIFICANCE = 0.05
 DPI = 110

@@ -15,8 +15,8 @@ excess over chance at each layer pair. It also writes those per-layer tables
 few kilobytes): a later `collect --keep <out>` adds the variants they hold whose
 folders are gone, so the study's record outlives its bulky run folders.
 
-    python -m sae_universality.scaling run --root runs/scaling            # every variant in turn
-    python -m sae_universality.scaling collect --root runs/scaling --out docs/figures/scaling
+    python -m sae_universality.studies.scaling run --root runs/scaling            # every variant in turn
+    python -m sae_universality.studies.scaling collect --root runs/scaling --out docs/figures/scaling
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .errors import UserError
-from .io import atomic_path
-from .similarity_stage import above_chance
+from ..errors import UserError
+from ..io import atomic_path
+from ..similarity.stage import above_chance
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET = REPO / "presets" / "scaling.yaml"
@@ -69,7 +69,7 @@ def activation_identity(config: dict) -> str:
     Two runs with equal identities write the same resources/ and results/activations/ (the shards are
     merged into the same files, so their number does not count).
     """
-    from .config import check_config
+    from ..config import check_config
 
     checked = check_config(copy.deepcopy(config))
     activations = {key: value for key, value in checked["activations"].items() if key != "shards"}
@@ -367,7 +367,7 @@ def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sae_universality.scaling", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sae_universality.studies.scaling", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run (or resume) every variant of the study")
     run_parser.add_argument("--root", type=Path, default=Path("runs/scaling"))

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
-from .io import atomic_directory, atomic_path, hub_offline
+from ..errors import UserError
+from ..io import atomic_directory, atomic_path, hub_offline
 
 MANIFEST = "manifest.json"
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .io import atomic_path, open_hdf5
-from .settings import TrainSettings
+from ..errors import UserError
+from ..io import atomic_path, open_hdf5
+from ..settings import TrainSettings
 
 
 def held_out_mask(window_index: np.ndarray, held_out_every: int) -> np.ndarray:
@@ -58,9 +58,9 @@ def train_on_cache(
     A rerun after a kill resumes from `checkpoint_dir` and ends with the same weights.
     Returns a summary (d_in, d_sae, steps, tokens). The model name and layer label the saved SAE.
     """
-    from .sae_formats import save_sae
-    from .saes import SaeConfig
-    from .activation_batches import iter_hdf5_batches
+    from .formats import save_sae
+    from .architectures import SaeConfig
+    from ..activations.batches import iter_hdf5_batches
     from .training import train_sae
 
     train_rows, _ = split_rows(cache_path, held_out_every)
@@ -91,7 +91,7 @@ def train_on_cache(
 
 def load_pretrained(spec: dict, layer: int, out_dir: str | Path, expected_d_in: int | None) -> None:
     """Load a published SAE (`{format, path or repo, id}`, `{layer}` filled in) and save it in SAELens layout."""
-    from .sae_formats import load_sae, save_sae
+    from .formats import load_sae, save_sae
 
     sae_id = spec.get("id")
     sae_id = sae_id.format(layer=layer) if sae_id else None
@@ -133,12 +133,12 @@ def evaluate(
     """
     import torch
 
-    from .data import read_windows
-    from .devices import torch_device
-    from .models import load_model
-    from .sae_formats import load_sae
-    from .activation_batches import read_rows
-    from .sae_evaluation import downstream_losses, evaluate_saes
+    from ..text.corpus import read_windows
+    from ..devices import torch_device
+    from ..models.sources import load_model
+    from .formats import load_sae
+    from ..activations.batches import read_rows
+    from .evaluation import downstream_losses, evaluate_saes
 
     saes = {name: load_sae("saelens", path=path) for name, path in sae_dirs.items()}
     _, held_out_rows = split_rows(cache_path, held_out_every)
@@ -160,7 +160,7 @@ def evaluate(
         device = torch_device()
         model, tokenizer, _ = load_model(manifest_path, device=device)
         windows = [w for w in read_windows(windows_path) if held_out_mask(w.window_index, held_out_every)][:loss_windows]
-        from .activations import prepare_tokenizer, tokenize_windows
+        from ..activations.cache import prepare_tokenizer, tokenize_windows
 
         prepare_tokenizer(tokenizer)
         batch = tokenize_windows(tokenizer, windows)
@@ -211,6 +211,6 @@ def plot_training_curves(curve_paths: list[str | Path], out_path: str | Path) ->
 def encode(sae_dir: str | Path, cache_path: str | Path, out_path: str | Path, pre_activations: bool) -> None:
     """Sparse codes (or dense pre-activations) of every cached position (see codes.py)."""
     from .codes import encode_cache_to_codes
-    from .sae_formats import load_sae
+    from .formats import load_sae
 
     encode_cache_to_codes(load_sae("saelens", path=sae_dir), cache_path, out_path, pre_activations=pre_activations)

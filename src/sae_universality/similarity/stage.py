@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .io import atomic_path
-from .settings import SimilaritySettings, as_settings
+from ..errors import UserError
+from ..io import atomic_path
+from ..settings import SimilaritySettings, as_settings
 
 SCORE_COLUMNS = ["metric", "observed", "ci_low", "ci_high", "null_mean", "null_std", "excess", "z", "p",
                  "n_pairs", "n_permutations", "random_subset_mean", "random_subset_std"]
@@ -27,7 +27,7 @@ def decoder_rows(sae_dir: str | Path) -> np.ndarray:
     """W_dec (d_sae, d_in) of a saved SAE, float64; a decoder with NaN or infinite values is a damaged SAE."""
     from safetensors.numpy import load_file
 
-    from .io import read_checked
+    from ..io import read_checked
 
     path = Path(sae_dir) / "sae_weights.safetensors"
     rows = read_checked(path, lambda path: load_file(str(path))["W_dec"]).astype(np.float64)
@@ -42,7 +42,7 @@ def metric_options(settings: SimilaritySettings, n_pairs: int, width: int | None
 
     `width`: the smaller model width of the two sides, which bounds SVCCA's components as n_pairs does.
     """
-    from .similarity import METRICS
+    from ..similarity import METRICS
 
     components = settings.svcca_components
     if components is not None:
@@ -68,7 +68,7 @@ def score_pairs(W_dec_a, W_dec_b, feature_a, feature_b, settings: SimilaritySett
     Returns one row per metric (SCORE_COLUMNS); all NaN when there are fewer
     than `settings.min_pairs` pairs.
     """
-    from .similarity import METRICS, bootstrap_interval, permutation_test, random_subset_baseline
+    from ..similarity import METRICS, bootstrap_interval, permutation_test, random_subset_baseline
 
     settings = as_settings(SimilaritySettings, settings)
     metrics = list(settings.metrics)
@@ -115,7 +115,7 @@ def score_layer_pair(matches_path, sae_a, sae_b, out_path, *, settings: Similari
 
 def with_adjusted_p(scores: pd.DataFrame, method: str, family: list[str]) -> pd.DataFrame:
     """`p_adjusted`: p adjusted (holm or bh) within each group of `family` columns (e.g. per metric)."""
-    from .similarity import adjust_p_values
+    from ..similarity import adjust_p_values
 
     scores = scores.copy()
     scores["p_adjusted"] = np.nan
@@ -159,7 +159,7 @@ def with_normalized(scores: pd.DataFrame, significance: float) -> pd.DataFrame:
     normalized = (observed - null mean) / (ceiling - ceiling's null mean); the interval
     maps ci_low and ci_high the same way. `normalized_note` says why a cell has none.
     """
-    from .similarity import normalized_score
+    from ..similarity import normalized_score
 
     scores = scores.copy()
     valid = scores["ceiling_valid"].astype(bool).to_numpy()

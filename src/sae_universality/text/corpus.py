@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .settings import CorpusSettings, as_settings
-from .io import atomic_path, hub_offline
+from ..errors import UserError
+from ..settings import CorpusSettings, as_settings
+from ..io import atomic_path, hub_offline
 
 WIKIPEDIA_SAMPLE = (
     "gensim",

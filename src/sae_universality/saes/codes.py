@@ -27,7 +27,7 @@ import torch
 
 from sae_universality.errors import UserError
 from sae_universality.io import open_hdf5
-from sae_universality.saes import SparseAutoencoder
+from sae_universality.saes.architectures import SparseAutoencoder
 
 
 def _csr_pieces(sae: SparseAutoencoder, x: np.ndarray, pre_activations: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

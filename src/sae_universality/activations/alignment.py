@@ -14,8 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .activations import read_positions
-from .io import atomic_path, open_hdf5
+from .cache import read_positions
+from ..io import atomic_path, open_hdf5
 
 
 def boundary_keys(window_index: np.ndarray, char_end: np.ndarray, max_char_end: int) -> np.ndarray:
@@ -76,7 +76,7 @@ def write_alignment(cache_a: str | Path, cache_b: str | Path, out_path: str | Pa
     with open_hdf5(cache_a) as a, open_hdf5(cache_b) as b:
         same_corpus = a.attrs.get("corpus_fingerprint") == b.attrs.get("corpus_fingerprint")
     if not same_corpus:
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"{cache_a} and {cache_b} were cached from different corpora: rerun both activation jobs")
     summary = {

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .io import atomic_path, open_hdf5
-from .matching import LazyContexts, match_features, summarize_matches, top_activations, top_tokens
-from .semantic import semantic_pairs
-from .settings import MatchSettings
-from .tokens import shares_a_token
+from ..errors import UserError
+from ..io import atomic_path, open_hdf5
+from ..matching import LazyContexts, match_features, summarize_matches, top_activations, top_tokens
+from ..similarity.semantic import semantic_pairs
+from ..settings import MatchSettings
+from ..tokens import shares_a_token
 
 N_EXAMPLE_PAIRS = 40  # pairs of each kind shown on the browsable page
 
@@ -69,7 +69,7 @@ def all_rows(codes_path: str | Path) -> np.ndarray:
 
 
 def _aligned_chunks(a: Side, b: Side, chunk_rows: int):
-    from .codes import iter_code_chunks
+    from ..saes.codes import iter_code_chunks
 
     def chunks():
         return zip(iter_code_chunks(a.codes, a.rows, chunk_rows), iter_code_chunks(b.codes, b.rows, chunk_rows))
@@ -79,8 +79,8 @@ def _aligned_chunks(a: Side, b: Side, chunk_rows: int):
 
 def feature_top_tokens(side: Side, n_top: int, chunk_rows: int):
     """Per feature: top activating token strings and contexts over the side's (aligned) rows."""
-    from .codes import iter_code_chunks
-    from .models import token_decoder
+    from ..saes.codes import iter_code_chunks
+    from ..models.sources import token_decoder
 
     top_rows, _ = top_activations(iter_code_chunks(side.codes, side.rows, chunk_rows), n_top=n_top)
     with open_hdf5(side.cache) as cache:

@@ -23,10 +23,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
-from .data import Window
-from .errors import UserError
-from .io import atomic_path, open_hdf5
+from .. import __version__
+from ..text.corpus import Window
+from ..errors import UserError
+from ..io import atomic_path, open_hdf5
 
 POSITION_FIELDS = ("token_ids", "window_index", "doc_index", "position", "char_end")
 ROWS_PER_CHUNK = 1024  # HDF5 chunk height: later stages stream the cache in blocks of rows
@@ -89,7 +89,7 @@ def residual_stream(model, batch: TokenizedBatch, layers: list[int]) -> dict[int
     """
     import torch
 
-    from .models import decoder_layers
+    from ..models.sources import decoder_layers
 
     blocks = decoder_layers(model)
     captured: dict[int, torch.Tensor] = {}
@@ -191,7 +191,7 @@ def cache_activations(
     import torch
     from tqdm import tqdm
 
-    from .models import decoder_layers
+    from ..models.sources import decoder_layers
 
     n_layers = len(decoder_layers(model))
     for layer in layers:
@@ -308,10 +308,10 @@ def cache_shard(
     Writes `out_dir/layer{L}.h5` for every layer; the folder appears only when
     all files are complete. Returns {layer: rows written}.
     """
-    from .data import fingerprint, read_windows
-    from .io import atomic_directory
-    from .devices import torch_device
-    from .models import load_model
+    from ..text.corpus import fingerprint, read_windows
+    from ..io import atomic_directory
+    from ..devices import torch_device
+    from ..models.sources import load_model
 
     device = torch_device(device)
     model, tokenizer, manifest = load_model(manifest_path, device=device)

@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from sae_universality.errors import UserError
 from sae_universality.io import hub_offline, read_checked
-from sae_universality.saes import SaeConfig, SparseAutoencoder, sae_from_weights
+from sae_universality.saes.architectures import SaeConfig, SparseAutoencoder, sae_from_weights
 
 FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
 SAELENS_WEIGHTS = "sae_weights.safetensors"

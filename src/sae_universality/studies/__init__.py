@@ -1,0 +1,1 @@
+"""Studies that drive whole workflows (Snakemake in subprocesses) and collect their tables."""
