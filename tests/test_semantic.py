@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sae_universality.errors import UserError
-from sae_universality.similarity.semantic import assign_categories, load_categories
+from sae_universality.matching.categories import assign_categories, load_categories
 
 
 

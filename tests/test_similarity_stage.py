@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from sae_universality.similarity.stage import ceilings_of, with_adjusted_p, with_normalized
-from sae_universality.report.verdict import write_verdict
+from sae_universality.report.verdict import ExperimentTables, write_verdict
 
 SETTINGS = {"significance": 0.05, "p_adjust": "holm"}
 
@@ -77,7 +77,7 @@ def quality():
 
 def test_verdict_says_plainly_when_nothing_is_significant(tmp_path):
     scores = verdict_inputs([0.3, 0.5, 0.9])
-    text = write_verdict({("a", "b"): scores}, {}, quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS,
+    text = write_verdict(ExperimentTables({("a", "b"): scores}, quality()), SETTINGS,
                          tmp_path / "verdict.md", tmp_path / "verdict.tsv")
     assert "**Nothing is significant.**" in text
     assert "No floor control ran for this pair: set `floor: true`" in text
@@ -92,8 +92,9 @@ def test_verdict_names_significant_layer_pairs_and_the_floor(tmp_path):
     # A floor above chance at the best layer pair: token identity explains part of it, and the difference counts.
     floor = verdict_inputs([0.001, 0.5, 0.9]).assign(model_b="b-rerandomized", observed=[0.2, 0.1, 0.1],
                                                      excess=[0.2, 0.1, 0.1])
-    text = write_verdict({("a", "b"): scores, ("a", "b-rerandomized"): floor}, {("a", "b"): ("a", "b-rerandomized")},
-                         quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
+    text = write_verdict(ExperimentTables({("a", "b"): scores, ("a", "b-rerandomized"): floor}, quality(),
+                                          floors={("a", "b"): ("a", "b-rerandomized")}),
+                         SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
     assert "Nothing is significant" not in text and "rsa 2/3" in text
     assert ("**2 of 3 layer pairs are significantly similar on at least one metric.** The most consistent is a "
             "layer 0 with b layer 5, significant on 1 of 1 metrics (rsa).") in text
@@ -107,8 +108,8 @@ def test_verdict_names_significant_layer_pairs_and_the_floor(tmp_path):
     assert len(table) == 1 and table.loc[0, "excess_above_floor"] == pytest.approx(0.3)
     # A floor at chance: its excess is noise, so no difference is drawn from it (the table keeps the number).
     at_chance = floor.assign(p=[0.4, 0.5, 0.9], p_adjusted=[0.8, 0.8, 0.9], excess=[-0.5, 0.1, 0.1])
-    text = write_verdict({("a", "b"): scores, ("a", "b-rerandomized"): at_chance},
-                         {("a", "b"): ("a", "b-rerandomized")}, quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS,
+    text = write_verdict(ExperimentTables({("a", "b"): scores, ("a", "b-rerandomized"): at_chance}, quality(),
+                                          floors={("a", "b"): ("a", "b-rerandomized")}), SETTINGS,
                          tmp_path / "v.md", tmp_path / "v.tsv")
     assert ("the re-randomized floor (b-rerandomized) is at chance here (excess -0.5, adjusted p 0.8") in text
     assert "token identity alone does not produce this score" in text
@@ -122,8 +123,9 @@ def test_verdict_reads_an_unscorable_floor_as_no_matches_from_token_identity(tmp
     scores = verdict_inputs([0.001, 0.01, 0.9])
     floor = verdict_inputs([0.4, 0.5, 0.9]).assign(model_b="b-rerandomized", observed=np.nan, excess=np.nan,
                                                    p_adjusted=np.nan, n_pairs=3)
-    text = write_verdict({("a", "b"): scores, ("a", "b-rerandomized"): floor}, {("a", "b"): ("a", "b-rerandomized")},
-                         quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
+    text = write_verdict(ExperimentTables({("a", "b"): scores, ("a", "b-rerandomized"): floor}, quality(),
+                                          floors={("a", "b"): ("a", "b-rerandomized")}),
+                         SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
     assert ("the re-randomized floor (b-rerandomized) keeps only 3 matched pairs at these layers, too few to score: "
             "token identity alone does not produce these matches.") in text
     assert "n/a" not in text and "falls below" not in text
@@ -133,11 +135,11 @@ def test_verdict_reads_an_unscorable_floor_as_no_matches_from_token_identity(tmp
 
 def test_verdict_warns_when_permutations_cannot_reach_significance(tmp_path):
     scores = verdict_inputs([0.005, 0.005, 0.005], n_permutations=199)  # Holm over 3: at best 3 / 200 = 0.015
-    text = write_verdict({("a", "b"): scores}, {}, quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS,
+    text = write_verdict(ExperimentTables({("a", "b"): scores}, quality()), SETTINGS,
                          tmp_path / "v.md", tmp_path / "v.tsv")
     assert "Too few random pairings" not in text
     scores = verdict_inputs([0.05, 0.05, 0.05], n_permutations=19)  # Holm over 3: at best 3 / 20 = 0.15
-    text = write_verdict({("a", "b"): scores}, {}, quality(), pd.DataFrame(), pd.DataFrame(), SETTINGS,
+    text = write_verdict(ExperimentTables({("a", "b"): scores}, quality()), SETTINGS,
                          tmp_path / "v.md", tmp_path / "v.tsv")
     assert "**Too few random pairings to find anything:** with 19 per null and 3 layer pairs" in text
     assert "above 60" in text
@@ -145,8 +147,8 @@ def test_verdict_warns_when_permutations_cannot_reach_significance(tmp_path):
 
 def test_verdict_cautions_about_weak_saes(tmp_path):
     weak = quality().assign(fraction_recovered=[0.32, 0.9], dead_fraction=[0.02, 0.5], loss_tokens=[2500, 2500])
-    text = write_verdict({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])}, {}, weak, pd.DataFrame(), pd.DataFrame(),
-                         SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
+    text = write_verdict(ExperimentTables({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])}, weak), SETTINGS,
+                         tmp_path / "v.md", tmp_path / "v.tsv")
     assert "**Caution: some SAEs are weak** (loss recovered as low as 0.32; up to 50% of latents dead" in text
 
 
@@ -167,7 +169,7 @@ def test_verdict_reports_semantic_cells():
 
 def test_verdict_cautions_about_a_loss_on_few_tokens(tmp_path):
     few = quality().assign(loss_tokens=[240, 240])  # good SAEs, but one loss window
-    text = write_verdict({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])}, {}, few, pd.DataFrame(), pd.DataFrame(),
-                         SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
+    text = write_verdict(ExperimentTables({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])}, few), SETTINGS,
+                         tmp_path / "v.md", tmp_path / "v.tsv")
     assert ("**Caution: some SAEs are weak** (loss measured on only 240 held-out tokens, a noisy estimate: raise "
             "saes.loss_windows;") in text

@@ -107,3 +107,9 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def write_tsv(table, path: str | Path) -> None:
+    """A pandas table as a tab-separated file, floats to 6 significant digits, written aside then renamed."""
+    with atomic_path(path, suffix=".tsv") as temporary:
+        table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from .cache import read_positions
-from ..io import atomic_path, open_hdf5
+from ..io import atomic_path, open_hdf5, write_tsv
 
 
 def boundary_keys(window_index: np.ndarray, char_end: np.ndarray, max_char_end: int) -> np.ndarray:
@@ -100,5 +100,4 @@ def write_alignment_summary(summary: dict, out_path: str | Path) -> None:
     """The summary as a one-row tab-separated table with a header."""
     import pandas as pd
 
-    with atomic_path(out_path, suffix=".tsv") as temporary:
-        pd.DataFrame([summary]).to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    write_tsv(pd.DataFrame([summary]), out_path)

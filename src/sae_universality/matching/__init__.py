@@ -29,18 +29,21 @@ activations, by the lowest row.
 
 Layout: `correlation` (streamed moments, the numpy and torch kernels, best
 matches), `top_activations` (top positions, tokens, contexts), `filters` (the
-non-concept filter), `table` (one-to-one rules, the Hungarian assignment, the
-match table and its summary). Every setting is a field of
+non-concept filter), `rules` (the one-to-one rules by name, the Hungarian
+assignment among them), `table` (the match table and its summary),
+`categories` (semantic categories and the rematch within them), `stage` (the
+workflow's matching job and its browsable page). Every setting is a field of
 `settings.MatchSettings`.
 """
 
 from .correlation import BestMatches, CorrelationBlock, FeatureStats, best_matches, best_matches_from_correlation, \
     correlation_blocks, pearson_correlation
-from .table import ONE_TO_ONE_RULES, kept_pairs, match_correlation_matrix, match_features, match_table, summarize_matches
+from .rules import ONE_TO_ONE_RULES, OneToOneRule
+from .table import kept_pairs, match_correlation_matrix, match_features, match_table, summarize_matches
 from .top_activations import LazyContexts, top_activations, top_examples, top_tokens
 
 __all__ = [
-    "ONE_TO_ONE_RULES", "BestMatches", "CorrelationBlock", "FeatureStats", "LazyContexts", "best_matches",
+    "ONE_TO_ONE_RULES", "OneToOneRule", "BestMatches", "CorrelationBlock", "FeatureStats", "LazyContexts", "best_matches",
     "best_matches_from_correlation", "correlation_blocks", "kept_pairs", "match_correlation_matrix", "match_features",
     "match_table", "pearson_correlation", "summarize_matches", "top_activations", "top_examples", "top_tokens",
 ]

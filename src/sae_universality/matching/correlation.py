@@ -109,7 +109,8 @@ class _PairSource:
     open: Callable[[], Iterator[tuple[Block, Block]]]
 
 
-def _as_matrix(acts: Any, name: str) -> Any:
+def _as_code_matrix(acts: Any, name: str) -> Any:
+    """A (positions, features) block as given: numpy stays numpy, scipy.sparse becomes CSR (no copy to dense)."""
     if sp.issparse(acts):
         if acts.ndim != 2:
             raise ValueError(f"{name} must be 2-D (positions x features); got shape {acts.shape}")
@@ -130,8 +131,8 @@ def _default_chunk_rows(width_a: int, width_b: int, sparse: bool) -> int:
 def _pair_source(acts_a: Any, acts_b: Any, chunk_rows: int | None) -> _PairSource:
     """Normalize the accepted inputs to a factory of (block_a, block_b) iterators."""
     if acts_b is not None:
-        matrix_a = _as_matrix(acts_a, "acts_a")
-        matrix_b = _as_matrix(acts_b, "acts_b")
+        matrix_a = _as_code_matrix(acts_a, "acts_a")
+        matrix_b = _as_code_matrix(acts_b, "acts_b")
         if matrix_a.shape[0] != matrix_b.shape[0]:
             raise ValueError(
                 f"acts_a has {matrix_a.shape[0]} rows but acts_b has {matrix_b.shape[0]}: "

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..io import atomic_path, open_hdf5
-from ..matching import LazyContexts, match_features, summarize_matches, top_activations, top_tokens
-from ..similarity.semantic import semantic_pairs
+from ..io import atomic_path, open_hdf5, write_tsv
+from .categories import CategorySide, semantic_pairs
+from .table import match_features, summarize_matches
+from .top_activations import LazyContexts, top_activations, top_tokens
 from ..settings import MatchSettings
 from ..tokens import shares_a_token
 
@@ -108,15 +109,12 @@ def match_layer_pair(a: Side, b: Side, outputs: MatchOutputs, *, settings: Match
     summary = {**labels, **summarize_matches(table)}
     table["top_tokens_b"] = [" | ".join(tokens_b[feature]) for feature in table["feature_b"]]
     table["top_tokens_a"] = [" | ".join(tokens_a[feature]) for feature in table["final_a"]]
-    with atomic_path(outputs.table, suffix=".tsv") as temporary:
-        table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
-    with atomic_path(outputs.summary, suffix=".tsv") as temporary:
-        pd.DataFrame([summary]).to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    write_tsv(table, outputs.table)
+    write_tsv(pd.DataFrame([summary]), outputs.summary)
     if outputs.semantic is not None:
-        semantic = semantic_pairs(chunks, tokens_a, contexts_a, tokens_b, contexts_b, categories or {},
-                                  settings.threshold)
-        with atomic_path(outputs.semantic, suffix=".tsv") as temporary:
-            semantic.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+        semantic = semantic_pairs(chunks, CategorySide(tokens_a, contexts_a), CategorySide(tokens_b, contexts_b),
+                                  categories or {}, settings)
+        write_tsv(semantic, outputs.semantic)
     examples = example_pairs(table, tokens_a, tokens_b, contexts_a, contexts_b)
     with atomic_path(outputs.examples, suffix=".json") as temporary:
         temporary.write_text(json.dumps({**labels, **examples}, ensure_ascii=False))

@@ -9,53 +9,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from ..settings import MatchSettings
 from .correlation import BestMatches, best_matches, best_matches_from_correlation
 from .filters import _TokenJudge
-
-ONE_TO_ONE_RULES = ("highest", "first", "hungarian", "none", None)
+from .rules import ManyToOnePairs, one_to_one_rule
 
 # ---------------------------------------------------------------------------
 # Match table
 # ---------------------------------------------------------------------------
 
-
-def _hungarian(
-    candidates_a: np.ndarray, candidate_correlations: np.ndarray, usable: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Global one-to-one assignment maximizing the total correlation over candidate edges.
-
-    Inputs are per row (B feature): candidates (rows, m) A indices, their
-    correlations, usable (rows, m) bool edges. Every row also gets a private
-    "unmatched" edge worth correlation 0, so a full matching always exists
-    and an edge with correlation <= 0 is never worth taking. Returns
-    (partner_a, partner_correlation) per row, -1 / 0.0 for unmatched rows.
-    """
-    n_rows = len(candidates_a)
-    row_of_edge, slot = np.nonzero(usable)
-    edge_a = candidates_a[row_of_edge, slot]
-    edge_correlation = candidate_correlations[row_of_edge, slot]
-    unique_a, column_of_edge = np.unique(edge_a, return_inverse=True)
-    # weights 2 - r lie in [1, 3]: never zero (csgraph treats zeros as missing edges)
-    rows = np.concatenate([row_of_edge, np.arange(n_rows)])
-    columns = np.concatenate([column_of_edge, len(unique_a) + np.arange(n_rows)])
-    weights = np.concatenate([2.0 - edge_correlation, np.full(n_rows, 2.0)])
-    graph = sp.csr_array((weights, (rows, columns)), shape=(n_rows, len(unique_a) + n_rows))
-    matched_rows, matched_columns = min_weight_full_bipartite_matching(graph)
-    partner_a = np.full(n_rows, -1, dtype=np.int64)
-    partner_correlation = np.zeros(n_rows)
-    real = matched_columns < len(unique_a)
-    matched_rows, matched_columns = matched_rows[real], matched_columns[real]
-    # look the matched edges up by (row, column) key; a row lists each A feature once
-    edge_key = row_of_edge * len(unique_a) + column_of_edge
-    order = np.argsort(edge_key)
-    found = order[np.searchsorted(edge_key[order], matched_rows * len(unique_a) + matched_columns)]
-    partner_a[matched_rows] = edge_a[found]
-    partner_correlation[matched_rows] = edge_correlation[found]
-    return partner_a, partner_correlation
 
 
 def match_table(
@@ -70,6 +33,7 @@ def match_table(
     settings = with_overrides(settings, overrides)
     junk_filter, shared_token_filter = settings.junk_filter, settings.shared_token_filter
     one_to_one, threshold = settings.one_to_one_rule, settings.threshold
+    rule = one_to_one_rule(one_to_one)
     n_top_tokens, junk_fraction = settings.n_top_tokens, settings.junk_fraction
     if (junk_filter or shared_token_filter) and (top_tokens_a is None or top_tokens_b is None):
         raise ValueError(
@@ -98,35 +62,16 @@ def match_table(
     else:
         passes_non_concept = np.ones(len(feature_b), dtype=bool)
 
-    final_a, final_correlation = feature_a.copy(), correlation.copy()
-    if one_to_one is None:
-        passes_one_to_one = passes_non_concept.copy()
-    elif one_to_one in ("highest", "first"):
-        candidates = np.nonzero(passes_non_concept)[0]
-        # rows are in increasing feature_b: a stable sort keeps the lowest B first among ties
-        sort_keys = (feature_b[candidates],) if one_to_one == "first" else (-correlation[candidates],)
-        order = candidates[np.lexsort(sort_keys + (feature_a[candidates],))]
-        first_of_group = np.ones(len(order), dtype=bool)
-        first_of_group[1:] = feature_a[order][1:] != feature_a[order][:-1]
-        passes_one_to_one = np.zeros(len(feature_b), dtype=bool)
-        passes_one_to_one[order[first_of_group]] = True
-    else:
-        rows = np.nonzero(passes_non_concept)[0]
-        candidates_a = matches.candidates_a[feature_b[rows]]
-        candidate_correlations = matches.candidate_correlations[feature_b[rows]]
-        usable = candidates_a >= 0
-        if use_tokens:
-            # the best edge passed already; the other candidates must pass the same pair test
-            for row_position, slot in zip(*np.nonzero(usable[:, 1:])):
-                b, a = int(feature_b[rows[row_position]]), int(candidates_a[row_position, slot + 1])
-                usable[row_position, slot + 1] = pair_is_concept(b, a)
-        passes_one_to_one = np.zeros(len(feature_b), dtype=bool)
-        if len(rows):
-            partner_a, partner_correlation = _hungarian(candidates_a, candidate_correlations, usable)
-            matched = partner_a >= 0
-            passes_one_to_one[rows[matched]] = True
-            final_a[rows[matched]] = partner_a[matched]
-            final_correlation[rows[matched]] = partner_correlation[matched]
+    # The one-to-one rule sees every row; it may keep only rows that passed the non-concept filter.
+    decided = rule.choose(ManyToOnePairs(
+        feature_b=feature_b, feature_a=feature_a, correlation=correlation, eligible=passes_non_concept,
+        candidates_a=matches.candidates_a[feature_b] if rule.uses_candidates else feature_a[:, None],
+        candidate_correlations=(matches.candidate_correlations[feature_b] if rule.uses_candidates
+                                else correlation[:, None]),
+        pair_passes=pair_is_concept,
+    ))
+    passes_one_to_one = decided.passes & passes_non_concept
+    final_a, final_correlation = decided.final_a, decided.final_correlation
     passes_threshold = passes_one_to_one & (final_correlation >= threshold)
 
     table = pd.DataFrame(
@@ -209,7 +154,7 @@ def match_features(
     matches = best_matches(
         acts_a,
         acts_b,
-        n_candidates=settings.n_candidates if settings.one_to_one_rule == "hungarian" else 1,
+        n_candidates=settings.n_candidates if one_to_one_rule(settings.one_to_one).uses_candidates else 1,
         feature_block=settings.feature_block,
         chunk_rows=chunk_rows,
         device=settings.device,
@@ -226,7 +171,7 @@ def match_correlation_matrix(correlation: np.ndarray, *, settings: MatchSettings
     """
     top_tokens = {key: overrides.pop(key) for key in ("top_tokens_a", "top_tokens_b") if key in overrides}
     settings = with_overrides(settings, overrides)
-    n_candidates = settings.n_candidates if settings.one_to_one_rule == "hungarian" else 1
+    n_candidates = settings.n_candidates if one_to_one_rule(settings.one_to_one).uses_candidates else 1
     matches = best_matches_from_correlation(correlation, n_candidates=n_candidates)
     return match_table(matches, settings=settings, **top_tokens)
 
@@ -234,8 +179,7 @@ def match_correlation_matrix(correlation: np.ndarray, *, settings: MatchSettings
 def with_overrides(settings: MatchSettings | None, overrides: dict) -> MatchSettings:
     """`settings` (default `MatchSettings()`) with single fields replaced; checks what a config schema cannot."""
     settings = dataclasses.replace(settings or MatchSettings(), **overrides)
-    if settings.one_to_one not in ONE_TO_ONE_RULES:
-        raise ValueError(f"one_to_one must be one of {ONE_TO_ONE_RULES}; got {settings.one_to_one!r}")
+    one_to_one_rule(settings.one_to_one)  # ValueError naming the rules when unknown
     if not isinstance(settings.threshold, (int, float)) or math.isnan(settings.threshold):
         raise ValueError(f"threshold must be a number; got {settings.threshold!r}")
     if not isinstance(settings.n_candidates, int) or settings.n_candidates < 1:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .correlation import SPARSE_CHUNK_ROWS, Block, _as_matrix
+from .correlation import SPARSE_CHUNK_ROWS, Block, _as_code_matrix
 
 # ---------------------------------------------------------------------------
 # Top activating positions
@@ -47,7 +47,7 @@ def top_activations(chunks: Any, n_top: int = 10) -> tuple[np.ndarray, np.ndarra
     if not isinstance(n_top, int) or n_top < 1:
         raise ValueError(f"n_top must be a positive integer; got {n_top!r}")
     if isinstance(chunks, np.ndarray) or sp.issparse(chunks):
-        matrix = _as_matrix(chunks, "chunks")
+        matrix = _as_code_matrix(chunks, "chunks")
         chunks = (matrix[start : start + SPARSE_CHUNK_ROWS] for start in range(0, matrix.shape[0], SPARSE_CHUNK_ROWS))
     top_rows = top_values = None
     row_offset = 0

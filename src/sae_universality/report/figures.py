@@ -1,6 +1,6 @@
 """Figures of the report: heatmaps like the paper's, bar charts of semantic subspaces.
 
-Pure functions of the long score tables written by similarity_stage:
+Pure functions of the long score tables written by similarity.stage:
 `heatmap_figure` and `semantic_figure` build a matplotlib Figure (no pyplot
 state, nothing written), `plot_heatmaps` and `plot_semantic_bars` write it as
 one PNG atomically.

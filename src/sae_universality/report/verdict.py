@@ -11,14 +11,15 @@ reStructuredText (the report's front page).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_path
+from ..io import atomic_path, write_tsv
 from ..settings import SimilaritySettings, as_settings
-from ..similarity.stage import above_chance
+from ..similarity.baselines import above_chance
 
 VERDICT_COLUMNS = ["model_a", "model_b", "metric", "n_layer_pairs", "n_significant", "best_layer_a", "best_layer_b",
                    "observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
@@ -181,21 +182,48 @@ def semantic_sentence(semantic: pd.DataFrame, significance: float) -> str:
             f"(at most {int(scored['n_pairs'].max())} pairs); {found}.")
 
 
-def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilings: pd.DataFrame,
-                  ceiling_summaries: pd.DataFrame, settings: SimilaritySettings, out_markdown: str | Path,
-                  out_table: str | Path, semantic: dict | None = None) -> str:
+@dataclass(frozen=True)
+class ExperimentTables:
+    """Every table the verdict reads, as the workflow wrote them."""
+
+    pair_scores: dict
+    """{(model_a, model_b): long score table of that pair}, floor pairs included."""
+    quality: pd.DataFrame
+    """The SAE quality table (model, layer, sae, fvu, fraction_recovered, ...)."""
+    ceilings: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The seed-to-seed ceiling scores (model, layer, metric, ...)."""
+    ceiling_summaries: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The ceiling matching summaries (model, layer, mean_max_correlation, ...)."""
+    floors: dict = field(default_factory=dict)
+    """{(model_a, model_b): (model_a, floor model)} for the pairs with a floor control."""
+    semantic: dict = field(default_factory=dict)
+    """{(model_a, model_b): semantic score table} where semantic subspaces were scored."""
+
+    @classmethod
+    def read(cls, scores: list, quality: str | Path, ceilings: list, ceiling_summaries: list,
+             semantic: list = (), floors: dict | None = None) -> "ExperimentTables":
+        """The tables from their files: per-pair score and semantic tables are keyed by their model columns."""
+        pair_scores = {}
+        for path in scores:
+            table = pd.read_csv(path, sep="\t")
+            pair_scores[(table["model_a"].iloc[0], table["model_b"].iloc[0])] = table
+        semantic_scores = {}
+        for path in semantic:
+            table = pd.read_csv(path, sep="\t")
+            if len(table):
+                semantic_scores[(table["model_a"].iloc[0], table["model_b"].iloc[0])] = table
+        return cls(pair_scores, pd.read_csv(quality, sep="\t"), read_tables(ceilings), read_tables(ceiling_summaries),
+                   dict(floors or {}), semantic_scores)
+
+
+def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_markdown: str | Path,
+                  out_table: str | Path) -> str:
     """The verdict of every real model pair -> Markdown/reST text and a table (VERDICT_COLUMNS).
 
-    Args:
-        pair_scores: {(model_a, model_b): long score table of that pair}.
-        floors: {(model_a, model_b): (model_a, floor model)} for pairs with a floor control.
-        quality: the SAE quality table; ceilings: the ceiling score tables (model, layer, metric, ...);
-        ceiling_summaries: the ceiling matching summaries (model, layer, mean_max_correlation, ...).
-        settings: the similarity settings (significance, p_adjust).
-        semantic: {(model_a, model_b): semantic score table} where semantic subspaces were scored.
-    Returns:
-        The text written to out_markdown.
+    `settings` gives the significance level and the p adjustment. Returns the text written to out_markdown.
     """
+    pair_scores, floors, quality = tables.pair_scores, tables.floors, tables.quality
+    ceilings, ceiling_summaries, semantic = tables.ceilings, tables.ceiling_summaries, tables.semantic
     settings = as_settings(SimilaritySettings, settings)
     significance = settings.significance
     method = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings.p_adjust]
@@ -260,7 +288,7 @@ def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilin
                     text += (f"; the re-randomized floor ({row.floor_model}) is at chance here ({floor}): token "
                              "identity alone does not produce this score")
             lines.append(text + ".")
-        semantic_line = semantic_sentence((semantic or {}).get((model_a, model_b)), significance)
+        semantic_line = semantic_sentence(semantic.get((model_a, model_b)), significance)
         if semantic_line:
             lines += ["", semantic_line]
         if floor_scores is None:
@@ -275,8 +303,7 @@ def write_verdict(pair_scores: dict, floors: dict, quality: pd.DataFrame, ceilin
     with atomic_path(out_markdown, suffix=".md") as temporary:
         Path(temporary).write_text(text, encoding="utf-8")
     verdict_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=VERDICT_COLUMNS)
-    with atomic_path(out_table, suffix=".tsv") as temporary:
-        verdict_table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    write_tsv(verdict_table, out_table)
     return text
 
 

@@ -29,7 +29,7 @@ Misuse of these functions (shapes, NaN, option values) raises ValueError or Type
 """
 
 from .base import INVARIANCES, Metric
-from .baselines import P_ADJUSTMENTS, adjust_p_values, bootstrap_interval, normalized_score, random_subset_baseline
+from .baselines import P_ADJUSTMENTS, above_chance, adjust_p_values, bootstrap_interval, normalized_score, random_subset_baseline
 from .cca import HELDOUT_COMPONENT_GRID, heldout_folds, heldout_svcca, heldout_svcca_choices, svcca, within_fold_permutation
 from .cka import debiased_cka, linear_cka
 from .knn import mutual_knn
@@ -44,6 +44,7 @@ __all__ = [
     "P_ADJUSTMENTS",
     "METRICS",
     "Metric",
+    "above_chance",
     "adjust_p_values",
     "bootstrap_interval",
     "compute_metric",

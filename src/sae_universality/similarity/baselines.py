@@ -57,7 +57,9 @@ def bootstrap_interval(metric: str, X, Y, draws: int = 200, level: float = 0.95,
     SVCCA). For a smooth statistic the spread of half-sample values equals the spread of
     the full-sample value (the delete-n/2 jackknife, Shao and Wu 1989), so the interval is
     the observed score plus the (1 - level)/2 and (1 + level)/2 quantiles of the
-    half-sample values' deviations from their mean.
+    half-sample values' deviations from their mean. It takes more than seven parameters
+    because it keeps `compute_metric`'s signature (metric, the two matrices, the
+    metric's own options as keywords) and adds the interval's four.
 
     Args:
         metric: a key of `METRICS`; X (n, d_a), Y (n, d_b) matched matrices, n >= 8.
@@ -155,3 +157,11 @@ def normalized_score(observed, null_mean, ceiling=None, ceiling_null_mean=None):
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(np.isfinite(span) & (span != 0), (observed - null_mean) / span, np.nan)
     return float(score) if score.ndim == 0 else score
+
+
+def above_chance(scores: pd.DataFrame, significance: float) -> pd.Series:
+    """Rows scoring significantly above their own null: p < significance and observed above the null mean.
+
+    The test a seed-to-seed ceiling must pass before anything is measured against it.
+    """
+    return (scores["p"].astype(float) < significance) & (scores["observed"].astype(float) > scores["null_mean"])

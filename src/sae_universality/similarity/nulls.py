@@ -44,7 +44,10 @@ def permutation_null(metric: str, X, Y, n_permutations: int = 1000, seed: int = 
 
     Decompositions a row permutation leaves unchanged are computed once, so this
     equals `[compute_metric(metric, X, Y[p], **options) for p in permutations]`
-    to float tolerance, much faster.
+    to float tolerance, much faster. It takes more than seven parameters because it
+    keeps `compute_metric`'s signature (metric, the two matrices, the metric's own
+    options as keywords) and adds the null's three: the draws, or explicit
+    permutations, and the device.
 
     Args:
         metric: a key of `METRICS`.

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..io import atomic_path
+from ..io import write_tsv
 from ..settings import SimilaritySettings, as_settings
 
 SCORE_COLUMNS = ["metric", "observed", "ci_low", "ci_high", "null_mean", "null_std", "excess", "z", "p",
@@ -124,14 +124,6 @@ def with_adjusted_p(scores: pd.DataFrame, method: str, family: list[str]) -> pd.
     return scores
 
 
-def above_chance(scores: pd.DataFrame, significance: float) -> pd.Series:
-    """Rows scoring significantly above their own null: p < significance and observed above the null mean.
-
-    The test a seed-to-seed ceiling must pass before anything is measured against it.
-    """
-    return (scores["p"].astype(float) < significance) & (scores["observed"].astype(float) > scores["null_mean"])
-
-
 def ceilings_of(scores: pd.DataFrame, ceilings: pd.DataFrame, significance: float) -> pd.DataFrame:
     """Per row of `scores`, its ceiling: the mean of the two layers' seed-to-seed scores and null means,
     the larger of their p-values, and whether that ceiling is above chance (every contributing
@@ -231,6 +223,3 @@ def tidy_scores(score_tables: list, semantic_tables: list, out_path: str | Path)
     return table
 
 
-def write_tsv(table: pd.DataFrame, path: str | Path) -> None:
-    with atomic_path(path, suffix=".tsv") as temporary:
-        table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
