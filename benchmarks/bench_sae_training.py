@@ -12,11 +12,12 @@ to show what the sparse decoder and sparse gradients buy.
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 
 from sae_universality.saes.architectures import SaeConfig, SparseAutoencoder
-from sae_universality.saes.training import SaeTrainer, TrainConfig
+from sae_universality.saes.training import ONE_PASS, SaeTrainer, TrainConfig
 
 
 def seconds_per_call(function, repeats: int) -> float:
@@ -67,7 +68,8 @@ def main() -> None:
           f"{achieved / 1e9:.1f} GFLOP/s (6*d_in*d_sae per token), ratio to matmul {achieved / matmul_rate:.2f} (goal >= 0.5)")
 
     if args.aux:
-        aux_trainer = SaeTrainer(SaeConfig(d_in=d_in, d_sae=d_sae, k=k), TrainConfig(n_steps=10_000, device="cpu", dead_after_tokens=0))
+        every_latent_dead = replace(ONE_PASS, dead_after_tokens=0)
+        aux_trainer = SaeTrainer(SaeConfig(d_in=d_in, d_sae=d_sae, k=k), TrainConfig(n_steps=10_000, settings=every_latent_dead, device="cpu"))
         aux_trainer.initialize(batches[:1])
         aux_seconds = seconds_per_call(lambda: aux_trainer.step(batches[0]), repeats=max(1, args.steps // 2))
         aux_rate = batch / aux_seconds * flops_per_token

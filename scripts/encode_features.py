@@ -1,10 +1,10 @@
 """Snakemake script: SAE codes of every cached position, stored sparsely (results/codes)."""
 from sae_universality.entry import run_script
-from sae_universality.saes.stage import encode
+from sae_universality.saes.stage import encode_to_codes
 
 
 def main(snakemake):
-    encode(snakemake.input.sae, snakemake.input.cache, snakemake.output.codes, snakemake.params.pre_activations)
+    encode_to_codes(snakemake.input.sae, snakemake.input.cache, snakemake.output.codes, snakemake.params.pre_activations)
 
 
 run_script(snakemake, main)

@@ -2,15 +2,17 @@
 from pathlib import Path
 
 from sae_universality.entry import run_script
-from sae_universality.saes.stage import evaluate
+from sae_universality.saes.stage import EvaluationInputs, ModelLayer, evaluate_layer
+from sae_universality.settings import SaeSettings
 
 
 def main(snakemake):
-    evaluate(
-        {Path(sae).name: sae for sae in snakemake.input.saes}, snakemake.input.cache, snakemake.input.manifest,
-        snakemake.input.windows, snakemake.output.quality,
-        model_name=snakemake.wildcards.model, layer=int(snakemake.wildcards.layer),
-        held_out_every=snakemake.params.held_out_every, loss_windows=snakemake.params.loss_windows,
+    evaluate_layer(
+        EvaluationInputs({Path(sae).name: sae for sae in snakemake.input.saes}, snakemake.input.cache,
+                         snakemake.input.manifest, snakemake.input.windows),
+        snakemake.output.quality,
+        ModelLayer(snakemake.wildcards.model, int(snakemake.wildcards.layer)),
+        SaeSettings(held_out_every=snakemake.params.held_out_every, loss_windows=snakemake.params.loss_windows),
     )
 
 

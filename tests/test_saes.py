@@ -6,13 +6,18 @@ import torch
 
 from sae_universality.errors import UserError
 from sae_universality.saes.architectures import (
+    ARCHITECTURES,
+    FROM_SAELENS,
+    TRAINABLE,
     SaeConfig,
     SparseAutoencoder,
+    d_sae_for,
     default_d_sae,
     default_learning_rate,
     sae_from_weights,
     select_batch_topk,
 )
+from sae_universality.settings import TrainSettings
 
 
 def random_weights(d_in, d_sae, seed):
@@ -173,3 +178,59 @@ def test_wrong_weight_shape_is_a_user_error():
     cfg = SaeConfig(d_in=4, d_sae=8, k=2)
     with pytest.raises(UserError, match="W_dec"):
         sae_from_weights(cfg, torch.zeros(4, 8), torch.zeros(8), torch.zeros(4, 8), torch.zeros(4))
+
+
+def test_the_trainable_architectures_are_the_schemas():
+    import yaml
+
+    from sae_universality.config import SCHEMA
+
+    node = yaml.safe_load(SCHEMA.read_text())
+    for key in ("saes", "train", "architecture"):
+        node = node["properties"][key]
+    assert set(TRAINABLE) == set(node["enum"]) == {"topk", "batchtopk", "relu"}
+    assert node["default"] in TRAINABLE
+
+
+def test_the_registry_names_are_what_sae_config_accepts():
+    for name, architecture in ARCHITECTURES.items():
+        cfg = SaeConfig(d_in=4, d_sae=8, architecture=name, k=2)
+        assert cfg.architecture == name
+        if architecture.uses_k:
+            with pytest.raises(UserError, match="k=9"):
+                SaeConfig(d_in=4, d_sae=8, architecture=name, k=9)
+        else:
+            assert SaeConfig(d_in=4, d_sae=8, architecture=name, k=9).k == 9  # k does not apply
+    for unknown in ("gated", "TopK", "standard", ""):
+        with pytest.raises(UserError, match=rf"unknown SAE architecture {unknown!r}; use one of {', '.join(ARCHITECTURES)}$"):
+            SaeConfig(d_in=4, d_sae=8, architecture=unknown)
+
+
+def test_every_architecture_is_saved_under_a_saelens_name_that_loads_back():
+    for name, architecture in ARCHITECTURES.items():
+        saved = ARCHITECTURES[architecture.saved_as] if architecture.saved_as else architecture
+        assert saved.saved_as is None and saved.saelens_name is not None, name
+        assert FROM_SAELENS[saved.saelens_name] == (architecture.saved_as or name)
+        assert architecture.trainable == (architecture.training_loss in ("sparse", "l1")), name
+        assert not architecture.learns_threshold or saved.saves_threshold, name  # a learned threshold is kept
+    assert FROM_SAELENS == {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu"}
+
+
+def test_selection_at_inference_and_in_training_follow_the_registry():
+    w = random_weights(6, 20, seed=8)
+    pre = torch.relu(torch.randn(5, 20, generator=torch.Generator().manual_seed(3)))
+    counts = {}
+    for name in ARCHITECTURES:
+        sae = build(w, name, k=3)
+        sae.threshold.fill_(0.5)
+        counts[name] = (len(sae.select(pre).values), len(sae.select(pre, whole_batch=True).values))
+    above_half, positive = int((pre > 0.5).sum()), int((pre > 0).sum())
+    assert counts == {"topk": (15, 15), "batchtopk": (above_half, 15), "relu": (positive, positive),
+                      "jumprelu": (above_half, above_half)}
+
+
+def test_the_width_of_an_sae_from_its_settings():
+    assert d_sae_for(TrainSettings(expansion_factor=4), d_in=16) == 64
+    assert d_sae_for(TrainSettings(expansion_factor=4, d_sae=100), d_in=16) == 100
+    cfg = SaeConfig.from_settings(TrainSettings(architecture="relu", k=5, l1_coefficient=2.0), 16, model_name="m", hook_name="h")
+    assert cfg == SaeConfig(d_in=16, d_sae=128, architecture="relu", k=5, l1_coefficient=2.0, model_name="m", hook_name="h")

@@ -86,23 +86,23 @@ def test_every_settings_class_is_listed_with_its_section():
     assert hints["train"] is TrainSettings
 
 
-def test_the_library_trainer_and_the_workflow_share_their_defaults():
+def test_the_trainer_takes_its_shared_settings_from_train_settings_and_declares_none_again():
     from sae_universality.saes.training import TrainConfig
 
-    shared = {item.name for item in dataclasses.fields(TrainConfig)} & {item.name for item in dataclasses.fields(TrainSettings)}
-    assert {"lr", "warmup_steps", "decay_fraction", "aux_k", "aux_coefficient", "dead_after_tokens",
-            "checkpoint_every", "log_every", "epochs"} <= shared
-    # A TrainConfig is one run of n_steps; its epochs only say how many passes those steps make.
-    for name in shared - {"epochs"}:
-        assert getattr(TrainConfig(), name) == getattr(TrainSettings(), name), name
+    run_fields = {item.name for item in dataclasses.fields(TrainConfig)}
+    assert not run_fields & {item.name for item in dataclasses.fields(TrainSettings)}
+    assert typing.get_type_hints(TrainConfig)["settings"] is TrainSettings
+    # A TrainConfig built without settings has the config's defaults; its n_steps are one pass over the data.
+    assert TrainConfig().settings == dataclasses.replace(TrainSettings(), epochs=1)
 
 
-def test_trainer_config_turns_settings_into_a_run_of_known_length():
-    settings = TrainSettings(batch_size=100, epochs=3, log_every=20, warmup_steps=1000)
-    run = settings.trainer_config(n_rows=1050, seed=7)
-    assert run.n_steps == 30 and run.seed == 7 and run.epochs == 3  # 10 full batches per epoch, remainder dropped
-    assert run.log_every == 1  # at least 20 curve points: 30 steps // 20
-    assert settings.trainer_config(n_rows=100_000, seed=0).log_every == 20
+def test_train_settings_are_a_leaf_that_reaches_into_no_stage():
+    import inspect
+
+    # The trainer's run (saes.training.TrainConfig.for_rows) and the SAE's width (saes.architectures.d_sae_for)
+    # are made in the SAE stage from these settings, not by them.
+    methods = {name for name, value in vars(TrainSettings).items() if callable(value) and not name.startswith("__")}
+    assert methods == set() and "import" not in inspect.getsource(TrainSettings)
 
 
 def test_a_latent_is_dead_after_one_epoch_in_a_small_run_and_after_10m_tokens_in_a_large_one():
@@ -110,6 +110,6 @@ def test_a_latent_is_dead_after_one_epoch_in_a_small_run_and_after_10m_tokens_in
     from sae_universality.saes.training import SaeTrainer, TrainConfig
 
     sae_cfg = SaeConfig(d_in=4, d_sae=8, k=2)
-    assert SaeTrainer(sae_cfg, TrainConfig(n_steps=30, epochs=3, device="cpu")).dead_after(100) == 1000
+    assert SaeTrainer(sae_cfg, TrainConfig(n_steps=30, settings=TrainSettings(epochs=3), device="cpu")).dead_after(100) == 1000
     assert SaeTrainer(sae_cfg, TrainConfig(n_steps=10**6, device="cpu")).dead_after(100) == 10_000_000
-    assert SaeTrainer(sae_cfg, TrainConfig(n_steps=30, dead_after_tokens=5, device="cpu")).dead_after(100) == 5
+    assert SaeTrainer(sae_cfg, TrainConfig(n_steps=30, settings=TrainSettings(dead_after_tokens=5), device="cpu")).dead_after(100) == 5

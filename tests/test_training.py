@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import h5py
@@ -14,10 +15,11 @@ import pytest
 import torch
 
 from sae_universality.errors import UserError
-from sae_universality.saes.architectures import SaeConfig, SparseAutoencoder, sae_from_weights
-from sae_universality.activations.batches import count_batches, iter_hdf5_batches
+from sae_universality.saes.architectures import ARCHITECTURES, TRAINABLE, SaeConfig, SparseAutoencoder, sae_from_weights
+from sae_universality.activations.batches import BatchOrder, count_batches, iter_hdf5_batches
 from sae_universality.saes.evaluation import downstream_losses, evaluate_sae, evaluate_saes, splice_loss_recovered
 from sae_universality.saes.training import SaeTrainer, TrainConfig, geometric_median, learning_rate_at, train_sae
+from sae_universality.settings import TrainSettings
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -52,7 +54,8 @@ def batches_of(data, batch_size):
 def test_topk_sae_recovers_the_true_dictionary():
     batch_size, n_steps = 512, 600
     atoms, data = sparse_dictionary_data(batch_size * n_steps)
-    cfg = TrainConfig(n_steps=n_steps, lr=3e-3, warmup_steps=20, dead_after_tokens=batch_size * 10, log_every=100)
+    cfg = TrainConfig(n_steps=n_steps, settings=TrainSettings(epochs=1, lr=3e-3, warmup_steps=20, dead_after_tokens=batch_size * 10,
+                                                              log_every=100))
     result = train_sae(batches_of(data, batch_size), SaeConfig(d_in=32, d_sae=256, k=4), cfg)
     W_dec = result.sae.W_dec.detach().double().numpy()
     best_cosine = (atoms @ (W_dec / np.linalg.norm(W_dec, axis=1, keepdims=True)).T).max(axis=1)
@@ -64,8 +67,11 @@ def test_topk_sae_recovers_the_true_dictionary():
     assert curve.lr.iloc[-1] == pytest.approx(3e-3 / (n_steps * 0.2))
 
 
-def small_run(data, checkpoint_dir=None, n_steps=40, architecture="topk", d_sae=64, **overrides):
-    cfg = TrainConfig(n_steps=n_steps, warmup_steps=5, dead_after_tokens=256, aux_k=16, log_every=10, checkpoint_every=10, **overrides)
+SMALL_RUN = TrainSettings(epochs=1, warmup_steps=5, dead_after_tokens=256, aux_k=16, log_every=10, checkpoint_every=10)
+
+
+def small_run(data, checkpoint_dir=None, n_steps=40, architecture="topk", d_sae=64, seed=0, **settings):
+    cfg = TrainConfig(n_steps=n_steps, settings=replace(SMALL_RUN, **settings), seed=seed)
     return train_sae(batches_of(data, 128), SaeConfig(d_in=32, d_sae=d_sae, k=4, architecture=architecture), cfg, checkpoint_dir)
 
 
@@ -105,6 +111,7 @@ RUN_SCRIPT = textwrap.dedent('''
     from sae_universality.saes.architectures import SaeConfig
     from sae_universality.saes.formats import save_sae
     from sae_universality.saes.training import TrainConfig, train_sae
+    from sae_universality.settings import TrainSettings
     checkpoint_dir, out_dir, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     data = np.random.default_rng(5).normal(size=(64 * 120, 16)).astype(np.float32) * 3
 
@@ -113,7 +120,8 @@ RUN_SCRIPT = textwrap.dedent('''
             time.sleep(delay)  # slows the run down so that it can be killed mid-way
             yield data[step * 64:(step + 1) * 64]
 
-    cfg = TrainConfig(n_steps=120, warmup_steps=5, dead_after_tokens=300, aux_k=8, checkpoint_every=10, log_every=10)
+    cfg = TrainConfig(n_steps=120, settings=TrainSettings(epochs=1, warmup_steps=5, dead_after_tokens=300, aux_k=8,
+                                                          checkpoint_every=10, log_every=10))
     result = train_sae(make_batches, SaeConfig(d_in=16, d_sae=48, k=3), cfg, checkpoint_dir)
     save_sae(result.sae, out_dir)
     result.curve.to_csv(out_dir + "/curve.csv", index=False)
@@ -179,7 +187,7 @@ def test_stream_ending_early_is_a_contract_failure_with_its_traceback():
 def test_a_plain_iterator_of_batches_is_accepted():
     _, data = sparse_dictionary_data(128 * 40, seed=1)
     from_callable = small_run(data)
-    cfg = TrainConfig(n_steps=40, warmup_steps=5, dead_after_tokens=256, aux_k=16, log_every=10)
+    cfg = TrainConfig(n_steps=40, settings=SMALL_RUN)
     from_iterator = train_sae(iter(np.split(data, 40)), SaeConfig(d_in=32, d_sae=64, k=4), cfg)
     assert torch.equal(from_callable.sae.W_dec, from_iterator.sae.W_dec)
 
@@ -187,7 +195,7 @@ def test_a_plain_iterator_of_batches_is_accepted():
 def test_normalization_is_estimated_and_folded_into_the_saved_sae():
     rng = np.random.default_rng(7)
     data = (rng.normal(size=(2048, 16)) * 5 + 2).astype(np.float32)
-    cfg = TrainConfig(n_steps=10, warmup_steps=2, normalization_batches=4, log_every=5)
+    cfg = TrainConfig(n_steps=10, settings=TrainSettings(epochs=1, warmup_steps=2, log_every=5), normalization_batches=4)
     trainer = SaeTrainer(SaeConfig(d_in=16, d_sae=32, k=4), cfg)
     batches = np.split(data, 16)
     trainer.initialize([torch.from_numpy(b) for b in batches[:4]])
@@ -206,12 +214,56 @@ def test_normalization_is_estimated_and_folded_into_the_saved_sae():
 
 
 def test_learning_rate_schedule():
-    cfg = TrainConfig(n_steps=100, warmup_steps=5)
+    cfg = TrainConfig(n_steps=100, settings=TrainSettings(warmup_steps=5))
     rates = [learning_rate_at(step, 1.0, cfg) for step in range(100)]
     assert rates[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert rates[5:80] == [1.0] * 75
     assert rates[80:] == pytest.approx([(100 - s) / 20 for s in range(80, 100)])
-    assert learning_rate_at(0, 1.0, TrainConfig(n_steps=100, warmup_steps=1000)) == pytest.approx(0.1)
+    assert learning_rate_at(0, 1.0, TrainConfig(n_steps=100, settings=TrainSettings(warmup_steps=1000))) == pytest.approx(0.1)
+
+
+def test_a_checkpoint_is_resumed_only_by_a_run_of_the_same_trainer_settings():
+    from sae_universality.saes.training import _identity
+
+    sae_cfg = SaeConfig(d_in=8, d_sae=16, k=2)
+    base = TrainConfig(n_steps=50, settings=SMALL_RUN)
+    identity = _identity(sae_cfg, base)
+    # One flat dict of the run's and the trainer's settings: the keys checkpoints written before TrainConfig took
+    # its shared settings from TrainSettings carry, so those checkpoints still resume.
+    assert set(identity["train"]) == {
+        "n_steps", "lr", "warmup_steps", "decay_fraction", "adam_betas", "adam_eps", "normalize_activations",
+        "normalization_batches", "b_dec_init", "normalize_decoder", "aux_k", "aux_coefficient", "dead_after_tokens",
+        "epochs", "batchtopk_threshold_decay", "seed", "checkpoint_every", "log_every", "device"}
+    changed = {"n_steps": 51, "seed": 1, "device": "cuda", "adam_betas": (0.8, 0.9), "adam_eps": 1e-8,
+               "normalize_activations": False, "normalization_batches": 2, "b_dec_init": "mean",
+               "normalize_decoder": False, "batchtopk_threshold_decay": 0.5}
+    assert set(changed) == {item.name for item in fields(TrainConfig)} - {"settings"}
+    for name, value in changed.items():
+        assert _identity(sae_cfg, replace(base, **{name: value})) != identity, name
+    trainer_reads = {"lr": 1e-3, "warmup_steps": 7, "decay_fraction": 0.5, "aux_k": 3, "aux_coefficient": 0.5,
+                     "dead_after_tokens": 9, "epochs": 2}
+    for name, value in trainer_reads.items():
+        assert _identity(sae_cfg, replace(base, settings=replace(SMALL_RUN, **{name: value}))) != identity, name
+    # Bookkeeping does not change the weights, and the SAE's shape is judged by its SaeConfig.
+    for name, value in {"checkpoint_every": 3, "log_every": 3, "architecture": "relu", "k": 5, "d_sae": 99}.items():
+        assert _identity(sae_cfg, replace(base, settings=replace(SMALL_RUN, **{name: value}))) == identity, name
+    assert _identity(replace(sae_cfg, k=3), base) != identity
+
+
+def test_a_run_of_the_workflow_is_its_settings_made_a_run_of_known_length():
+    settings = TrainSettings(batch_size=100, epochs=3, log_every=20, warmup_steps=1000, lr=1e-3)
+    run = TrainConfig.for_rows(settings, n_rows=1050, seed=7)
+    assert run.n_steps == 30 and run.seed == 7  # 10 full batches per epoch, remainder dropped
+    assert run.settings == replace(settings, log_every=1)  # at least 20 curve points: 30 steps // 20
+    assert TrainConfig.for_rows(settings, n_rows=100_000, seed=0).settings.log_every == 20
+    assert run.device == TrainConfig().device and run.adam_eps == TrainConfig().adam_eps
+
+
+@pytest.mark.parametrize("architecture", [name for name, record in ARCHITECTURES.items() if not record.trainable])
+def test_an_architecture_that_is_not_trainable_is_refused(architecture):
+    assert "jumprelu" not in TRAINABLE
+    with pytest.raises(ValueError, match=f"^{architecture} SAEs can be loaded but not trained here; train {', '.join(TRAINABLE)}$"):
+        SaeTrainer(SaeConfig(d_in=4, d_sae=8, architecture=architecture), TrainConfig(device="cpu"))
 
 
 def test_geometric_median_minimizes_summed_distance():
@@ -244,7 +296,7 @@ def row_ids(batches):
 def test_hdf5_batches_cover_rows_once_per_epoch_and_shuffle(tmp_path):
     path = tmp_path / "layer3.h5"
     activations = write_cache(path, 1000)
-    batches = list(iter_hdf5_batches(path, batch_size=64, seed=3, buffer_rows=256, chunk_rows=32, epochs=2))
+    batches = list(iter_hdf5_batches(path, BatchOrder(batch_size=64, seed=3, buffer_rows=256, chunk_rows=32, epochs=2)))
     assert len(batches) == count_batches(1000, 64, epochs=2) == 30
     assert all(b.dtype == np.float32 and b.shape == (64, 4) for b in batches)
     ids = row_ids(batches)
@@ -258,14 +310,14 @@ def test_hdf5_batches_cover_rows_once_per_epoch_and_shuffle(tmp_path):
 def test_hdf5_batches_are_deterministic_and_restartable(tmp_path):
     path = tmp_path / "layer3.h5"
     write_cache(path, 1000)
-    kwargs = dict(batch_size=48, seed=9, buffer_rows=200, chunk_rows=40, epochs=2)
-    full = row_ids(iter_hdf5_batches(path, **kwargs))
-    again = row_ids(iter_hdf5_batches(path, **kwargs))
+    order = BatchOrder(batch_size=48, seed=9, buffer_rows=200, chunk_rows=40, epochs=2)
+    full = row_ids(iter_hdf5_batches(path, order))
+    again = row_ids(iter_hdf5_batches(path, order))
     assert all(np.array_equal(a, b) for a, b in zip(full, again))
-    other_seed = row_ids(iter_hdf5_batches(path, **{**kwargs, "seed": 10}))
+    other_seed = row_ids(iter_hdf5_batches(path, replace(order, seed=10)))
     assert not np.array_equal(np.concatenate(full), np.concatenate(other_seed))
     for start in (1, 7, 20, 25, 39, 40):
-        restarted = row_ids(iter_hdf5_batches(path, start_batch=start, **kwargs))
+        restarted = row_ids(iter_hdf5_batches(path, order, start_batch=start))
         assert len(restarted) == len(full) - start
         assert all(np.array_equal(a, b) for a, b in zip(restarted, full[start:]))
 
@@ -275,10 +327,10 @@ def test_hdf5_batches_use_only_the_given_rows(tmp_path):
     write_cache(path, 1000)
     with h5py.File(path) as handle:
         train_rows = np.flatnonzero(handle["window_index"][:] % 5 != 0)
-    ids = np.concatenate(row_ids(iter_hdf5_batches(path, batch_size=50, seed=1, rows=train_rows, buffer_rows=128, chunk_rows=16)))
+    ids = np.concatenate(row_ids(iter_hdf5_batches(path, BatchOrder(batch_size=50, seed=1, buffer_rows=128, chunk_rows=16), rows=train_rows)))
     assert len(ids) == 800 and set(ids) == set(train_rows)
     with pytest.raises(ValueError, match="row indices"):
-        next(iter_hdf5_batches(path, batch_size=50, seed=1, rows=[5, 1000]))
+        next(iter_hdf5_batches(path, BatchOrder(batch_size=50, seed=1), rows=[5, 1000]))
 
 
 def test_evaluate_sae_matches_numpy():

@@ -134,27 +134,6 @@ class TrainSettings:
     log_every: int = 20
     """Steps between points of the training curve (at least 20 points per run)."""
 
-    def d_sae_for(self, d_in: int) -> int:
-        """The number of latents for a model dimension d_in."""
-        from .saes.architectures import default_d_sae
-
-        return self.d_sae or default_d_sae(d_in, self.expansion_factor)
-
-    def trainer_config(self, n_rows: int, seed: int):
-        """The `training.TrainConfig` of one SAE trained on n_rows positions: the one place where the
-        config's settings become a run of a known length."""
-        from .activations.batches import count_batches
-        from .saes.training import TrainConfig
-
-        n_steps = count_batches(n_rows, self.batch_size, self.epochs)
-        return TrainConfig(
-            n_steps=n_steps, lr=self.lr, warmup_steps=self.warmup_steps, decay_fraction=self.decay_fraction,
-            aux_k=self.aux_k, aux_coefficient=self.aux_coefficient, dead_after_tokens=self.dead_after_tokens,
-            epochs=self.epochs, seed=seed, checkpoint_every=self.checkpoint_every,
-            # At least 20 points of the training curve, however short the run.
-            log_every=max(1, min(self.log_every, n_steps // 20 or 1)),
-        )
-
 
 @dataclass(frozen=True)
 class SaeSettings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +18,42 @@ def count_batches(n_rows: int, batch_size: int, epochs: int = 1) -> int:
     return epochs * (n_rows // batch_size)
 
 
-def iter_hdf5_batches(path: str | Path, batch_size: int, seed: int, rows=None, buffer_rows: int = 65_536,
-                      start_batch: int = 0, epochs: int = 1, chunk_rows: int = 512,
-                      dataset: str = "activations") -> Iterator[np.ndarray]:
-    """Shuffled float32 batches (batch_size, d) from an activation cache, streamed.
+@dataclass(frozen=True)
+class BatchOrder:
+    """Which batches a stream yields, in which order: with the rows, all that the order depends on."""
 
-    Rows are taken in contiguous chunks of `chunk_rows` (in the order of `rows`),
+    batch_size: int
+    """Rows per batch; the last incomplete batch of an epoch is dropped."""
+    seed: int
+    """Seed of the chunk order and of the shuffles (each epoch has its own)."""
+    epochs: int = 1
+    """Passes over the rows."""
+    buffer_rows: int = 65_536
+    """Rows read into memory and shuffled together (memory: about buffer_rows * d * 4 bytes)."""
+    chunk_rows: int = 512
+    """Contiguous rows read at once; chunks come in a seeded random order."""
+
+
+def iter_hdf5_batches(path: str | Path, order: BatchOrder, rows=None, start_batch: int = 0,
+                      dataset: str = "activations") -> Iterator[np.ndarray]:
+    """Shuffled float32 batches (order.batch_size, d) from an activation cache, streamed.
+
+    Rows are taken in contiguous chunks of `order.chunk_rows` (in the order of `rows`),
     chunks in a seeded random order; each group of buffer_rows // chunk_rows
     chunks is read into memory and its rows shuffled. Each epoch has its own
     order; the last batch_size-incomplete batch of an epoch is dropped. The order
-    depends only on (seed, rows, sizes), so `start_batch` restarts mid-stream
+    depends only on `order` and `rows`, so `start_batch` restarts mid-stream
     exactly, reading from the group that holds that batch.
 
     rows: row indices to use (e.g. a train split); sorted and deduplicated; None = all.
-    Memory: about buffer_rows * d * 4 bytes. With train_sae:
+    With train_sae, as the SAE stage uses it (settings: a TrainSettings):
 
-        make_batches = functools.partial(iter_hdf5_batches, path, 4096, seed, train_rows, epochs=2)
-        cfg = TrainConfig(n_steps=count_batches(len(train_rows), 4096, epochs=2))
+        order = BatchOrder(settings.batch_size, seed, epochs=settings.epochs)
+        make_batches = functools.partial(iter_hdf5_batches, path, order, train_rows)
+        cfg = TrainConfig.for_rows(settings, len(train_rows), seed)  # count_batches(...) steps
         train_sae(lambda start: make_batches(start_batch=start), sae_cfg, cfg, checkpoint_dir)
     """
+    batch_size, seed, epochs, chunk_rows = order.batch_size, order.seed, order.epochs, order.chunk_rows
     with open_hdf5(path) as handle:
         if dataset not in handle:
             raise UserError(f"{path} has no dataset {dataset!r}; it is not an activation cache")
@@ -46,7 +64,7 @@ def iter_hdf5_batches(path: str | Path, batch_size: int, seed: int, rows=None, b
         batches_per_epoch = len(selected) // batch_size
         if batches_per_epoch == 0:
             return
-        chunks_per_group = max(1, buffer_rows // chunk_rows)
+        chunks_per_group = max(1, order.buffer_rows // chunk_rows)
         for epoch in range(start_batch // batches_per_epoch, epochs):
             skip_rows = max(0, start_batch - epoch * batches_per_epoch) * batch_size
             yield from _epoch_batches(data, selected, batch_size, (seed, epoch), chunk_rows, chunks_per_group, skip_rows)

@@ -11,11 +11,19 @@ Active latents travel as `SparseLatents` (CSR rows without the last pointer), so
 training never multiplies by the mostly-zero (n, d_sae) code matrix: decoding
 is an `embedding_bag` over the k active rows of `W_dec`, and the weight
 gradients are sparse-times-dense products (see `_SparseEncode`, `_SparseDecode`).
+
+What differs between architectures is one `Architecture` record each in the
+table `ARCHITECTURES`: how codes are picked at inference and in training,
+whether it trains here and with which loss, whether k applies, and how SAELens
+names it on disk. Adding an architecture means its selection function here and
+its row in that table; the trainer (training.py) and the SAELens files
+(formats.py) read the record.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
@@ -24,8 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sae_universality.errors import UserError
-
-ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu")
+from sae_universality.settings import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class SaeConfig:
     d_sae: int
     """Number of latents (features)."""
     architecture: str = "topk"
-    """One of topk, batchtopk, relu, jumprelu (jumprelu is for loading, not training)."""
+    """A name in ARCHITECTURES: topk, batchtopk, relu, or jumprelu (jumprelu is for loading, not training)."""
     k: int = 32
     """Active latents per position (topk) or on average per position (batchtopk)."""
     l1_coefficient: float = 5.0
@@ -54,8 +61,14 @@ class SaeConfig:
             raise UserError(f"unknown SAE architecture {self.architecture!r}; use one of {', '.join(ARCHITECTURES)}")
         if self.d_in < 1 or self.d_sae < 1:
             raise UserError(f"SAE sizes must be positive, got d_in={self.d_in} d_sae={self.d_sae}")
-        if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
+        if ARCHITECTURES[self.architecture].uses_k and not 1 <= self.k <= self.d_sae:
             raise UserError(f"SAE k={self.k} must be between 1 and d_sae={self.d_sae}")
+
+    @classmethod
+    def from_settings(cls, settings: TrainSettings, d_in: int, model_name: str = "", hook_name: str = "") -> "SaeConfig":
+        """The SAE that `settings` (config: saes.train) train on a model of width d_in."""
+        return cls(d_in=d_in, d_sae=d_sae_for(settings, d_in), architecture=settings.architecture, k=settings.k,
+                   l1_coefficient=settings.l1_coefficient, model_name=model_name, hook_name=hook_name)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +83,11 @@ class SaeConfig:
 def default_d_sae(d_in: int, expansion_factor: int = 8) -> int:
     """Number of latents for a model width: d_in times the expansion factor."""
     return d_in * expansion_factor
+
+
+def d_sae_for(settings: TrainSettings, d_in: int) -> int:
+    """Number of latents `settings` give an SAE of a model of width d_in: their d_sae, else d_in * expansion_factor."""
+    return settings.d_sae or default_d_sae(d_in, settings.expansion_factor)
 
 
 def default_learning_rate(d_sae: int) -> float:
@@ -125,6 +143,75 @@ def _from_coordinates(pre_acts: Tensor, rows: Tensor, latents: Tensor) -> Sparse
     return SparseLatents(pre_acts[rows, latents], latents, row_starts, rows)
 
 
+# How each architecture picks its codes from ReLU'd pre-activations (n, d_sae) of an SAE.
+Selection = Callable[[Tensor, "SparseAutoencoder"], SparseLatents]
+
+
+def _top_k_of_each_position(pre_acts: Tensor, sae: "SparseAutoencoder") -> SparseLatents:
+    return select_topk(pre_acts, sae.cfg.k)
+
+
+def _top_k_times_n_of_the_batch(pre_acts: Tensor, sae: "SparseAutoencoder") -> SparseLatents:
+    return select_batch_topk(pre_acts, sae.cfg.k)
+
+
+def _positive(pre_acts: Tensor, sae: "SparseAutoencoder") -> SparseLatents:
+    return select_above(pre_acts, pre_acts.new_zeros(()))
+
+
+def _above_threshold(pre_acts: Tensor, sae: "SparseAutoencoder") -> SparseLatents:
+    return select_above(pre_acts, sae.threshold)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What makes one SAE architecture: its codes, its training, its name in SAELens's files."""
+
+    select: Selection
+    """The codes at inference (and when encoding a cache)."""
+    select_in_training: Selection | None = None
+    """The codes in a training step, when they differ from inference's (BatchTopK: top n*k of the batch)."""
+    uses_k: bool = False
+    """k sets how many latents are active (k must lie in 1..d_sae)."""
+    training_loss: str | None = None
+    """sparse (FVU of the selected codes + AuxK on dead latents), l1 (squared error + L1 penalty on the
+    dense ReLU codes), or None: loaded, never trained here."""
+    learns_threshold: bool = False
+    """Training keeps a running threshold (the smallest kept code) that inference selects with."""
+    saelens_name: str | None = None
+    """Its architecture in a SAELens cfg.json; None: saved as the architecture `saved_as`."""
+    saved_as: str | None = None
+    """The architecture of ours it is saved as, when SAELens has no name for it (same codes at inference)."""
+    saves_threshold: bool = False
+    """Its per-latent threshold is part of its weights (saved as the tensor `threshold`)."""
+    saelens_fields: Callable[[SaeConfig], dict] = lambda cfg: {}
+    """Keys of its SAELens cfg.json beyond the common ones."""
+
+    @property
+    def trainable(self) -> bool:
+        """The trainer here can train it."""
+        return self.training_loss is not None
+
+
+# Name (config: saes.train.architecture, SaeConfig.architecture) -> architecture.
+ARCHITECTURES: dict[str, Architecture] = {
+    "topk": Architecture(
+        select=_top_k_of_each_position, uses_k=True, training_loss="sparse", saelens_name="topk",
+        saelens_fields=lambda cfg: {"k": cfg.k, "rescale_acts_by_decoder_norm": False}),
+    # At inference a BatchTopK SAE is a JumpReLU with one shared threshold, and SAELens saves it so.
+    "batchtopk": Architecture(
+        select=_above_threshold, select_in_training=_top_k_times_n_of_the_batch, uses_k=True,
+        training_loss="sparse", learns_threshold=True, saved_as="jumprelu"),
+    "relu": Architecture(
+        select=_positive, training_loss="l1", saelens_name="standard",
+        saelens_fields=lambda cfg: {"l1_coefficient": cfg.l1_coefficient}),
+    "jumprelu": Architecture(select=_above_threshold, saelens_name="jumprelu", saves_threshold=True),
+}
+TRAINABLE = tuple(name for name, architecture in ARCHITECTURES.items() if architecture.trainable)
+# SAELens cfg.json architecture -> ours.
+FROM_SAELENS = {architecture.saelens_name: name for name, architecture in ARCHITECTURES.items() if architecture.saelens_name}
+
+
 def _latent_sums(latents: Tensor, rows: Tensor, weights: Tensor, d_sae: int, dense: Tensor) -> Tensor:
     """(d_sae, d) matrix whose row j sums weights[e] * dense[rows[e]] over entries e with latents[e] == j."""
     sparse = torch.sparse_coo_tensor(torch.stack([latents, rows]), weights, (d_sae, dense.shape[0]), check_invariants=False)
@@ -142,6 +229,8 @@ class _SparseEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_centered, b_dec, W_enc, b_enc, values, latents, rows):
+        """Returns a copy of values (nnz,). Eight parameters: an autograd Function receives the tensors it
+        differentiates, and those it needs for that, as flat arguments, and returns one gradient per argument."""
         ctx.save_for_backward(x_centered, W_enc, values, latents, rows)
         return values.clone()
 
@@ -211,17 +300,13 @@ class SparseAutoencoder(nn.Module):
     def select(self, pre_acts: Tensor, whole_batch: bool = False) -> SparseLatents:
         """Active latents from ReLU'd pre-activations (n, d_sae).
 
-        whole_batch: BatchTopK's training rule (top n*k over the batch) instead of
-        its inference rule (the learned threshold).
+        whole_batch: the architecture's training rule (BatchTopK: top n*k over the
+        batch) instead of its inference rule (BatchTopK: the learned threshold).
         """
-        architecture = self.cfg.architecture
-        if architecture == "topk":
-            return select_topk(pre_acts, self.cfg.k)
-        if architecture == "batchtopk" and whole_batch:
-            return select_batch_topk(pre_acts, self.cfg.k)
-        if architecture == "relu":
-            return select_above(pre_acts, pre_acts.new_zeros(()))
-        return select_above(pre_acts, self.threshold)
+        architecture = ARCHITECTURES[self.cfg.architecture]
+        if whole_batch and architecture.select_in_training is not None:
+            return architecture.select_in_training(pre_acts, self)
+        return architecture.select(pre_acts, self)
 
     def encode_sparse(self, x: Tensor) -> SparseLatents:
         """Active latents of x (n, d_in) in CSR order."""

@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from sae_universality.errors import UserError
 from sae_universality.io import hub_offline, read_checked
-from sae_universality.saes.architectures import SaeConfig, SparseAutoencoder, sae_from_weights
+from sae_universality.saes.architectures import ARCHITECTURES, FROM_SAELENS, SaeConfig, SparseAutoencoder, sae_from_weights
 
 FORMATS = ("saelens", "sparsify", "gemma_scope", "dictionary_learning")
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -75,26 +75,27 @@ def _write_atomically(path: Path, write) -> None:
 def save_sae(sae: SparseAutoencoder, folder: str | Path) -> Path:
     """Write sae to folder in SAELens's layout; returns the folder.
 
-    A BatchTopK SAE is saved as "jumprelu" with its inference threshold, as
-    SAELens does, since at inference it is a JumpReLU with one shared threshold.
+    An architecture SAELens has no name for is saved as the one its record says
+    (`Architecture.saved_as`): a BatchTopK SAE as "jumprelu" with its inference
+    threshold, as SAELens does, since at inference it is a JumpReLU with one
+    shared threshold.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = sae.cfg
-    architecture = "jumprelu" if cfg.architecture == "batchtopk" else cfg.architecture
+    saved = ARCHITECTURES[cfg.architecture]
+    if saved.saved_as is not None:
+        saved = ARCHITECTURES[saved.saved_as]
     tensors = {name: getattr(sae, name).detach().to("cpu", torch.float32).contiguous() for name in ("W_enc", "W_dec", "b_enc", "b_dec")}
-    if architecture == "jumprelu":
+    if saved.saves_threshold:
         tensors["threshold"] = sae.threshold.detach().to("cpu", torch.float32).contiguous()
     saelens_cfg = {
         "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": cfg.apply_b_dec_to_input, "normalize_activations": "none",
         "reshape_activations": "none", "metadata": {"model_name": cfg.model_name, "hook_name": cfg.hook_name},
-        "architecture": "standard" if architecture == "relu" else architecture,
+        "architecture": saved.saelens_name,
+        **saved.saelens_fields(cfg),
     }
-    if architecture == "topk":
-        saelens_cfg.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
-    if architecture == "relu":
-        saelens_cfg["l1_coefficient"] = cfg.l1_coefficient
     _write_atomically(folder / SAELENS_WEIGHTS, lambda path: save_file(tensors, str(path)))
     _write_atomically(folder / "cfg.json", lambda path: path.write_text(json.dumps(saelens_cfg, indent=2) + "\n"))
     return folder
@@ -217,8 +218,8 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None = None) -> Spa
     activation = raw.get("activation_fn_str", raw.get("activation_fn", "relu"))
     if architecture == "standard" and activation == "topk":
         architecture = "topk"  # older SAELens configs name TopK through the activation function
-    if architecture not in ("standard", "topk", "jumprelu"):
-        raise UserError(f"SAELens architecture {architecture!r} in {folder} is not supported; use standard, topk or jumprelu SAEs")
+    if architecture not in FROM_SAELENS:
+        raise UserError(f"SAELens architecture {architecture!r} in {folder} is not supported; use {', '.join(FROM_SAELENS)} SAEs")
     normalization = raw.get("normalize_activations")
     # Older SAELens wrote a bool: true meant scaling inputs by one constant ("expected_average_only_in").
     normalization = {True: "expected_average_only_in", False: "none", None: "none"}.get(normalization, normalization)
@@ -232,7 +233,7 @@ def _load_saelens(folder: Path, norm_scaling_factor: float | None = None) -> Spa
     tensors = read_checked(folder / SAELENS_WEIGHTS, lambda path: load_file(str(path)))
     d_in, d_sae = tensors["W_enc"].shape
     cfg = SaeConfig(d_in=int(raw.get("d_in", d_in)), d_sae=int(raw.get("d_sae", d_sae)),
-                    architecture={"standard": "relu"}.get(architecture, architecture), k=int(k),
+                    architecture=FROM_SAELENS[architecture], k=int(k),
                     apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
                     l1_coefficient=float(raw.get("l1_coefficient", SaeConfig.l1_coefficient)),
                     model_name=metadata.get("model_name", raw.get("model_name", "")) or "",

@@ -8,12 +8,17 @@ the later stages never ask where an SAE came from.
 Positions are split by context window: every `held_out_every`-th window is
 held out from training and used for the quality table, so no text a model
 was evaluated on was seen by its SAE.
+
+A job reads its settings from `SaeSettings` (config: saes); `ModelLayer` says
+which (model, layer) it works on and labels what it writes.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,48 @@ import pandas as pd
 
 from ..errors import UserError
 from ..io import atomic_path, open_hdf5
-from ..settings import TrainSettings
+from ..settings import SaeSettings
+
+
+@dataclass(frozen=True)
+class ModelLayer:
+    """The (model, layer) a job works on; it labels the SAEs, curves and table rows the job writes."""
+
+    model_name: str
+    """Model id (config: models)."""
+    layer: int
+    """Block whose residual-stream output the SAEs read."""
+
+    @property
+    def hook_name(self) -> str:
+        """The hook point in SAELens's naming, stored with a saved SAE."""
+        return f"blocks.{self.layer}.hook_resid_post"
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where the training of one SAE writes."""
+
+    sae_dir: str | Path
+    """The trained SAE, in SAELens layout."""
+    curve_path: str | Path
+    """Its training curve (TSV)."""
+    checkpoint_dir: str | Path
+    """Its checkpoints; a rerun after a kill resumes from them."""
+
+
+@dataclass(frozen=True)
+class EvaluationInputs:
+    """What judging the SAEs of one (model, layer) reads."""
+
+    sae_dirs: Mapping[str, str | Path]
+    """SAE name (seed0, pretrained, ...) -> saved SAE."""
+    cache_path: str | Path
+    """The layer's activation cache."""
+    manifest_path: str | Path
+    """The model's manifest (to load it for the downstream loss)."""
+    windows_path: str | Path
+    """The corpus windows (the held-out text of the downstream loss)."""
 
 
 def held_out_mask(window_index: np.ndarray, held_out_every: int) -> np.ndarray:
@@ -41,52 +87,38 @@ def sae_settings(defaults: dict, model_entry: dict) -> dict:
     return {**defaults, **model_entry.get("sae", {}).get("train", {})}
 
 
-def train_on_cache(
-    cache_path: str | Path,
-    out_dir: str | Path,
-    curve_path: str | Path,
-    checkpoint_dir: str | Path,
-    *,
-    settings: TrainSettings,
-    seed: int,
-    held_out_every: int,
-    model_name: str,
-    layer: int,
-) -> dict:
+def train_on_cache(cache_path: str | Path, outputs: TrainOutputs, model_layer: ModelLayer, seed: int,
+                   settings: SaeSettings) -> dict:
     """Train one SAE on the training windows of a cache; save it (SAELens layout) and its curve.
 
-    A rerun after a kill resumes from `checkpoint_dir` and ends with the same weights.
-    Returns a summary (d_in, d_sae, steps, tokens). The model name and layer label the saved SAE.
+    Reads settings.train (how to train) and settings.held_out_every (which windows
+    are not training's). A rerun after a kill resumes from `outputs.checkpoint_dir`
+    and ends with the same weights. Returns a summary (d_in, d_sae, n_steps, tokens).
     """
     from .formats import save_sae
     from .architectures import SaeConfig
-    from ..activations.batches import iter_hdf5_batches
-    from .training import train_sae
+    from ..activations.batches import BatchOrder, iter_hdf5_batches
+    from .training import TrainConfig, train_sae
 
-    train_rows, _ = split_rows(cache_path, held_out_every)
+    train = settings.train
+    train_rows, _ = split_rows(cache_path, settings.held_out_every)
     with open_hdf5(cache_path) as cache:
         d_in = cache["activations"].shape[1]
-    batch_size = settings.batch_size
+    batch_size = train.batch_size
     if len(train_rows) < batch_size:
         raise UserError(
-            f"{model_name} layer {layer}: {len(train_rows)} training positions, fewer than saes.train.batch_size={batch_size}; "
-            "raise corpus.token_budget or lower the batch size"
+            f"{model_layer.model_name} layer {model_layer.layer}: {len(train_rows)} training positions, "
+            f"fewer than saes.train.batch_size={batch_size}; raise corpus.token_budget or lower the batch size"
         )
-    d_sae = settings.d_sae_for(d_in)
-    sae_cfg = SaeConfig(
-        d_in=d_in, d_sae=d_sae, architecture=settings.architecture, k=settings.k,
-        l1_coefficient=settings.l1_coefficient, model_name=model_name,
-        hook_name=f"blocks.{layer}.hook_resid_post",
-    )
-    train_cfg = settings.trainer_config(len(train_rows), seed)
-    make_batches = functools.partial(iter_hdf5_batches, cache_path, batch_size, seed, train_rows,
-                                     epochs=settings.epochs)
-    result = train_sae(lambda start: make_batches(start_batch=start), sae_cfg, train_cfg, checkpoint_dir)
-    save_sae(result.sae, out_dir)
-    curve = result.curve.assign(model=model_name, layer=layer, sae=f"seed{seed}")
-    with atomic_path(curve_path, suffix=".tsv") as temporary:
+    sae_cfg = SaeConfig.from_settings(train, d_in, model_name=model_layer.model_name, hook_name=model_layer.hook_name)
+    train_cfg = TrainConfig.for_rows(train, len(train_rows), seed)
+    make_batches = functools.partial(iter_hdf5_batches, cache_path, BatchOrder(batch_size, seed, epochs=train.epochs), train_rows)
+    result = train_sae(lambda start: make_batches(start_batch=start), sae_cfg, train_cfg, outputs.checkpoint_dir)
+    save_sae(result.sae, outputs.sae_dir)
+    curve = result.curve.assign(model=model_layer.model_name, layer=model_layer.layer, sae=f"seed{seed}")
+    with atomic_path(outputs.curve_path, suffix=".tsv") as temporary:
         curve.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
-    return {"d_in": d_in, "d_sae": d_sae, "n_steps": train_cfg.n_steps, "tokens": train_cfg.n_steps * batch_size}
+    return {"d_in": d_in, "d_sae": sae_cfg.d_sae, "n_steps": train_cfg.n_steps, "tokens": train_cfg.n_steps * batch_size}
 
 
 def load_pretrained(spec: dict, layer: int, out_dir: str | Path, expected_d_in: int | None) -> None:
@@ -104,32 +136,18 @@ def cache_width(cache_path: str | Path) -> int:
         return int(cache["activations"].shape[1])
 
 
-def evaluate(
-    sae_dirs: dict[str, str | Path],
-    cache_path: str | Path,
-    manifest_path: str | Path,
-    windows_path: str | Path,
-    out_path: str | Path,
-    *,
-    model_name: str,
-    layer: int,
-    held_out_every: int,
-    loss_windows: int,
-    batch_size: int = 4096,
-) -> pd.DataFrame:
+def evaluate_layer(inputs: EvaluationInputs, out_path: str | Path, model_layer: ModelLayer, settings: SaeSettings,
+                   batch_size: int = 4096) -> pd.DataFrame:
     """Quality of the SAEs of one (model, layer) on held-out positions -> a TSV with a row per SAE.
 
-    `sae_dirs` maps SAE names (seed0, pretrained, ...) to saved SAEs. Per SAE:
-    fvu, explained_variance, mean_l0, dead_fraction over every held-out
-    position; downstream loss (clean, SAE spliced in at the layer, zero
-    ablation, fraction recovered, and loss_tokens: how many predicted tokens) over
-    the first `loss_windows` held-out windows. The model is loaded once and its clean and zero-ablation passes
-    are shared by the SAEs.
-
-    Its parameters are the four inputs the job reads (SAEs, cache, model, windows), its
-    one output, the labels of its rows (model_name, layer), and the two settings that
-    pick the held-out text (`held_out_every` must equal training's, or the SAE would
-    be judged on text it was trained on; `loss_windows`).
+    Per SAE of `inputs.sae_dirs`: fvu, explained_variance, mean_l0, dead_fraction
+    over every held-out position; downstream loss (clean, SAE spliced in at the
+    layer, zero ablation, fraction recovered, and loss_tokens: how many predicted
+    tokens) over the first `settings.loss_windows` held-out windows. The model is
+    loaded once and its clean and zero-ablation passes are shared by the SAEs.
+    `settings.held_out_every` must equal training's, or the SAE would be judged on
+    text it was trained on. Rows are labelled with `model_layer`; batch_size: held-out
+    positions per batch.
     """
     import torch
 
@@ -140,6 +158,9 @@ def evaluate(
     from ..activations.batches import read_rows
     from .evaluation import downstream_losses, evaluate_saes
 
+    sae_dirs, cache_path = inputs.sae_dirs, inputs.cache_path
+    model_name, layer = model_layer.model_name, model_layer.layer
+    held_out_every, loss_windows = settings.held_out_every, settings.loss_windows
     saes = {name: load_sae("saelens", path=path) for name, path in sae_dirs.items()}
     _, held_out_rows = split_rows(cache_path, held_out_every)
     if len(held_out_rows) == 0:
@@ -158,8 +179,8 @@ def evaluate(
     losses = [no_loss] * len(rows)
     if loss_windows > 0:
         device = torch_device()
-        model, tokenizer, _ = load_model(manifest_path, device=device)
-        windows = [w for w in read_windows(windows_path) if held_out_mask(w.window_index, held_out_every)][:loss_windows]
+        model, tokenizer, _ = load_model(inputs.manifest_path, device=device)
+        windows = [w for w in read_windows(inputs.windows_path) if held_out_mask(w.window_index, held_out_every)][:loss_windows]
         from ..activations.cache import prepare_tokenizer, tokenize_windows
 
         prepare_tokenizer(tokenizer)
@@ -208,7 +229,7 @@ def plot_training_curves(curve_paths: list[str | Path], out_path: str | Path) ->
     plt.close(figure)
 
 
-def encode(sae_dir: str | Path, cache_path: str | Path, out_path: str | Path, pre_activations: bool) -> None:
+def encode_to_codes(sae_dir: str | Path, cache_path: str | Path, out_path: str | Path, pre_activations: bool) -> None:
     """Sparse codes (or dense pre-activations) of every cached position (see codes.py)."""
     from .codes import encode_cache_to_codes
     from .formats import load_sae
