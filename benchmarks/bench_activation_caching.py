@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from sae_universality.activations.cache import cache_activations, prepare_tokenizer, tokenize_windows
+from sae_universality.activations.cache import CacheFiles, cache_activations, prepare_tokenizer, tokenize_windows
+from sae_universality.models.loading import decoder_layers
+from sae_universality.models.sources import load_model, prepare_model
+from sae_universality.settings import ActivationSettings
 from sae_universality.text.corpus import build_windows
-from sae_universality.models.sources import decoder_layers, load_model, prepare_model
 
 
 def bare_forward(model, batches, deepest: int) -> float:
@@ -69,12 +71,10 @@ def main() -> None:
         for repeat in range(arguments.repeats):  # alternate so drift hits both sides alike
             bare_times.append(bare_forward(model, batches, deepest))
             start = time.perf_counter()
-            cache_activations(
-                model, tokenizer, windows, arguments.layers,
-                {layer: Path(scratch) / f"r{repeat}_layer{layer}.h5" for layer in arguments.layers},
-                model_name=manifest["name"], attributes={}, dtype="float16",
-                batch_size=arguments.batch_size, progress=False,
-            )
+            files = CacheFiles({layer: Path(scratch) / f"r{repeat}_layer{layer}.h5" for layer in arguments.layers},
+                               manifest["name"])
+            cache_activations(model, tokenizer, windows, files, ActivationSettings(dtype="float16"),
+                              batch_size=arguments.batch_size, progress=False)
             cache_times.append(time.perf_counter() - start)
     bare, cache = min(bare_times), min(cache_times)
     print(f"model {manifest['name']} ({manifest['architecture']}, {manifest['n_layers']} blocks, d={manifest['d_model']}), "

@@ -9,6 +9,7 @@ from sae_universality.activations.cache import cache_shard, merge_shards, prepar
 from sae_universality.text.corpus import write_windows
 from sae_universality.errors import UserError
 from sae_universality.models.sources import load_model, prepare_model
+from sae_universality.settings import ActivationSettings
 
 ARCHITECTURES = ["gpt_neox", "gemma", "gemma2", "llama"]
 
@@ -49,7 +50,8 @@ def direct_hidden_states(manifest, windows, layer):
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_cache_equals_direct_forward_pass(prepared, windows, windows_file, tmp_path, architecture):
     layers = [0, 2]  # not the last block: transformers' last hidden state has the final norm applied
-    counts = cache_shard(prepared[architecture], windows_file, layers, tmp_path / "shard", dtype="float32", batch_size=3)
+    counts = cache_shard(prepared[architecture], windows_file, layers, tmp_path / "shard",
+                         ActivationSettings(dtype="float32"), batch_size=3)
     for layer in layers:
         reference = direct_hidden_states(prepared[architecture], windows, layer)
         with h5py.File(tmp_path / "shard" / f"layer{layer}.h5", "r") as cache:
@@ -82,9 +84,12 @@ def test_no_special_or_padding_position_is_stored(prepared, windows, windows_fil
 
 
 def test_shards_merge_to_the_single_shard_cache(prepared, windows_file, tmp_path):
-    cache_shard(prepared["llama"], windows_file, [1], tmp_path / "whole", n_shards=1, shard=0)
+    cache_shard(prepared["llama"], windows_file, [1], tmp_path / "whole", ActivationSettings(shards=1), shard=0)
     for shard in range(3):
-        cache_shard(prepared["llama"], windows_file, [1], tmp_path / f"s{shard}", n_shards=3, shard=shard)
+        cache_shard(prepared["llama"], windows_file, [1], tmp_path / f"s{shard}", ActivationSettings(shards=3), shard=shard)
+    with h5py.File(tmp_path / "s2" / "layer1.h5", "r") as last:
+        # Which shard of how many, and the storage dtype, come from the settings.
+        assert (last.attrs["shard"], last.attrs["n_shards"], last.attrs["dtype"]) == (2, 3, "float16")
     rows = merge_shards([tmp_path / f"s{shard}" / "layer1.h5" for shard in range(3)], tmp_path / "merged.h5", rows_per_block=7)
     with h5py.File(tmp_path / "whole" / "layer1.h5", "r") as whole, h5py.File(tmp_path / "merged.h5", "r") as merged:
         assert rows == whole["activations"].shape[0] == merged.attrs["n_positions"]
@@ -137,7 +142,7 @@ def test_float16_overflow_is_reported_with_the_fix(prepared, windows_file, tmp_p
 
     monkeypatch.setattr(activations, "residual_stream", huge)
     with pytest.raises(UserError, match=r"exceed the float16 range .* set activations.dtype: float32"):
-        cache_shard(prepared["gemma2"], windows_file, [1], tmp_path / "shard", dtype="float16")
+        cache_shard(prepared["gemma2"], windows_file, [1], tmp_path / "shard", ActivationSettings(dtype="float16"))
 
 
 def test_tokenization_marks_text_positions(prepared, windows):

@@ -9,6 +9,7 @@ import yaml
 
 from sae_universality.config import SCHEMA, check_config
 from sae_universality.errors import UserError
+from sae_universality.models.sources import SOURCES, ModelSource, check_model_entries, source_entry, source_keys
 
 from conftest import REPO
 
@@ -30,7 +31,7 @@ def checked(changes: dict | None = None, remove: tuple = ()) -> dict:
         for key in parents:
             node = node[key]
         del node[last]
-    return check_config(config, SCHEMA)
+    return check_config(config, SCHEMA, check_models=check_model_entries)
 
 
 def test_default_config_is_valid_and_defaults_are_filled():
@@ -111,24 +112,110 @@ def test_missing_source_and_missing_path(tmp_path):
     config = copy.deepcopy(DEFAULT)
     config["models"]["gemma3"] = {"path": str(tmp_path / "nothing"), "layers": [0]}
     with pytest.raises(UserError, match=r"models.gemma3.path: .*nothing is not a folder"):
-        check_config(config, SCHEMA)
+        check_config(config, SCHEMA, check_models=check_model_entries)
 
 
 def test_layers_of_a_local_model_are_checked_against_its_config(tiny_models):
     config = copy.deepcopy(DEFAULT)
     config["models"]["gemma3"] = {"path": str(tiny_models["gemma"]), "layers": [0, 4]}
     with pytest.raises(UserError, match=r"models.gemma3.layers: \[4\] out of range; gemma3 has blocks 0..3"):
-        check_config(config, SCHEMA)
+        check_config(config, SCHEMA, check_models=check_model_entries)
 
 
-def test_snakemake_stops_with_one_line_and_no_traceback(tmp_path):
+@pytest.mark.parametrize(
+    ("mistake", "line"),
+    [
+        ("pairs:\n  - {a: smollm2, b: nobody}\n",
+         "pairs[0].b: model 'nobody' is not defined; use one of smollm2, gemma3 or add it under models"),
+        # A model entry's mistake is the models stage's check, which the workflow passes to check_config.
+        ("models:\n  gemma3: {embedded: gemma3-270m, layers: [40]}\n",
+         "models.gemma3.layers: [40] out of range; gemma3 has blocks 0..17"),
+    ],
+)
+def test_snakemake_stops_with_one_line_and_no_traceback(tmp_path, mistake, line):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("pairs:\n  - {a: smollm2, b: nobody}\n")
+    bad.write_text(mistake)
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("sae-universality:")]
-    assert errors == ["sae-universality: pairs[0].b: model 'nobody' is not defined; use one of smollm2, gemma3 or add it under models"]
+    assert errors == [f"sae-universality: {line}"]
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- the registry of model sources
+
+NOT_SOURCE_KEYS = {"layers", "batch_size", "sae"}  # what a model entry says besides where the model comes from
+
+
+def model_entry_schema() -> dict:
+    with open(SCHEMA) as stream:
+        return yaml.safe_load(stream)["properties"]["models"]["additionalProperties"]
+
+
+def test_the_source_registry_equals_the_schemas_source_keys():
+    keys = set(model_entry_schema()["properties"]) - NOT_SOURCE_KEYS
+    assert sorted(source_keys()) == sorted(keys) == sorted(["hf", "revision", "path", "embedded", "gguf", "rerandomized"])
+    assert list(SOURCES) == ["hf", "path", "embedded", "gguf", "rerandomized"]
+    assert SOURCES["hf"].owns == ("revision",) and all(not source.owns for key, source in SOURCES.items() if key != "hf")
+    # The schema's prose names every source, in the registry's order.
+    assert "one source: hf, path, embedded, gguf or rerandomized." in " ".join(
+        yaml.safe_load(SCHEMA.read_text())["properties"]["models"]["description"].split())
+
+
+def test_the_embedded_models_equal_the_schemas_enum():
+    from sae_universality.models.embedded import EMBEDDED
+
+    assert list(EMBEDDED) == model_entry_schema()["properties"]["embedded"]["enum"]
+
+
+def test_the_prepare_rule_keys_on_the_registrys_source_keys_and_nothing_else():
+    entry = {"hf": "EleutherAI/pythia-70m", "revision": "step1000", "layers": [1, 2], "batch_size": 4,
+             "sae": {"train": {"k": 8}}}
+    assert source_entry(entry) == {"hf": "EleutherAI/pythia-70m", "revision": "step1000"}
+    every_source = {key: f"value of {key}" for key in source_keys()}
+    assert source_entry({**every_source, "layers": [0], "batch_size": 8, "sae": {}}) == every_source
+    assert source_entry({"rerandomized": {"from": "a", "seed": 3}, "layers": [0]}) == {"rerandomized": {"from": "a", "seed": 3}}
+    # The workflow's params of prepare_model are this function's answer, not a list of its own.
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    body = common.split("def model_source_entry(wildcards):")[1].split("\ndef ")[0]
+    assert "return source_entry(MODELS[wildcards.model])" in body
+    assert not any(f'"{key}"' in body for key in source_keys())
+
+
+def test_a_source_registered_in_a_test_is_checked_counted_and_keyed_through_the_registry(monkeypatch):
+    """A new source: one class and one table entry, nothing else touched."""
+
+    class ZooSource(ModelSource):
+        key = "zoo"
+        owns = ("keeper",)
+
+        def check(self, name, location, models):
+            if location != "lion":
+                raise UserError(f"models.{name}.zoo: '{location}' is not in the zoo; use lion")
+
+        def n_layers(self, location, entry, models):
+            return 2
+
+    monkeypatch.setitem(SOURCES, "zoo", ZooSource())
+    check_model_entries({"a": {"zoo": "lion", "layers": [0, 1]}})
+    with pytest.raises(UserError, match=r"^models.a.layers: \[2\] out of range; a has blocks 0..1$"):
+        check_model_entries({"a": {"zoo": "lion", "layers": [1, 2]}})
+    with pytest.raises(UserError, match=r"^models.a.zoo: 'tiger' is not in the zoo; use lion$"):
+        check_model_entries({"a": {"zoo": "tiger", "layers": [0]}})
+    with pytest.raises(UserError, match=r"^models.a: give exactly one of hf, path, embedded, gguf, rerandomized, zoo "
+                                        r"\(found path, zoo\)$"):
+        check_model_entries({"a": {"zoo": "lion", "path": "/x", "layers": [0]}})
+    with pytest.raises(UserError, match=r"\(a model with hf, path, embedded, gguf or zoo\)$"):
+        check_model_entries({"a": {"zoo": "lion", "layers": [0]}, "b": {"rerandomized": {"from": "c"}, "layers": [0]}})
+    assert source_entry({"zoo": "lion", "keeper": "Ann", "layers": [0]}) == {"zoo": "lion", "keeper": "Ann"}
+
+
+def test_model_entries_are_checked_only_where_check_models_is_given():
+    config = copy.deepcopy(DEFAULT)
+    config["models"]["gemma3"]["layers"] = [40]
+    assert check_config(copy.deepcopy(config), SCHEMA)["models"]["gemma3"]["layers"] == [40]
+    with pytest.raises(UserError, match=r"^models.gemma3.layers: \[40\] out of range; gemma3 has blocks 0..17$"):
+        check_config(config, SCHEMA, check_models=check_model_entries)

@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from sae_universality.activations.cache import cache_shard
+from sae_universality.models.dequantize import _load_gguf
+from sae_universality.models.embedded import EMBEDDED
+from sae_universality.models.sources import prepare_model
+from sae_universality.settings import ActivationSettings
 from sae_universality.text.corpus import Window, write_windows
-from sae_universality.models.sources import EMBEDDED, _load_gguf, prepare_model
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +30,7 @@ def smollm2(tmp_path_factory):
     The in-memory model is the one prepare_model saved: kept here as the independent reference of the
     cache (saved folder -> reload -> hooks -> HDF5) instead of loading the GGUF a second time (20 s).
     """
-    import sae_universality.models.sources as models
+    import sae_universality.models.dequantize as dequantize
 
     root = tmp_path_factory.mktemp("smollm2")
     loaded = []
@@ -37,7 +40,7 @@ def smollm2(tmp_path_factory):
         return loaded[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(models, "_load_gguf", load_and_keep)
+        patch.setattr(dequantize, "_load_gguf", load_and_keep)
         manifest = prepare_model("smollm2", {"embedded": "smollm2-135m-instruct", "layers": [5]}, root / "model")
     # The session's model cache starts empty (conftest.model_cache) and only this module fills it.
     assert len(loaded) == 1, "prepare_model dequantizes the GGUF file exactly once"
@@ -55,7 +58,7 @@ def test_dequantized_folder_matches_the_registry(smollm2):
 
 
 def test_the_dequantized_model_is_made_once_per_machine(smollm2, model_cache, tmp_path, monkeypatch):
-    import sae_universality.models.sources as models
+    import sae_universality.models.dequantize as dequantize
 
     _, manifest, _ = smollm2
     folder = Path(manifest["load_from"])
@@ -66,20 +69,21 @@ def test_the_dequantized_model_is_made_once_per_machine(smollm2, model_cache, tm
         raise AssertionError("a cached model must not be dequantized again")
 
     # A second experiment on this machine: its manifest points at the same folder, no GGUF is read.
-    monkeypatch.setattr(models, "_load_gguf", no_dequantization)
+    monkeypatch.setattr(dequantize, "_load_gguf", no_dequantization)
     again = prepare_model("smollm2", {"embedded": "smollm2-135m-instruct", "layers": [5]}, tmp_path / "model")
     assert again == manifest
     assert json.loads((tmp_path / "model" / "manifest.json").read_text()) == manifest
     # With the cache off the folder lives in the experiment, as without one.
     monkeypatch.setenv("SAE_UNIVERSALITY_CACHE", "off")
-    assert models.model_cache_root() is None
+    assert dequantize.model_cache_root() is None
 
 
 def test_cache_of_the_real_model_equals_the_gguf_models_hidden_states(smollm2):
     root, _, (model, tokenizer) = smollm2
     windows = [Window(i, i, 0, text) for i, text in enumerate(TEXTS)]
     write_windows(windows, root / "windows.jsonl")
-    cache_shard(root / "model" / "manifest.json", root / "windows.jsonl", [2, 5], root / "acts", dtype="float32")
+    cache_shard(root / "model" / "manifest.json", root / "windows.jsonl", [2, 5], root / "acts",
+                ActivationSettings(dtype="float32"))
 
     # Independent path: the GGUF file as loaded straight from the package, in memory, full forward pass.
     for layer in (2, 5):
@@ -100,7 +104,7 @@ def test_cache_of_the_real_model_equals_the_gguf_models_hidden_states(smollm2):
 def test_token_decoder_equals_the_transformers_tokenizer(smollm2):
     from transformers import AutoTokenizer
 
-    from sae_universality.models.sources import token_decoder
+    from sae_universality.models.loading import token_decoder
 
     root, manifest, _ = smollm2
     decode = token_decoder(root / "model" / "manifest.json")
@@ -116,7 +120,7 @@ def test_token_decoder_equals_the_transformers_tokenizer(smollm2):
 def test_gguf_metadata_is_parsed_once_per_file(tmp_path):
     import gguf
 
-    from sae_universality.models.sources import _gguf_parsed_once
+    from sae_universality.models.dequantize import _gguf_parsed_once
 
     path = EMBEDDED["smollm2-135m-instruct"].locate_gguf(tmp_path)
     original = gguf.GGUFReader

@@ -12,7 +12,8 @@ import yaml
 
 from sae_universality.config import SCHEMA, check_config
 from sae_universality.errors import UserError
-from sae_universality.models.sources import known_n_layers, load_model, prepare_model, rerandomize_parameters
+from sae_universality.models.rerandomize import rerandomize_parameters
+from sae_universality.models.sources import check_model_entries, known_n_layers, load_model, prepare_model
 
 from conftest import REPO
 
@@ -196,7 +197,8 @@ def with_models(**models) -> dict:
 
 
 def test_a_rerandomized_model_is_a_valid_model_with_its_sources_blocks():
-    config = check_config(with_models(floor={"rerandomized": {"from": "gemma3"}, "layers": [2, 17]}), SCHEMA)
+    config = check_config(with_models(floor={"rerandomized": {"from": "gemma3"}, "layers": [2, 17]}), SCHEMA,
+                          check_models=check_model_entries)
     assert config["models"]["floor"]["rerandomized"] == {"from": "gemma3", "seed": 0}
     assert known_n_layers("floor", config["models"]["floor"], config["models"]) == 18
     assert known_n_layers("floor", config["models"]["floor"]) is None, "without the models, the source is unknown"
@@ -222,7 +224,7 @@ def test_a_rerandomized_model_is_a_valid_model_with_its_sources_blocks():
 )
 def test_config_mistakes_of_a_rerandomized_model_give_one_clear_line(models, message):
     with pytest.raises(UserError, match=message) as raised:
-        check_config(with_models(**models), SCHEMA)
+        check_config(with_models(**models), SCHEMA, check_models=check_model_entries)
     assert "\n" not in str(raised.value)
 
 

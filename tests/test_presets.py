@@ -82,13 +82,14 @@ def test_presets_folder_holds_both_variants_of_both_experiments_and_own_saes():
 
 def test_scaling_preset_and_every_study_variant_are_valid_configs():
     from sae_universality.config import check_config
+    from sae_universality.models.sources import check_model_entries
     from sae_universality.studies.scaling import study_variants
 
     variants = study_variants(load_preset("scaling"))
     assert list(variants) == ["tokens16000-latents2048", "tokens50000-latents2048", "tokens150000-latents2048",
                               "tokensall-latents2048", "tokens150000-latents8192"]
     for name, config in variants.items():
-        checked = check_config(config)
+        checked = check_config(config, check_models=check_model_entries)
         assert checked["saes"]["seeds"] == [0, 1] and checked["saes"]["loss_windows"] >= 8, name
     assert variants["tokensall-latents2048"]["corpus"]["token_budget"] is None
     # Every budget draws from the Wikipedia articles; the largest reads all of them.

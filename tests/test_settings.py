@@ -8,6 +8,7 @@ import yaml
 
 from sae_universality import settings as settings_module
 from sae_universality.config import SCHEMA, check_config
+from sae_universality.models.sources import check_model_entries
 from sae_universality.settings import SECTIONS, MatchSettings, SaeSettings, TrainSettings, from_section
 
 
@@ -61,7 +62,8 @@ def settings_docs(cls) -> set[str]:
 
 
 def test_settings_built_from_a_checked_config_equal_the_defaults_and_read_the_users_values():
-    config = check_config(yaml.safe_load((SCHEMA.parents[2] / "config.yaml").read_text()))
+    config = check_config(yaml.safe_load((SCHEMA.parents[2] / "config.yaml").read_text()),
+                          check_models=check_model_entries)
     matching = from_section(MatchSettings, config["matching"])
     assert matching == dataclasses.replace(MatchSettings(), **{
         key: value for key, value in config["matching"].items() if value != getattr(MatchSettings(), key)})

@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 
 from sae_universality.matching.stage import N_EXAMPLE_PAIRS, example_pairs
-from sae_universality.similarity.semantic import semantic_pairs
-from sae_universality.similarity.stage import SCORE_COLUMNS, above_chance, pair_table, with_adjusted_p
+from sae_universality.matching.categories import CategorySide, semantic_pairs
+from sae_universality.settings import MatchSettings
+from sae_universality.similarity.baselines import above_chance
+from sae_universality.similarity.stage import SCORE_COLUMNS, pair_table, with_adjusted_p
 
 # ---------------------------------------------------------------------------------------------------------------
 # semantic_pairs
@@ -20,6 +22,7 @@ TOKENS_A = ["▁the", "▁april", "▁january", "▁March", "▁happy", "▁Fran
 CONTEXTS_A = ["the cat", "an aprilfools joke", "in January", ["a March day"], "so happy", "in France", "the rain"]
 TOKENS_B = ["Ġjanuary", ["Ġapril", "Ġmay"], "Ġthe", "Ġsad", "ĠMarch", "Ġrain"]
 CONTEXTS_B = ["on 5 january", ["april showers", "may"], "the", "sad", "in March", "rain"]
+SIDES = (CategorySide(TOKENS_A, CONTEXTS_A), CategorySide(TOKENS_B, CONTEXTS_B))
 
 
 def sparse_codes(rng, shape, density):
@@ -53,6 +56,19 @@ def corr(x, y):
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def test_semantic_pairs_follow_the_configured_one_to_one_rule(codes):
+    # B0 (january) and B4 (march) both pick A2; "highest" keeps B0 only, "none" keeps both.
+    A, B = codes
+    months = {"month_names": CATEGORIES["month_names"]}
+    kept = {}
+    for rule in ("highest", "none"):
+        table = semantic_pairs(chunks_of(A, B), *SIDES, months, MatchSettings(threshold=0.0, one_to_one=rule))
+        kept[rule] = sorted(zip(table.loc[table["kept"], "feature_b"], table.loc[table["kept"], "feature_a"]))
+    assert (0, 2) in kept["highest"] and (4, 2) not in kept["highest"]
+    assert {(0, 2), (4, 2)} <= set(kept["none"])
+    assert len(kept["none"]) == len(kept["highest"]) + 1
+
+
 def test_semantic_pairs_rematches_within_each_category_with_indices_of_the_whole_sae(codes):
     A, B = codes
     # The fixture holds what the expectations below rest on.
@@ -61,7 +77,7 @@ def test_semantic_pairs_rematches_within_each_category_with_indices_of_the_whole
     assert corr(A[:, 3], B[:, 1]) > max(corr(A[:, 2], B[:, 1]), 0.3)
     assert abs(corr(A[:, 4], B[:, 3])) < 0.3
 
-    table = semantic_pairs(chunks_of(A, B), TOKENS_A, CONTEXTS_A, TOKENS_B, CONTEXTS_B, CATEGORIES, threshold=0.3)
+    table = semantic_pairs(chunks_of(A, B), *SIDES, CATEGORIES, MatchSettings(threshold=0.3))
 
     assert list(table.columns) == ["category", "n_features_a", "n_features_b", "feature_a", "feature_b",
                                    "correlation", "kept"]
@@ -88,7 +104,7 @@ def test_semantic_pairs_correlations_are_the_best_within_the_category(codes):
     A, B = codes
     B = B.copy()
     B[:, 1] = A[:, 3] + 3.0 * A[:, 0]  # mostly A0 ("the"), which is in no category
-    table = semantic_pairs(chunks_of(A, B, rows=50), TOKENS_A, CONTEXTS_A, TOKENS_B, CONTEXTS_B, CATEGORIES, 0.3)
+    table = semantic_pairs(chunks_of(A, B, rows=50), *SIDES, CATEGORIES, MatchSettings(threshold=0.3))
     months = table[table["category"] == "month_names"].set_index("feature_b")
     with np.errstate(invalid="ignore", divide="ignore"):  # B5 never fires: its column is NaN
         full = np.corrcoef(A, B, rowvar=False)[:7, 7:]
@@ -104,7 +120,7 @@ def test_semantic_pairs_correlations_are_the_best_within_the_category(codes):
 def test_semantic_pairs_threshold_decides_kept(codes):
     A, B = codes
     between = (corr(A[:, 3], B[:, 1]) + 1.0) / 2  # above B1's correlation, below B0's (1.0)
-    table = semantic_pairs(chunks_of(A, B), TOKENS_A, CONTEXTS_A, TOKENS_B, CONTEXTS_B, CATEGORIES, between)
+    table = semantic_pairs(chunks_of(A, B), *SIDES, CATEGORIES, MatchSettings(threshold=between))
     months = table[table["category"] == "month_names"].set_index("feature_b")
     assert months["kept"].to_dict() == {0: True, 1: False, 4: False}
     assert months["feature_a"].to_dict() == {0: 2, 1: 3, 4: 2}  # the pairs are the same, only kept differs
@@ -112,7 +128,7 @@ def test_semantic_pairs_threshold_decides_kept(codes):
 
 def test_semantic_pairs_without_categories_is_an_empty_table(codes):
     A, B = codes
-    table = semantic_pairs(chunks_of(A, B), TOKENS_A, CONTEXTS_A, TOKENS_B, CONTEXTS_B, {}, 0.3)
+    table = semantic_pairs(chunks_of(A, B), *SIDES, {}, MatchSettings(threshold=0.3))
     assert table.empty
     assert list(table.columns) == ["category", "n_features_a", "n_features_b", "feature_a", "feature_b",
                                    "correlation", "kept"]

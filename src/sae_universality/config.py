@@ -2,28 +2,39 @@
 
 `check_config` validates against workflow/schemas/config.schema.yaml with
 snakemake.utils.validate (which also fills in the defaults), then makes the
-checks a schema cannot: pairs name defined models, layers exist in the model,
-sources exist, a re-randomized model names a model with a source of its own.
-Every mistake becomes one `UserError` line naming the key and the fix.
+checks a schema cannot: pairs name defined models, corpus files exist, SAE
+settings fit. The checks of each model entry (its source exists, its layers
+exist in the model, a re-randomized model names a model with a source of its
+own) belong to the models stage, which this ground-floor module does not
+import: callers that check a whole experiment pass them in as `check_models`
+(`models.sources.check_model_entries`). Every mistake becomes one `UserError`
+line naming the key and the fix.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from .errors import UserError
-from .models.sources import EMBEDDED, known_n_layers, model_source
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
-def check_config(config: dict, schema: str | Path = SCHEMA) -> dict:
-    """Validate `config` in place (defaults filled in) and return it; raise UserError on the first mistake."""
+def check_config(config: dict, schema: str | Path = SCHEMA,
+                 check_models: Callable[[dict], None] | None = None) -> dict:
+    """Validate `config` in place (defaults filled in) and return it; raise UserError on the first mistake.
+
+    `check_models(models)` checks the model entries (sources, layers) after the
+    schema and the floor controls; without it they are left unchecked. The
+    workflow passes `models.sources.check_model_entries`.
+    """
     _validate_schema(config, Path(schema))
     _check_pairs(config["pairs"], config["models"])
     if _add_floor_controls(config):
         _validate_schema(config, Path(schema))  # fills the defaults of the added models
-    _check_models(config["models"])
+    if check_models is not None:
+        check_models(config["models"])
     _check_corpus(config["corpus"])
     _check_saes(config)
     _check_similarity(config["similarity"])
@@ -67,40 +78,6 @@ def _key_path(parts) -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
-
-
-def _check_models(models: dict) -> None:
-    for name, entry in models.items():
-        kind, location = model_source(name, entry)
-        if kind == "embedded" and location not in EMBEDDED:
-            raise UserError(f"models.{name}.embedded: '{location}' is unknown; use one of {', '.join(EMBEDDED)}")
-        if kind == "path" and not Path(location).is_dir():
-            raise UserError(f"models.{name}.path: {location} is not a folder; give a local Hugging Face model folder")
-        if kind == "gguf" and not Path(location).is_file():
-            raise UserError(f"models.{name}.gguf: {location} does not exist; give the path of a .gguf file")
-        if kind == "rerandomized":
-            _check_rerandomized_source(name, location, models)
-        n_layers = known_n_layers(name, entry, models)
-        if n_layers is None:
-            continue  # an uncached hub model: its prepare job checks the layers
-        wrong = [layer for layer in entry["layers"] if layer >= n_layers]
-        if wrong:
-            raise UserError(
-                f"models.{name}.layers: {wrong} out of range; {name} has blocks 0..{n_layers - 1}"
-            )
-
-
-def _check_rerandomized_source(name: str, source: str, models: dict) -> None:
-    """A floor control is made from a configured model with a source of its own (no chains)."""
-    real = [model for model, entry in models.items() if "rerandomized" not in entry]
-    fix = f"name one of {', '.join(real) or 'the models'} (a model with hf, path, embedded or gguf)"
-    where = f"models.{name}.rerandomized.from"
-    if source not in models:
-        raise UserError(f"{where}: model '{source}' is not defined; {fix}")
-    if source == name:
-        raise UserError(f"{where}: '{source}' is this model itself; {fix}")
-    if "rerandomized" in models[source]:
-        raise UserError(f"{where}: '{source}' is itself re-randomized; {fix}")
 
 
 def _check_pairs(pairs: list[dict], models: dict) -> None:

@@ -4,10 +4,11 @@ import sys
 
 from sae_universality.config import check_config, floor_controls, sae_names
 from sae_universality.errors import UserError
+from sae_universality.models.sources import check_model_entries, source_entry
 from sae_universality.saes.stage import sae_settings
 
 try:
-    check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    check_config(config, workflow.source_path("../schemas/config.schema.yaml"), check_models=check_model_entries)
 except UserError as error:
     # One line naming the key and the fix, before any job runs; no traceback.
     sys.exit(f"sae-universality: {error}")
@@ -45,8 +46,9 @@ def corpus_settings(wildcards):
 
 
 def model_source_entry(wildcards):
-    # Only where the model comes from: other settings must not re-trigger the (slow) preparation.
-    return {key: value for key, value in MODELS[wildcards.model].items() if key in ("hf", "revision", "path", "embedded", "gguf", "rerandomized")}
+    # Only where the model comes from (the source keys of models.sources.SOURCES): other settings must not
+    # re-trigger the (slow) preparation.
+    return source_entry(MODELS[wildcards.model])
 
 
 def source_model_manifest(wildcards):
@@ -196,7 +198,7 @@ def similarity_settings(wildcards):
 @functools.cache
 def configured_categories():
     # Read once per Snakemake process: the file is the same for every matching job.
-    from sae_universality.similarity.semantic import load_categories
+    from sae_universality.matching.categories import load_categories
 
     semantic = config["semantic"]
     if not semantic["enabled"]:

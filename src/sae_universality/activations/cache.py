@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -27,6 +28,7 @@ from .. import __version__
 from ..text.corpus import Window
 from ..errors import UserError
 from ..io import atomic_path, open_hdf5
+from ..settings import ActivationSettings, as_settings
 
 POSITION_FIELDS = ("token_ids", "window_index", "doc_index", "position", "char_end")
 ROWS_PER_CHUNK = 1024  # HDF5 chunk height: later stages stream the cache in blocks of rows
@@ -89,7 +91,7 @@ def residual_stream(model, batch: TokenizedBatch, layers: list[int]) -> dict[int
     """
     import torch
 
-    from ..models.sources import decoder_layers
+    from ..models.loading import decoder_layers
 
     blocks = decoder_layers(model)
     captured: dict[int, torch.Tensor] = {}
@@ -163,16 +165,25 @@ def check_finite(values: np.ndarray, model_name: str, layer: int, windows, field
         raise UserError(f"NaN or Inf activation at {where}: the model or its weights are broken; check the model source")
 
 
+@dataclass(frozen=True)
+class CacheFiles:
+    """The files one forward pass writes: one per layer, and what labels them."""
+
+    paths: Mapping[int, str | Path]
+    """{layer: HDF5 file to write}; its keys are the layers cached."""
+    model_name: str
+    """The model's id, in error messages."""
+    attributes: Mapping[str, object] = field(default_factory=dict)
+    """Provenance written into every file's attributes (model source, corpus fingerprint, shard, ...)."""
+
+
 def cache_activations(
     model,
     tokenizer,
     windows: list[Window],
-    layers: list[int],
-    out_paths: dict[int, str | Path],
+    files: CacheFiles,
+    settings: ActivationSettings | Mapping = ActivationSettings(),
     *,
-    model_name: str,
-    attributes: dict,
-    dtype: str = "float16",
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict[int, int]:
@@ -183,16 +194,18 @@ def cache_activations(
 
     The core of the forward-pass stage, kept free of files it does not write: the
     model and tokenizer come in loaded (tests and benchmarks pass their own), the
-    windows in memory, one output path per layer; `model_name` and `attributes`
-    only label the files (error messages, provenance), and `dtype` and
-    `batch_size` are the two settings that change what is computed or stored.
-    `cache_shard` is the job-level call.
+    windows in memory, one output path per layer in `files`, whose model name and
+    attributes only label the files (error messages, provenance); `settings.dtype`
+    and `batch_size` (the model's own) are the two settings that change what is
+    computed or stored. `cache_shard` is the job-level call.
     """
     import torch
     from tqdm import tqdm
 
-    from ..models.sources import decoder_layers
+    from ..models.loading import decoder_layers
 
+    dtype = as_settings(ActivationSettings, settings).dtype
+    layers, model_name = sorted(files.paths), files.model_name
     n_layers = len(decoder_layers(model))
     for layer in layers:
         if not 0 <= layer < n_layers:
@@ -200,11 +213,11 @@ def cache_activations(
     prepare_tokenizer(tokenizer)
     d_model = model.config.get_text_config().hidden_size
     common = {
-        **attributes, "hook_point": "resid_post", "d_model": d_model, "dtype": dtype,
+        **files.attributes, "hook_point": "resid_post", "d_model": d_model, "dtype": dtype,
         "package_version": __version__,
     }
     with ExitStack() as stack:
-        temporaries = {layer: stack.enter_context(atomic_path(out_paths[layer], suffix=".h5")) for layer in layers}
+        temporaries = {layer: stack.enter_context(atomic_path(files.paths[layer], suffix=".h5")) for layer in layers}
         writers = {
             layer: _CacheWriter(temporaries[layer], d_model, dtype,
                                 {**common, "layer": layer, "hidden_states_index": layer + 1})
@@ -296,25 +309,26 @@ def cache_shard(
     windows_path: str | Path,
     layers: list[int],
     out_dir: str | Path,
+    settings: ActivationSettings | Mapping = ActivationSettings(),
     *,
     shard: int = 0,
-    n_shards: int = 1,
-    dtype: str = "float16",
     batch_size: int = 8,
-    device=None,
 ) -> dict[int, int]:
-    """One activation job: shard `shard` of the windows through a prepared model.
+    """One activation job: shard `shard` of `settings.shards` of the windows through a prepared model.
 
-    Writes `out_dir/layer{L}.h5` for every layer; the folder appears only when
-    all files are complete. Returns {layer: rows written}.
+    Runs on the device `devices.torch_device` picks (CUDA when present, else the
+    CPU) and stores `settings.dtype`. Writes `out_dir/layer{L}.h5` for every
+    layer; the folder appears only when all files are complete. Returns
+    {layer: rows written}.
     """
     from ..text.corpus import fingerprint, read_windows
     from ..io import atomic_directory
     from ..devices import torch_device
     from ..models.sources import load_model
 
-    device = torch_device(device)
-    model, tokenizer, manifest = load_model(manifest_path, device=device)
+    settings = as_settings(ActivationSettings, settings)
+    n_shards = settings.shards
+    model, tokenizer, manifest = load_model(manifest_path, device=torch_device())
     windows = shard_windows(read_windows(windows_path), n_shards, shard)
     attributes = {
         "model_id": manifest["name"],
@@ -326,9 +340,7 @@ def cache_shard(
         "n_shards": n_shards,
     }
     with atomic_directory(out_dir) as temporary:
-        counts = cache_activations(
-            model, tokenizer, windows, sorted(layers),
-            {layer: Path(temporary) / f"layer{layer}.h5" for layer in layers},
-            model_name=manifest["name"], attributes=attributes, dtype=dtype, batch_size=batch_size,
-        )
+        files = CacheFiles({layer: Path(temporary) / f"layer{layer}.h5" for layer in layers}, manifest["name"],
+                           attributes)
+        counts = cache_activations(model, tokenizer, windows, files, settings, batch_size=batch_size)
     return counts

@@ -81,7 +81,7 @@ def _aligned_chunks(a: Side, b: Side, chunk_rows: int):
 def feature_top_tokens(side: Side, n_top: int, chunk_rows: int):
     """Per feature: top activating token strings and contexts over the side's (aligned) rows."""
     from ..saes.codes import iter_code_chunks
-    from ..models.sources import token_decoder
+    from ..models.loading import token_decoder
 
     top_rows, _ = top_activations(iter_code_chunks(side.codes, side.rows, chunk_rows), n_top=n_top)
     with open_hdf5(side.cache) as cache:

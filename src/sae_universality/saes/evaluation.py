@@ -99,7 +99,7 @@ def downstream_losses(model, input_ids: Tensor, layer: int, saes: Sequence[Spars
     rule here (the ceiling control trains two seeds), and on models with large
     vocabularies the passes dominate an evaluation job.
     """
-    from ..models.sources import decoder_layers
+    from ..models.loading import decoder_layers
 
     blocks = decoder_layers(model)
     if not 0 <= layer < len(blocks):

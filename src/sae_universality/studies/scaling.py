@@ -36,7 +36,7 @@ import yaml
 
 from ..errors import UserError
 from ..io import atomic_path
-from ..similarity.stage import above_chance
+from ..similarity.baselines import above_chance
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET = REPO / "presets" / "scaling.yaml"
@@ -70,8 +70,9 @@ def activation_identity(config: dict) -> str:
     merged into the same files, so their number does not count).
     """
     from ..config import check_config
+    from ..models.sources import check_model_entries
 
-    checked = check_config(copy.deepcopy(config))
+    checked = check_config(copy.deepcopy(config), check_models=check_model_entries)
     activations = {key: value for key, value in checked["activations"].items() if key != "shards"}
     models = {name: {key: value for key, value in entry.items() if key != "sae"}
               for name, entry in checked["models"].items()}
