@@ -5,10 +5,8 @@ from sae_universality.settings import SimilaritySettings, from_section
 
 
 def main(snakemake):
-    inputs = snakemake.input
     floors = {(a, b): (floor_a, floor_b) for a, b, floor_a, floor_b in snakemake.params.floors}
-    tables = ExperimentTables.read(inputs.scores, inputs.quality, inputs.ceilings, inputs.ceiling_summaries,
-                                   inputs.semantic, floors)
+    tables = ExperimentTables.read(dict(snakemake.input.items()), floors)
     write_verdict(tables, from_section(SimilaritySettings, snakemake.params.settings), snakemake.output.verdict,
                   snakemake.output.table)
 

@@ -89,7 +89,7 @@ def test_verdict_says_plainly_when_nothing_is_significant(tmp_path):
 
 def test_verdict_names_significant_layer_pairs_and_the_floor(tmp_path):
     scores = verdict_inputs([0.001, 0.01, 0.9])
-    # A floor above chance at the best layer pair: token identity explains part of it, and the difference counts.
+    # A floor above chance at the best layer pair: part of it needs no trained weights, and the difference counts.
     floor = verdict_inputs([0.001, 0.5, 0.9]).assign(model_b="b-rerandomized", observed=[0.2, 0.1, 0.1],
                                                      excess=[0.2, 0.1, 0.1])
     text = write_verdict(ExperimentTables({("a", "b"): scores, ("a", "b-rerandomized"): floor}, quality(),
@@ -112,7 +112,7 @@ def test_verdict_names_significant_layer_pairs_and_the_floor(tmp_path):
                                           floors={("a", "b"): ("a", "b-rerandomized")}), SETTINGS,
                          tmp_path / "v.md", tmp_path / "v.tsv")
     assert ("the re-randomized floor (b-rerandomized) is at chance here (excess -0.5, adjusted p 0.8") in text
-    assert "token identity alone does not produce this score" in text
+    assert "a model with redrawn weights does not produce this score" in text
     assert "exceeds it by" not in text and "falls below it by" not in text
     table = pd.read_csv(tmp_path / "v.tsv", sep="\t")
     assert table.loc[0, "excess_above_floor"] == pytest.approx(1.0)  # 0.5 - (-0.5)
@@ -127,7 +127,7 @@ def test_verdict_reads_an_unscorable_floor_as_no_matches_from_token_identity(tmp
                                           floors={("a", "b"): ("a", "b-rerandomized")}),
                          SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
     assert ("the re-randomized floor (b-rerandomized) keeps only 3 matched pairs at these layers, too few to score: "
-            "token identity alone does not produce these matches.") in text
+            "a model with redrawn weights does not produce these matches.") in text
     assert "n/a" not in text and "falls below" not in text
     table = pd.read_csv(tmp_path / "v.tsv", sep="\t")
     assert table.loc[0, "floor_n_pairs"] == 3 and np.isnan(table.loc[0, "excess_above_floor"])
@@ -173,3 +173,48 @@ def test_verdict_cautions_about_a_loss_on_few_tokens(tmp_path):
                          tmp_path / "v.md", tmp_path / "v.tsv")
     assert ("**Caution: some SAEs are weak** (loss measured on only 240 held-out tokens, a noisy estimate: raise "
             "saes.loss_windows;") in text
+
+
+def control_rows(layer_a, layer_b, kept, above=(1.0, 0.5, 0.4, 1.0, 0.0), rematched=(40, 20, 18, 40, 1)):
+    controls = ["full", "context_only", "context_only_bigram", "document_demeaned", "document_shifted"]
+    return pd.DataFrame({"model_a": "a", "model_b": "b", "layer_a": layer_a, "layer_b": layer_b, "control": controls,
+                         "n_kept_full": 40, "kept_full_mean_correlation": kept, "kept_full_above_threshold": above,
+                         "n_kept_rematched": rematched, "rematched_mean_correlation": 0.2, "what": ""})
+
+
+def test_context_only_scores_sit_beside_the_full_ones_with_the_share_of_the_excess_kept():
+    from sae_universality.similarity.controls import context_only_scores
+
+    full = pd.DataFrame({"model_a": "a", "model_b": "b", "layer_a": [0, 1], "layer_b": 5, "metric": "rsa",
+                         "observed": [0.5, 0.3], "ci_low": 0.0, "ci_high": 1.0, "null_mean": 0.0,
+                         "excess": [0.5, -0.1], "p_adjusted": [0.01, 0.9], "n_pairs": 40})
+    context = full.assign(observed=[0.2, 0.1], excess=[0.2, 0.1], p=[0.004, 0.3], n_pairs=20).drop(
+        columns="p_adjusted")
+    table = context_only_scores(context, full, SETTINGS)
+    assert table["p_adjusted"].tolist() == pytest.approx([0.008, 0.3])  # Holm over the two layer pairs
+    assert table["significant"].tolist() == [True, False]
+    assert table["full_excess"].tolist() == [0.5, -0.1] and table["full_n_pairs"].tolist() == [40, 40]
+    assert table["excess_surviving"].iloc[0] == pytest.approx(0.4)
+    assert np.isnan(table["excess_surviving"].iloc[1])  # no share of a full excess that is not positive
+
+
+def test_verdict_says_what_token_identity_and_the_document_explain():
+    from sae_universality.report.verdict import control_paragraph
+
+    controls = pd.concat([control_rows(0, 5, [0.3, 0.12, 0.1, 0.29, 0.01]),
+                          control_rows(1, 5, [0.25, 0.02, 0.01, 0.25, 0.005], above=(1.0, 0.05, 0.0, 1.0, 0.0),
+                                       rematched=(40, 2, 1, 40, 0))])
+    context_only = pd.DataFrame({"model_a": "a", "model_b": "b", "layer_a": [0, 0, 1, 1], "layer_b": 5,
+                                 "metric": ["rsa", "procrustes"] * 2, "observed": [0.2, 0.1, np.nan, np.nan],
+                                 "p_adjusted": [0.01, 0.2, np.nan, np.nan], "excess_surviving": [0.4, 0.3, np.nan, np.nan]})
+    text = control_paragraph(controls, context_only, 0.05, "a", "b")
+    assert ("- 0 / 5: the 40 kept pairs correlate at 0.3 in full, 0.12 without the current token (50% of them still "
+            "at the threshold or above), 0.1 without the previous and current token, 0.29 without each document's "
+            "mean, and 0.01 with b rolled within documents. Matched again, the context-only codes keep 20 pairs, "
+            "significant on 1 of 2 metrics after adjustment (rsa); they keep 0.3 to 0.4 of the full excess over "
+            "chance.") in text
+    assert "- 1 / 5: " in text and "keep 2 pairs, too few to score." in text
+    assert "Without token identity, 1 of 2 layer pairs still match significantly (0 / 5)" in text
+    assert "At 1 / 5 nothing significant survives without token identity" in text
+    assert "The document does not explain the matches" in text
+    assert control_paragraph(None, None, 0.05, "a", "b") == ""

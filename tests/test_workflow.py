@@ -130,6 +130,58 @@ def test_matched_correlations_equal_a_float64_recomputation(finished_run):
     assert "<mark>" in page and "neox layer 2" in page
 
 
+def test_context_only_correlations_equal_a_float64_recomputation(finished_run):
+    """The controls' token-removed correlation of the kept pairs, recomputed with pandas from the files."""
+    import scipy.sparse
+
+    from sae_universality.saes.codes import iter_code_chunks
+
+    def dense_codes(path):
+        return scipy.sparse.vstack(list(iter_code_chunks(path))).toarray().astype(np.float64)
+
+    def cross_fitted(values, key, fold):
+        # Each position minus the mean of its key over the other fold (that fold's mean where the key is absent).
+        frame = pd.DataFrame({"value": values, "key": key, "fold": fold})
+        means = frame.groupby(["fold", "key"])["value"].mean()
+        overall = frame.groupby("fold")["value"].mean()
+        removed = [means.get((1 - f, k), overall[1 - f]) for k, f in zip(key, fold)]
+        return values - np.array(removed)
+
+    table = pd.read_csv(finished_run / "results/matching/neox--llama/layer2--layer1.tsv", sep="\t")
+    kept = table[table["kept"]]
+    with h5py.File(finished_run / "results/alignment/neox--llama.h5", "r") as alignment:
+        rows_a, rows_b = alignment["rows_a"][:], alignment["rows_b"][:]
+    with h5py.File(finished_run / "results/activations/neox/layer2.h5", "r") as cache:
+        token_a, fold = cache["token_ids"][:][rows_a], cache["window_index"][:][rows_a] % 2
+    with h5py.File(finished_run / "results/activations/llama/layer1.h5", "r") as cache:
+        token_b = cache["token_ids"][:][rows_b]
+    codes_a = dense_codes(finished_run / "results/codes/neox/layer2/seed0.h5")[rows_a]
+    codes_b = dense_codes(finished_run / "results/codes/llama/layer1/seed0.h5")[rows_b]
+    correlations = [np.corrcoef(cross_fitted(codes_a[:, a], token_a, fold), cross_fitted(codes_b[:, b], token_b, fold))[0, 1]
+                    for a, b in zip(kept["final_a"], kept["feature_b"])]
+    controls = pd.read_csv(finished_run / "results/similarity/neox--llama/controls.tsv", sep="\t")
+    here = controls[(controls["layer_a"] == 2) & (controls["layer_b"] == 1)].set_index("control")
+    assert list(here.index) == ["full", "context_only", "context_only_bigram", "document_demeaned", "document_shifted"]
+    # The table holds 6 significant digits.
+    assert here.loc["context_only", "kept_full_mean_correlation"] == pytest.approx(np.nanmean(correlations), rel=1e-5)
+    assert here.loc["full", "kept_full_mean_correlation"] == pytest.approx(kept["final_correlation"].mean(), abs=1e-5)
+    assert here.loc["full", "n_kept_rematched"] == len(kept) and (here["n_kept_full"] == len(kept)).all()
+    # Only the real pair has controls; its context-only scores sit beside the full ones.
+    assert not (finished_run / "results/similarity/neox--llama-rerandomized/controls.tsv").exists()
+    scores = pd.read_csv(finished_run / "results/similarity/neox--llama/context_only_scores.tsv", sep="\t")
+    full = pd.read_csv(finished_run / "results/similarity/neox--llama/scores.tsv", sep="\t")
+    merged = scores.merge(full, on=["layer_a", "layer_b", "metric"], suffixes=("", "_of_full"))
+    assert len(merged) == len(full)
+    np.testing.assert_allclose(merged["full_excess"], merged["excess_of_full"], rtol=1e-5)
+    context_only_table = pd.read_csv(
+        finished_run / "results/matching/neox--llama/layer2--layer1.context_only.tsv", sep="\t")
+    n_pairs = int(scores[(scores["layer_a"] == 2) & (scores["layer_b"] == 1)]["n_pairs"].iloc[0])
+    assert n_pairs == int(context_only_table["kept"].sum()) == here.loc["context_only", "n_kept_rematched"]
+    assert "**Shared features or shared tokens?**" in (finished_run / "results/verdict.md").read_text()
+    verdict = pd.read_csv(finished_run / "results/verdict.tsv", sep="\t")
+    assert verdict["kept_correlation_full"].notna().all()
+
+
 def assert_png_shows(path, figure):
     """The PNG at `path` is `figure` drawn at the report's resolution: same size and, pixel for pixel, the same
     picture up to a sliver (the figure here is drawn from the table's 6 significant digits, the PNG was drawn

@@ -215,6 +215,16 @@ class SimilaritySettings:
 
 
 @dataclass(frozen=True)
+class ControlSettings:
+    """The lexical and document controls (config: controls; matching/controls.py)."""
+
+    enabled: bool = True
+    """Run the controls for every real model pair."""
+    min_bigram_count: int = 5
+    """A (previous, current) token pair gets its own mean when this frequent in a half of the windows."""
+
+
+@dataclass(frozen=True)
 class SemanticSettings:
     """Semantic subspaces (config: semantic; METHOD.md section 8)."""
 
@@ -239,4 +249,5 @@ SECTIONS = {
     "matching": MatchSettings,
     "similarity": SimilaritySettings,
     "semantic": SemanticSettings,
+    "controls": ControlSettings,
 }

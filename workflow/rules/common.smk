@@ -188,6 +188,29 @@ def matching_targets():
     ]
 
 
+def control_settings(wildcards):
+    return config["controls"]
+
+
+def control_inputs(wildcards):
+    # The controls read what matching read, and the full match table whose kept pairs they follow.
+    return {**matching_inputs(wildcards),
+            "matches": f"results/matching/{wildcards.model_a}--{wildcards.model_b}/"
+                       f"layer{wildcards.layer_a}--layer{wildcards.layer_b}.tsv"}
+
+
+def control_pairs():
+    """The real model pairs (not floor controls) whose layer pairs get the lexical and document controls."""
+    if not config["controls"]["enabled"]:
+        return []
+    floors = set(FLOORS.values())
+    return [pair for pair in PAIRS if pair not in floors]
+
+
+def pair_control_files(wildcards):
+    return pair_matching_files(wildcards, ".controls.tsv")
+
+
 # ---------------------------------------------------------------- similarity
 
 
@@ -270,6 +293,17 @@ def pair_similarity_files(wildcards, kind):
     ]
 
 
+def pair_context_only_files(wildcards):
+    return pair_similarity_files(wildcards, ".context_only")
+
+
+def context_only_score_inputs(wildcards):
+    full = match_outputs_of_pair(wildcards)
+    return {"sae_a": full["sae_a"], "sae_b": full["sae_b"],
+            "matches": f"results/matching/{wildcards.model_a}--{wildcards.model_b}/"
+                       f"layer{wildcards.layer_a}--layer{wildcards.layer_b}.context_only.tsv"}
+
+
 def pair_ceiling_files(wildcards):
     files = []
     for model in (wildcards.model_a, wildcards.model_b):
@@ -284,6 +318,8 @@ def similarity_targets():
         targets += [f"results/similarity/{a}--{b}/{name}" for name in ("table.tsv", "heatmaps.png", "heatmaps_raw.png")]
         if config["semantic"]["enabled"]:
             targets += [f"results/similarity/{a}--{b}/semantic.tsv", f"results/similarity/{a}--{b}/semantic.png"]
+    for a, b in control_pairs():
+        targets += [f"results/similarity/{a}--{b}/controls.tsv", f"results/similarity/{a}--{b}/context_only_scores.tsv"]
     return targets + ["results/similarity/all_scores.tsv"]
 
 
@@ -321,6 +357,8 @@ def verdict_inputs(wildcards):
         "quality": "results/saes/quality.tsv",
         "ceilings": all_ceiling_score_tables(wildcards),
         "ceiling_summaries": all_ceiling_summaries(wildcards),
+        "controls": [f"results/similarity/{a}--{b}/controls.tsv" for a, b in control_pairs()],
+        "context_only": [f"results/similarity/{a}--{b}/context_only_scores.tsv" for a, b in control_pairs()],
     }
 
 

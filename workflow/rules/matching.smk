@@ -44,3 +44,24 @@ rule matching_summary:
         "../../envs/workflow.yaml"
     script:
         "../../scripts/matching_summary.py"
+
+
+rule match_controls:
+    input:
+        unpack(control_inputs),
+    output:
+        summary="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.controls.tsv",
+        context_only="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.context_only.tsv",
+    log:
+        "logs/match_controls/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
+    benchmark:
+        "results/benchmarks/match_controls/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv"
+    params:
+        settings=matching_settings,
+        controls=control_settings,
+        labels=matching_labels,
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/match_controls.py"

@@ -55,7 +55,26 @@ rule score_ceiling:
     conda:
         "../../envs/workflow.yaml"
     script:
-        "../../scripts/score_ceiling.py"
+        "../../scripts/score_kept_pairs.py"
+
+
+rule score_context_only:
+    input:
+        unpack(context_only_score_inputs),
+    output:
+        scores="results/similarity/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.context_only.tsv",
+    log:
+        "logs/score_context_only/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
+    benchmark:
+        "results/benchmarks/score_context_only/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv"
+    params:
+        settings=similarity_settings,
+        labels=matching_labels,
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/score_kept_pairs.py"
 
 
 rule similarity_tables:
@@ -100,6 +119,34 @@ rule similarity_tables:
         "../../envs/workflow.yaml"
     script:
         "../../scripts/similarity_tables.py"
+
+
+rule control_tables:
+    input:
+        controls=pair_control_files,
+        context_only=pair_context_only_files,
+        full_scores="results/similarity/{model_a}--{model_b}/scores.tsv",
+    output:
+        controls=report(
+            "results/similarity/{model_a}--{model_b}/controls.tsv",
+            caption="../report/controls_table.rst",
+            category="Controls",
+        ),
+        context_only=report(
+            "results/similarity/{model_a}--{model_b}/context_only_scores.tsv",
+            caption="../report/context_only_scores.rst",
+            category="Controls",
+        ),
+    log:
+        "logs/control_tables/{model_a}--{model_b}.log",
+    benchmark:
+        "results/benchmarks/control_tables/{model_a}--{model_b}.tsv"
+    params:
+        settings=similarity_settings,
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/control_tables.py"
 
 
 rule all_scores:

@@ -9,6 +9,9 @@ the pairs (the matching package holds the math). Writes:
   correlation before and after filtering;
 - examples (JSON): top contexts of the best and the most surprising kept
   pairs, for the browsable page.
+
+`control_layer_pair` is the controls' job (controls.py): the same matching on
+codes with token identity or the document taken out, beside the full result.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import pandas as pd
 from ..errors import UserError
 from ..io import atomic_path, open_hdf5, write_tsv
 from .categories import CategorySide, semantic_pairs
+from .controls import (KEY_BIGRAM, KEY_DOCUMENT, KEY_TOKEN, fit_residualizer, paired_correlations, position_keys,
+                       residual_chunks, within_document_roll)
 from .table import match_features, summarize_matches
 from .top_activations import LazyContexts, top_activations, top_tokens
 from ..settings import MatchSettings
@@ -118,6 +123,92 @@ def match_layer_pair(a: Side, b: Side, outputs: MatchOutputs, *, settings: Match
     examples = example_pairs(table, tokens_a, tokens_b, contexts_a, contexts_b)
     with atomic_path(outputs.examples, suffix=".json") as temporary:
         temporary.write_text(json.dumps({**labels, **examples}, ensure_ascii=False))
+    return summary
+
+
+CONTROLS = {
+    "full": "the codes as they are (the pipeline's result)",
+    "context_only": "each feature minus its mean for the current token of its own model (cross-fitted)",
+    "context_only_bigram": "each feature minus its mean for the (previous, current) token pair where frequent, "
+                           "else for the current token (cross-fitted)",
+    "document_demeaned": "each feature minus its mean over its document (cross-fitted)",
+    "document_shifted": "B's positions rolled half a document along within each document: topic kept, "
+                        "position pairing broken",
+}
+"""The controls `control_layer_pair` reports, in its row order, each with what it does to the codes."""
+
+CONTROL_COLUMNS = ["control", "n_kept_full", "kept_full_mean_correlation", "kept_full_above_threshold",
+                   "n_kept_rematched", "rematched_mean_correlation", "what"]
+
+
+@dataclass(frozen=True)
+class ControlOutputs:
+    """Files one controls job writes."""
+
+    summary: Path
+    """One row per control (CONTROL_COLUMNS)."""
+    context_only_table: Path
+    """The match table of the context-only codes, as the full one (scored by the similarity stage)."""
+
+
+def _side_keys(side: Side):
+    with open_hdf5(side.cache) as cache:
+        return position_keys(cache["token_ids"][:], cache["window_index"][:], cache["doc_index"][:], side.rows)
+
+
+def control_layer_pair(a: Side, b: Side, full_table: str | Path, outputs: ControlOutputs, *,
+                       settings: MatchSettings, labels: dict, min_bigram_count: int = 5) -> pd.DataFrame:
+    """The controls of one (pair, layer_a, layer_b): how the full result fares once token identity or the
+    document is taken out of the codes.
+
+    Per control (CONTROLS): the full pipeline's kept pairs' correlation on the
+    controlled codes (and the fraction still at or above the threshold), and the
+    matching rerun on the controlled codes with the same settings (pairs kept and
+    their mean correlation). The context-only match table is written for scoring.
+    """
+    full = pd.read_csv(full_table, sep="\t", usecols=["feature_b", "final_a", "kept"])
+    kept = full[full["kept"].astype(bool)]
+    features_a, features_b = kept["final_a"].to_numpy(np.int64), kept["feature_b"].to_numpy(np.int64)
+    tokens_a, _ = feature_top_tokens(a, settings.n_top_tokens, settings.chunk_rows)
+    tokens_b, _ = feature_top_tokens(b, settings.n_top_tokens, settings.chunk_rows)
+    keys_a, keys_b = _side_keys(a), _side_keys(b)
+    chunks = _aligned_chunks(a, b, settings.chunk_rows)
+
+    def blocks_a():
+        return (block for block, _ in chunks())
+
+    def blocks_b():
+        return (block for _, block in chunks())
+
+    def residualizers(kind):
+        return (fit_residualizer(blocks_a, keys_a, kind, min_bigram_count),
+                fit_residualizer(blocks_b, keys_b, kind, min_bigram_count))
+
+    shifted = Side(b.codes, b.cache, b.manifest, b.rows[within_document_roll(keys_b.document)])
+    variants = {"full": (chunks, (None, None)), "context_only": (chunks, residualizers(KEY_TOKEN)),
+                "context_only_bigram": (chunks, residualizers(KEY_BIGRAM)),
+                "document_demeaned": (chunks, residualizers(KEY_DOCUMENT)),
+                "document_shifted": (_aligned_chunks(a, shifted, settings.chunk_rows), (None, None))}
+    rows = []
+    for control, (source, (residualizer_a, residualizer_b)) in variants.items():
+        kept_columns = residual_chunks(source, residualizer_a, residualizer_b, features_a, features_b)
+        correlation = paired_correlations(kept_columns, np.arange(len(features_a)), np.arange(len(features_b)))
+        variant = residual_chunks(source, residualizer_a, residualizer_b)
+        table = match_features(variant, top_tokens_a=tokens_a, top_tokens_b=tokens_b, settings=settings)
+        rematched = table.loc[table["kept"], "final_correlation"]
+        rows.append({**labels, "control": control, "n_kept_full": len(features_a),
+                     "kept_full_mean_correlation": float(np.nanmean(correlation)) if len(correlation) else np.nan,
+                     "kept_full_above_threshold": (float(np.mean(correlation >= settings.threshold))
+                                                   if len(correlation) else np.nan),
+                     "n_kept_rematched": int(len(rematched)),
+                     "rematched_mean_correlation": float(rematched.mean()) if len(rematched) else np.nan,
+                     "what": CONTROLS[control]})
+        if control == "context_only":
+            table["top_tokens_b"] = [" | ".join(tokens_b[feature]) for feature in table["feature_b"]]
+            table["top_tokens_a"] = [" | ".join(tokens_a[feature]) for feature in table["final_a"]]
+            write_tsv(table, outputs.context_only_table)
+    summary = pd.DataFrame(rows, columns=[*labels, *CONTROL_COLUMNS])
+    write_tsv(summary, outputs.summary)
     return summary
 
 

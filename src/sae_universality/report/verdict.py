@@ -21,10 +21,16 @@ from ..io import atomic_path, write_tsv
 from ..settings import SimilaritySettings, as_settings
 from ..similarity.baselines import above_chance
 
+# The controls of matching/stage.py, in the order the verdict reads them.
+CONTROL_NAMES = ("full", "context_only", "context_only_bigram", "document_demeaned", "document_shifted")
+
 VERDICT_COLUMNS = ["model_a", "model_b", "metric", "n_layer_pairs", "n_significant", "best_layer_a", "best_layer_b",
                    "observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
                    "normalized_ci_low", "normalized_ci_high", "normalized_note", "floor_model", "floor_observed",
-                   "floor_null_mean", "floor_excess", "floor_p_adjusted", "excess_above_floor", "floor_n_pairs"]
+                   "floor_null_mean", "floor_excess", "floor_p_adjusted", "excess_above_floor", "floor_n_pairs",
+                   "context_only_n_pairs", "context_only_observed", "context_only_ci_low", "context_only_ci_high",
+                   "context_only_null_mean", "context_only_excess", "context_only_p_adjusted",
+                   "context_only_excess_surviving", *(f"kept_correlation_{control}" for control in CONTROL_NAMES)]
 
 
 def _number(value, digits: int = 3) -> str:
@@ -77,6 +83,85 @@ def pair_verdict(scores: pd.DataFrame, floor_scores: pd.DataFrame | None, signif
                         "floor_n_pairs": floor.get("n_pairs", np.nan)})
         rows.append(row)
     return pd.DataFrame(rows).reindex(columns=VERDICT_COLUMNS)
+
+
+def with_controls(table: pd.DataFrame, controls: pd.DataFrame | None,
+                  context_only: pd.DataFrame | None) -> pd.DataFrame:
+    """The verdict rows with the controls of each row's best layer pair: the context-only score of that
+    metric and the kept pairs' correlation under every control (NaN where the controls did not run)."""
+    table = table.copy()
+    for index, row in table.iterrows():
+        cell = {"layer_a": row["best_layer_a"], "layer_b": row["best_layer_b"]}
+        if context_only is not None and len(context_only):
+            same = context_only[(context_only["metric"] == row["metric"]) & (context_only["layer_a"] == cell["layer_a"])
+                                & (context_only["layer_b"] == cell["layer_b"])]
+            if len(same):
+                found = same.iloc[0]
+                for column in ("n_pairs", "observed", "ci_low", "ci_high", "null_mean", "excess", "p_adjusted",
+                               "excess_surviving"):
+                    table.loc[index, f"context_only_{column}"] = found[column]
+        if controls is not None and len(controls):
+            here = controls[(controls["layer_a"] == cell["layer_a"]) & (controls["layer_b"] == cell["layer_b"])]
+            for found in here.itertuples():
+                table.loc[index, f"kept_correlation_{found.control}"] = found.kept_full_mean_correlation
+    return table
+
+
+def control_paragraph(controls: pd.DataFrame | None, context_only: pd.DataFrame | None, significance: float,
+                      model_a: str, model_b: str) -> str:
+    """What token identity and the document explain, per layer pair, from the controls' tables."""
+    if controls is None or not len(controls):
+        return ""
+    lines = [f"**Shared features or shared tokens?** Each feature's mean for its current token of its own model "
+             "was removed (cross-fitted over two halves of the windows), then the codes were matched and scored "
+             "again; the document controls remove each feature's mean over its document, or roll "
+             f"{model_b}'s positions within each document against {model_a}'s."]
+    cells = controls[["layer_a", "layer_b"]].drop_duplicates().itertuples(index=False)
+    survives, at_chance, document_small = [], [], []
+    for layer_a, layer_b in cells:
+        here = controls[(controls["layer_a"] == layer_a) & (controls["layer_b"] == layer_b)].set_index("control")
+        if not set(CONTROL_NAMES) <= set(here.index):
+            continue
+        kept = here["kept_full_mean_correlation"].astype(float)
+        full, context = here.loc["full"], here.loc["context_only"]
+        text = (f"- {layer_a} / {layer_b}: the {int(full['n_kept_full'])} kept pairs correlate at "
+                f"{_number(kept['full'])} in full, {_number(kept['context_only'])} without the current token "
+                f"({context['kept_full_above_threshold']:.0%} of them still at the threshold or above), "
+                f"{_number(kept['context_only_bigram'])} without the previous and current token, "
+                f"{_number(kept['document_demeaned'])} without each document's mean, and "
+                f"{_number(kept['document_shifted'])} with {model_b} rolled within documents. "
+                f"Matched again, the context-only codes keep {int(context['n_kept_rematched'])} pairs")
+        scored = (context_only[(context_only["layer_a"] == layer_a) & (context_only["layer_b"] == layer_b)]
+                  if context_only is not None and len(context_only) else pd.DataFrame())
+        scored = scored[np.isfinite(scored["observed"].astype(float))] if len(scored) else scored
+        if len(scored):
+            significant = scored[scored["p_adjusted"].astype(float) < significance]
+            surviving = scored["excess_surviving"].astype(float)
+            text += (f", significant on {len(significant)} of {len(scored)} metrics after adjustment"
+                     + (f" ({', '.join(significant['metric'])})" if len(significant) else ""))
+            if np.isfinite(surviving).any():
+                text += (f"; they keep {_number(np.nanmin(surviving), 2)} to {_number(np.nanmax(surviving), 2)} of "
+                         "the full excess over chance")
+            (survives if len(significant) else at_chance).append(f"{layer_a} / {layer_b}")
+        else:
+            text += ", too few to score"
+            at_chance.append(f"{layer_a} / {layer_b}")
+        if abs(kept["document_shifted"]) < 0.1 * abs(kept["full"]) and kept["document_demeaned"] >= 0.9 * kept["full"]:
+            document_small.append(f"{layer_a} / {layer_b}")
+        lines.append(text + ".")
+    n_cells = len(survives) + len(at_chance)
+    if survives:
+        lines.append(f"Without token identity, {len(survives)} of {n_cells} layer pairs still match significantly "
+                     f"({', '.join(survives)}): the two models share features that depend on context, not only "
+                     "detectors of the same word.")
+    if at_chance:
+        lines.append(f"At {', '.join(at_chance)} nothing significant survives without token identity: there the "
+                     "matches are explained by the current token.")
+    if document_small and len(document_small) == n_cells:
+        lines.append("The document does not explain the matches: removing each document's mean keeps at least "
+                     "0.9 of the kept pairs' correlation, and rolling positions within documents leaves under a "
+                     "tenth of it, at every layer pair.")
+    return "\n".join(lines)
 
 
 def consistency_sentence(scores: pd.DataFrame, significance: float, model_a: str, model_b: str) -> str:
@@ -198,22 +283,29 @@ class ExperimentTables:
     """{(model_a, model_b): (model_a, floor model)} for the pairs with a floor control."""
     semantic: dict = field(default_factory=dict)
     """{(model_a, model_b): semantic score table} where semantic subspaces were scored."""
+    controls: dict = field(default_factory=dict)
+    """{(model_a, model_b): its controls table (similarity/controls.py)} where the controls ran."""
+    context_only: dict = field(default_factory=dict)
+    """{(model_a, model_b): its context-only scores beside the full ones} where the controls ran."""
 
     @classmethod
-    def read(cls, scores: list, quality: str | Path, ceilings: list, ceiling_summaries: list,
-             semantic: list = (), floors: dict | None = None) -> "ExperimentTables":
-        """The tables from their files: per-pair score and semantic tables are keyed by their model columns."""
-        pair_scores = {}
-        for path in scores:
-            table = pd.read_csv(path, sep="\t")
-            pair_scores[(table["model_a"].iloc[0], table["model_b"].iloc[0])] = table
-        semantic_scores = {}
-        for path in semantic:
-            table = pd.read_csv(path, sep="\t")
-            if len(table):
-                semantic_scores[(table["model_a"].iloc[0], table["model_b"].iloc[0])] = table
-        return cls(pair_scores, pd.read_csv(quality, sep="\t"), read_tables(ceilings), read_tables(ceiling_summaries),
-                   dict(floors or {}), semantic_scores)
+    def read(cls, paths: dict, floors: dict | None = None) -> "ExperimentTables":
+        """The tables from their files. `paths` maps scores, quality, ceilings, ceiling_summaries and, where
+        they ran, semantic, controls and context_only to the workflow's files; per-pair tables are keyed by
+        their model columns."""
+        return cls(_by_pair(paths["scores"]), pd.read_csv(paths["quality"], sep="\t"), read_tables(paths["ceilings"]),
+                   read_tables(paths["ceiling_summaries"]), dict(floors or {}), _by_pair(paths.get("semantic", ())),
+                   _by_pair(paths.get("controls", ())), _by_pair(paths.get("context_only", ())))
+
+
+def _by_pair(files) -> dict:
+    """{(model_a, model_b): table} of per-pair tables (empty tables left out)."""
+    tables = {}
+    for path in files:
+        table = pd.read_csv(path, sep="\t")
+        if len(table):
+            tables[(table["model_a"].iloc[0], table["model_b"].iloc[0])] = table
+    return tables
 
 
 def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_markdown: str | Path,
@@ -228,14 +320,15 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
     significance = settings.significance
     method = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings.p_adjust]
     floor_pairs = set(floors.values())
-    paragraphs, tables = [], []
+    paragraphs, rows_by_pair = [], []
     for (model_a, model_b), scores in pair_scores.items():
         if (model_a, model_b) in floor_pairs:
             continue
         floor_key = floors.get((model_a, model_b))
         floor_scores = pair_scores.get(floor_key) if floor_key else None
-        table = pair_verdict(scores, floor_scores, significance)
-        tables.append(table)
+        controls, context_only = tables.controls.get((model_a, model_b)), tables.context_only.get((model_a, model_b))
+        table = with_controls(pair_verdict(scores, floor_scores, significance), controls, context_only)
+        rows_by_pair.append(table)
         n_cells = int(table["n_layer_pairs"].max()) if len(table) else 0
         significant = table[table["n_significant"] > 0]
         lines = [f"**{model_a} vs {model_b}** ({n_cells} layer pairs; p adjusted with {method} across the layer "
@@ -270,30 +363,34 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
             elif row.normalized_note:
                 text += f"; no fraction of the ceiling: {row.normalized_note}"
             if isinstance(row.floor_model, str) and not np.isfinite(row.floor_excess):
-                # Unscored: matching kept too few pairs. Token identity alone then yields next to no matched
-                # features, which is the floor's answer (not a missing one).
+                # Unscored: matching kept too few pairs, which is the floor's answer (not a missing one). It
+                # speaks for a model with redrawn weights, not for token identity (the context-only control does).
                 pairs = f"{int(row.floor_n_pairs)} matched pairs" if np.isfinite(row.floor_n_pairs) else "too few pairs"
                 text += (f"; the re-randomized floor ({row.floor_model}) keeps only {pairs} at these layers, too "
-                         "few to score: token identity alone does not produce these matches")
+                         "few to score: a model with redrawn weights does not produce these matches")
             elif isinstance(row.floor_model, str):
                 floor = (f"excess {_number(row.floor_excess)}, adjusted p {_number(row.floor_p_adjusted, 2)}"
                          + (f", on {int(row.floor_n_pairs)} matched pairs" if np.isfinite(row.floor_n_pairs) else ""))
                 if row.floor_p_adjusted < significance:
-                    text += (f"; the re-randomized floor ({row.floor_model}) is above chance too ({floor}), so token "
-                             "identity carries part of this; the real pair "
+                    text += (f"; the re-randomized floor ({row.floor_model}) is above chance too ({floor}), so part "
+                             "of this needs no trained weights; the real pair "
                              + (f"exceeds it by {_number(row.excess_above_floor)}" if row.excess_above_floor >= 0
                                 else f"falls below it by {_number(-row.excess_above_floor)}"))
                 else:
                     # A floor at chance has no excess to subtract: the difference would only measure its noise.
-                    text += (f"; the re-randomized floor ({row.floor_model}) is at chance here ({floor}): token "
-                             "identity alone does not produce this score")
+                    text += (f"; the re-randomized floor ({row.floor_model}) is at chance here ({floor}): a model "
+                             "with redrawn weights does not produce this score")
             lines.append(text + ".")
+        control_text = control_paragraph(controls, context_only, significance, model_a, model_b)
+        if control_text:
+            lines += ["", control_text]
         semantic_line = semantic_sentence(semantic.get((model_a, model_b)), significance)
         if semantic_line:
             lines += ["", semantic_line]
         if floor_scores is None:
             lines += ["", f"No floor control ran for this pair: set `floor: true` on it to score {model_a} against a "
-                          f"re-randomized copy of {model_b} and see how much of these scores token identity explains."]
+                          f"re-randomized copy of {model_b} (the paper's control: what a model with redrawn weights "
+                          "gives; token identity is the context-only control's question)."]
         paragraphs.append("\n".join(lines))
     models = list(dict.fromkeys(model for pair in pair_scores for model in pair))
     quality_text = quality_lines(quality, ceilings, ceiling_summaries, models, significance)
@@ -302,7 +399,7 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
     text = "\n\n".join(paragraphs) + "\n"
     with atomic_path(out_markdown, suffix=".md") as temporary:
         Path(temporary).write_text(text, encoding="utf-8")
-    verdict_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=VERDICT_COLUMNS)
+    verdict_table = pd.concat(rows_by_pair, ignore_index=True) if rows_by_pair else pd.DataFrame(columns=VERDICT_COLUMNS)
     write_tsv(verdict_table, out_table)
     return text
 

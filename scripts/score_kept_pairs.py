@@ -1,4 +1,4 @@
-"""Snakemake script: the ceiling control's scores: two SAEs (two seeds) of one model and layer."""
+"""Snakemake script: every metric on a match table's kept pairs (the seed-to-seed ceiling's, the context-only codes')."""
 from sae_universality.entry import run_script
 from sae_universality.settings import SimilaritySettings, from_section
 from sae_universality.similarity.stage import score_layer_pair
