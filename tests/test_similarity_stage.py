@@ -211,10 +211,11 @@ def test_verdict_says_what_token_identity_and_the_document_explain():
     assert ("- 0 / 5: the 40 kept pairs correlate at 0.3 in full, 0.12 without the current token (50% of them still "
             "at the threshold or above), 0.1 without the previous and current token, 0.29 without each document's "
             "mean, and 0.01 with b rolled within documents. Matched again, the context-only codes keep 20 pairs, "
-            "significant on 1 of 2 metrics after adjustment (rsa); they keep 0.3 to 0.4 of the full excess over "
-            "chance.") in text
+            "significant on 1 of 2 metrics after adjustment (rsa); their excess over chance is 0.30 to 0.40 times "
+            "the full result's, metric by metric.") in text
     assert "- 1 / 5: " in text and "keep 2 pairs, too few to score." in text
     assert "Without token identity, 1 of 2 layer pairs still match significantly (0 / 5)" in text
     assert "At 1 / 5 nothing significant survives without token identity" in text
     assert "The document does not explain the matches" in text
+    assert "\n\n- 0 / 5:" in text and ".\n\nWithout token identity" in text  # a list, apart from the paragraphs
     assert control_paragraph(None, None, 0.05, "a", "b") == ""

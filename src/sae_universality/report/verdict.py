@@ -115,7 +115,7 @@ def control_paragraph(controls: pd.DataFrame | None, context_only: pd.DataFrame 
     lines = [f"**Shared features or shared tokens?** Each feature's mean for its current token of its own model "
              "was removed (cross-fitted over two halves of the windows), then the codes were matched and scored "
              "again; the document controls remove each feature's mean over its document, or roll "
-             f"{model_b}'s positions within each document against {model_a}'s."]
+             f"{model_b}'s positions within each document against {model_a}'s.", ""]
     cells = controls[["layer_a", "layer_b"]].drop_duplicates().itertuples(index=False)
     survives, at_chance, document_small = [], [], []
     for layer_a, layer_b in cells:
@@ -140,8 +140,8 @@ def control_paragraph(controls: pd.DataFrame | None, context_only: pd.DataFrame 
             text += (f", significant on {len(significant)} of {len(scored)} metrics after adjustment"
                      + (f" ({', '.join(significant['metric'])})" if len(significant) else ""))
             if np.isfinite(surviving).any():
-                text += (f"; they keep {_number(np.nanmin(surviving), 2)} to {_number(np.nanmax(surviving), 2)} of "
-                         "the full excess over chance")
+                text += (f"; their excess over chance is {np.nanmin(surviving):.2f} to {np.nanmax(surviving):.2f} "
+                         "times the full result's, metric by metric")
             (survives if len(significant) else at_chance).append(f"{layer_a} / {layer_b}")
         else:
             text += ", too few to score"
@@ -150,14 +150,17 @@ def control_paragraph(controls: pd.DataFrame | None, context_only: pd.DataFrame 
             document_small.append(f"{layer_a} / {layer_b}")
         lines.append(text + ".")
     n_cells = len(survives) + len(at_chance)
+    lines.append("")
     if survives:
         lines.append(f"Without token identity, {len(survives)} of {n_cells} layer pairs still match significantly "
                      f"({', '.join(survives)}): the two models share features that depend on context, not only "
                      "detectors of the same word.")
     if at_chance:
+        lines += [""] if survives else []
         lines.append(f"At {', '.join(at_chance)} nothing significant survives without token identity: there the "
                      "matches are explained by the current token.")
     if document_small and len(document_small) == n_cells:
+        lines.append("")
         lines.append("The document does not explain the matches: removing each document's mean keeps at least "
                      "0.9 of the kept pairs' correlation, and rolling positions within documents leaves under a "
                      "tenth of it, at every layer pair.")

@@ -1,0 +1,39 @@
+"""The docs say what the committed tables say: generated blocks are current, and quoted numbers match."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sae_universality.report import docs
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+
+
+def test_every_generated_block_of_the_results_equals_what_its_tables_give():
+    assert docs.stale_blocks(RESULTS) == []
+    for name in docs.BLOCKS:
+        assert f"<!-- generated: {name} -->" in RESULTS, f"docs/results.md lacks the block {name}"
+
+
+def test_a_block_edited_by_hand_is_found_and_rewritten(tmp_path):
+    name = next(iter(docs.BLOCKS))
+    edited = RESULTS.replace(f"<!-- generated: {name} -->\n", f"<!-- generated: {name} -->\nby hand ", 1)
+    assert docs.stale_blocks(edited) == [name]
+    assert docs.stale_blocks(docs.regenerate(edited)) == []
+    path = tmp_path / "results.md"
+    path.write_text(edited)
+    assert docs.main(["--check", str(path)]) == 1
+    assert docs.main([str(path)]) == 0 and docs.main(["--check", str(path)]) == 0
+
+
+def test_the_floor_model_is_described_as_its_quality_table_says():
+    quality = pd.read_csv(ROOT / "docs/figures/reference/floor/quality.tsv", sep="\t")
+    clean = quality["ce_clean"].astype(float)
+    assert clean.round().nunique() == 1 and f"its clean loss is {clean.iloc[0]:.0f} nats" in RESULTS
+    assert (quality["ce_zero"] < quality["ce_clean"]).all()  # "zero-ablating a layer lowers that loss"
+    fvu = quality["fvu"].astype(float)
+    assert {f"{value:.0%}" for value in fvu} == {"62%"} and "leave 62% of its variance" in RESULTS
+    assert clean.min() > 5 * np.log(262_144)  # "many times a uniform guess over its vocabulary"
