@@ -25,8 +25,8 @@ def test_a_block_edited_by_hand_is_found_and_rewritten(tmp_path):
     assert docs.stale_blocks(docs.regenerate(edited)) == []
     path = tmp_path / "results.md"
     path.write_text(edited)
-    assert docs.main(["--check", str(path)]) == 1
-    assert docs.main([str(path)]) == 0 and docs.main(["--check", str(path)]) == 0
+    assert docs.docs_command(["--check", str(path)]) == 1
+    assert docs.docs_command([str(path)]) == 0 and docs.docs_command(["--check", str(path)]) == 0
 
 
 def test_the_floor_model_is_described_as_its_quality_table_says():

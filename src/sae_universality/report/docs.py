@@ -111,7 +111,7 @@ def regenerate(text: str) -> str:
     return text
 
 
-def main(argv=None) -> int:
+def docs_command(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sae_universality.report.docs", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report stale blocks (exit 1 if any)")
     parser.add_argument("path", nargs="?", default=str(RESULTS))
@@ -129,4 +129,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(docs_command())
