@@ -176,3 +176,13 @@ def test_a_rule_registered_in_a_test_is_selectable_from_a_config_section(monkeyp
     assert highest.loc[highest["kept"], ["feature_b", "final_a"]].values.tolist() == [[0, 0], [2, 1]]
     with pytest.raises(ValueError, match="one_to_one must be one of highest, first, hungarian, none, weakest"):
         match_correlation_matrix(correlation, settings=from_section(MatchSettings, {"one_to_one": "nearest"}))
+
+
+def test_paths_the_package_finds_from_its_own_location_exist():
+    """Modules moved into subpackages must still find the repository's files."""
+    from sae_universality import config
+    from sae_universality.report import docs
+    from sae_universality.studies import scaling
+
+    assert config.SCHEMA.is_file() and docs.RESULTS.is_file()
+    assert scaling.PRESET.is_file() and (scaling.REPO / "Snakefile").is_file()

@@ -38,7 +38,7 @@ from ..errors import UserError
 from ..io import atomic_path
 from ..similarity.baselines import above_chance
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PRESET = REPO / "presets" / "scaling.yaml"
 
 
