@@ -37,3 +37,23 @@ def test_the_floor_model_is_described_as_its_quality_table_says():
     fvu = quality["fvu"].astype(float)
     assert {f"{value:.0%}" for value in fvu} == {"62%"} and "leave 62% of its variance" in RESULTS
     assert clean.min() > 5 * np.log(262_144)  # "many times a uniform guess over its vocabulary"
+
+
+def test_the_controls_prose_claims_only_what_the_default_tables_show():
+    controls = pd.read_csv(ROOT / "docs/figures/default/controls.tsv", sep="\t")
+    kept = controls.pivot_table(index=["layer_a", "layer_b"], columns="control", values="kept_full_mean_correlation")
+    rematched = controls.pivot_table(index=["layer_a", "layer_b"], columns="control", values="n_kept_rematched")
+    scores = pd.read_csv(ROOT / "docs/figures/default/context_only_scores.tsv", sep="\t")
+    # "about half of the kept pairs' correlation goes with the current token, and a little more with the previous one"
+    assert "about half of the kept pairs' correlation goes with the" in RESULTS
+    assert ((kept["context_only"] / kept["full"]).between(0.4, 0.6)).all()
+    assert (kept["context_only_bigram"] < kept["context_only"]).all()
+    # "the context-only codes still match about half as many pairs ... above chance on all five metrics"
+    assert ((rematched["context_only"] / rematched["full"]).between(0.4, 0.65)).all()
+    assert scores["significant"].all() and scores.groupby(["layer_a", "layer_b"]).size().eq(5).all()
+    # "On some metrics their excess is larger than the full result's"
+    assert (scores["excess_surviving"] > 1).any()
+    # "removing each document's mean changes the kept pairs' correlation by less than 0.01 ... near zero"
+    assert "by less than 0.01" in RESULTS
+    assert ((kept["full"] - kept["document_demeaned"]).abs() < 0.01).all()
+    assert (kept["document_shifted"].abs() < 0.01).all()

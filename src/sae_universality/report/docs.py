@@ -40,7 +40,7 @@ def controls_table(controls: pd.DataFrame, context_only: pd.DataFrame, significa
     context-only codes give when matched and scored again."""
     header = ("| layer pair | kept pairs | full | context only (at threshold) | context only, bigram | "
               "document demeaned | document shifted | context-only pairs matched again | significant metrics "
-              "(context only) | share of the full excess kept |")
+              "(context only) | context-only excess / full excess, lowest and highest metric |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (layer_a, layer_b), here in controls.groupby(["layer_a", "layer_b"], sort=True):
         here = here.set_index("control")
@@ -49,8 +49,7 @@ def controls_table(controls: pd.DataFrame, context_only: pd.DataFrame, significa
         scored = scored[np.isfinite(scored["observed"].astype(float))]
         significant = int((scored["p_adjusted"].astype(float) < significance).sum())
         surviving = scored["excess_surviving"].astype(float) if len(scored) else pd.Series(dtype=float)
-        share = (f"{_number(surviving.min(), 2)}-{_number(surviving.max(), 2)}"
-                 if np.isfinite(surviving).any() else "n/a")
+        share = f"{surviving.min():.2f}-{surviving.max():.2f}" if np.isfinite(surviving).any() else "n/a"
         cells = [f"{layer_a} / {layer_b}", str(int(here.loc["full", "n_kept_full"])), _number(kept["full"]),
                  f"{_number(kept['context_only'])} ({here.loc['context_only', 'kept_full_above_threshold']:.0%})",
                  _number(kept["context_only_bigram"]), _number(kept["document_demeaned"]),
@@ -90,7 +89,8 @@ BLOCKS = {
 
 
 def _pattern(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- generated: {re.escape(name)} -->\n)(.*?)(\n<!-- end generated: {re.escape(name)} -->)",
+    # The content is every line between the markers (none in a block never generated).
+    return re.compile(rf"(<!-- generated: {re.escape(name)} -->\n)(.*?)(<!-- end generated: {re.escape(name)} -->)",
                       re.S)
 
 
@@ -99,7 +99,7 @@ def stale_blocks(text: str) -> list[str]:
     stale = []
     for name, block in BLOCKS.items():
         match = _pattern(name).search(text)
-        if match and match.group(2) != block.make():
+        if match and match.group(2) != block.make() + "\n":
             stale.append(name)
     return stale
 
@@ -107,7 +107,7 @@ def stale_blocks(text: str) -> list[str]:
 def regenerate(text: str) -> str:
     """`text` with every generated block rewritten from its tables."""
     for name, block in BLOCKS.items():
-        text = _pattern(name).sub(lambda match: match.group(1) + block.make() + match.group(3), text)
+        text = _pattern(name).sub(lambda match: match.group(1) + block.make() + "\n" + match.group(3), text)
     return text
 
 
