@@ -1,4 +1,4 @@
-"""Snakemake script: pair the features of one (model pair, layer_a, layer_b) by activation correlation."""
+"""Snakemake script: pair the features of one (model pair, layer_a, layer_b) by activation correlation (SAEs or untrained dictionaries)."""
 from sae_universality.entry import run_script
 from sae_universality.matching.stage import MatchOutputs, Side, aligned_rows, match_layer_pair
 from sae_universality.settings import MatchSettings, from_section
@@ -10,7 +10,7 @@ def main(snakemake):
     a = Side(codes=inputs.codes_a, cache=inputs.cache_a, manifest=inputs.manifest_a, rows=rows_a)
     b = Side(codes=inputs.codes_b, cache=inputs.cache_b, manifest=inputs.manifest_b, rows=rows_b)
     match_layer_pair(
-        a, b, MatchOutputs(output.table, output.summary, output.examples, semantic=output.semantic),
+        a, b, MatchOutputs(output.table, output.summary, output.examples, semantic=getattr(output, "semantic", None)),
         settings=from_section(MatchSettings, snakemake.params.settings), labels=snakemake.params.labels,
         categories=snakemake.params.categories,
     )

@@ -183,7 +183,7 @@ def control_rows(layer_a, layer_b, kept, above=(1.0, 0.5, 0.4, 1.0, 0.0), rematc
 
 
 def test_context_only_scores_sit_beside_the_full_ones_with_the_share_of_the_excess_kept():
-    from sae_universality.similarity.controls import context_only_scores
+    from sae_universality.similarity.controls import beside_full as context_only_scores
 
     full = pd.DataFrame({"model_a": "a", "model_b": "b", "layer_a": [0, 1], "layer_b": 5, "metric": "rsa",
                          "observed": [0.5, 0.3], "ci_low": 0.0, "ci_high": 1.0, "null_mean": 0.0,
@@ -207,15 +207,23 @@ def test_verdict_says_what_token_identity_and_the_document_explain():
     context_only = pd.DataFrame({"model_a": "a", "model_b": "b", "layer_a": [0, 0, 1, 1], "layer_b": 5,
                                  "metric": ["rsa", "procrustes"] * 2, "observed": [0.2, 0.1, np.nan, np.nan],
                                  "p_adjusted": [0.01, 0.2, np.nan, np.nan], "excess_surviving": [0.4, 0.3, np.nan, np.nan]})
-    text = control_paragraph(controls, context_only, 0.05, "a", "b")
+    untrained_row = pd.DataFrame([{"model_a": "a", "model_b": "b", "layer_a": 0, "layer_b": 5,
+                                   "control": "untrained_dictionary", "n_kept_rematched": 7,
+                                   "rematched_mean_correlation": 0.15}])
+    untrained = context_only.assign(observed=[0.01, 0.0, np.nan, np.nan], p_adjusted=[0.5, 0.04, np.nan, np.nan],
+                                    excess_surviving=[0.05, 0.1, np.nan, np.nan])
+    text = control_paragraph(pd.concat([controls, untrained_row]), {"context_only": context_only,
+                                                                    "untrained": untrained}, 0.05, "a", "b")
     assert ("- 0 / 5: the 40 kept pairs correlate at 0.3 in full, 0.12 without the current token (50% of them still "
             "at the threshold or above), 0.1 without the previous and current token, 0.29 without each document's "
             "mean, and 0.01 with b rolled within documents. Matched again, the context-only codes keep 20 pairs, "
             "significant on 1 of 2 metrics after adjustment (rsa); their excess over chance is 0.30 to 0.40 times "
-            "the full result's, metric by metric.") in text
+            "the full result's, metric by metric. Untrained dictionaries of the same width and k in place of the SAEs "
+            "keep 7 pairs (mean correlation 0.15), significant on 1 of 2 metrics after adjustment (procrustes); their "
+            "excess over chance is 0.05 to 0.10 times the full result's, metric by metric.") in text
     assert "- 1 / 5: " in text and "keep 2 pairs, too few to score." in text
     assert "Without token identity, 1 of 2 layer pairs still match significantly (0 / 5)" in text
     assert "At 1 / 5 nothing significant survives without token identity" in text
     assert "The document does not explain the matches" in text
     assert "\n\n- 0 / 5:" in text and ".\n\nWithout token identity" in text  # a list, apart from the paragraphs
-    assert control_paragraph(None, None, 0.05, "a", "b") == ""
+    assert control_paragraph(None, {}, 0.05, "a", "b") == ""

@@ -26,7 +26,7 @@ wildcard_constraints:
     model_b="|".join(MODELS),
     layer=r"\d+",
     shard=r"\d+",
-    sae=r"seed\d+|pretrained",
+    sae=r"seed\d+|pretrained|untrained",
     layer_a=r"\d+",
     layer_b=r"\d+",
 
@@ -167,9 +167,9 @@ def matching_labels(wildcards):
             "layer_a": int(wildcards.layer_a), "layer_b": int(wildcards.layer_b)}
 
 
-def pair_matching_files(wildcards, suffix):
+def pair_matching_files(wildcards, suffix, folder=""):
     return [
-        f"results/matching/{wildcards.model_a}--{wildcards.model_b}/layer{la}--layer{lb}{suffix}"
+        f"results/matching/{wildcards.model_a}--{wildcards.model_b}/{folder}layer{la}--layer{lb}{suffix}"
         for la, lb in layer_pairs(wildcards.model_a, wildcards.model_b)
     ]
 
@@ -205,6 +205,29 @@ def control_pairs():
         return []
     floors = set(FLOORS.values())
     return [pair for pair in PAIRS if pair not in floors]
+
+
+def untrained_matching_inputs(wildcards):
+    # The untrained dictionaries' codes at the positions the trained SAEs' are matched on.
+    a, b = wildcards.model_a, wildcards.model_b
+    return {**matching_inputs(wildcards),
+            "codes_a": f"results/codes/{a}/layer{wildcards.layer_a}/untrained.h5",
+            "codes_b": f"results/codes/{b}/layer{wildcards.layer_b}/untrained.h5"}
+
+
+def untrained_score_inputs(wildcards):
+    a, b = wildcards.model_a, wildcards.model_b
+    return {"matches": f"results/matching/{a}--{b}/untrained/layer{wildcards.layer_a}--layer{wildcards.layer_b}.tsv",
+            "sae_a": f"results/saes/{a}/layer{wildcards.layer_a}/untrained",
+            "sae_b": f"results/saes/{b}/layer{wildcards.layer_b}/untrained"}
+
+
+def pair_untrained_summaries(wildcards):
+    return pair_matching_files(wildcards, ".summary.tsv", folder="untrained/")
+
+
+def pair_untrained_scores(wildcards):
+    return pair_similarity_files(wildcards, "", folder="untrained/")
 
 
 def pair_control_files(wildcards):
@@ -286,9 +309,9 @@ def pair_semantic_files(wildcards):
     return pair_similarity_files(wildcards, ".semantic")
 
 
-def pair_similarity_files(wildcards, kind):
+def pair_similarity_files(wildcards, kind, folder=""):
     return [
-        f"results/similarity/{wildcards.model_a}--{wildcards.model_b}/layer{la}--layer{lb}{kind}.tsv"
+        f"results/similarity/{wildcards.model_a}--{wildcards.model_b}/{folder}layer{la}--layer{lb}{kind}.tsv"
         for la, lb in layer_pairs(wildcards.model_a, wildcards.model_b)
     ]
 
@@ -319,7 +342,8 @@ def similarity_targets():
         if config["semantic"]["enabled"]:
             targets += [f"results/similarity/{a}--{b}/semantic.tsv", f"results/similarity/{a}--{b}/semantic.png"]
     for a, b in control_pairs():
-        targets += [f"results/similarity/{a}--{b}/controls.tsv", f"results/similarity/{a}--{b}/context_only_scores.tsv"]
+        targets += [f"results/similarity/{a}--{b}/{name}.tsv"
+                    for name in ("controls", "context_only_scores", "untrained_scores")]
     return targets + ["results/similarity/all_scores.tsv"]
 
 
@@ -359,6 +383,7 @@ def verdict_inputs(wildcards):
         "ceiling_summaries": all_ceiling_summaries(wildcards),
         "controls": [f"results/similarity/{a}--{b}/controls.tsv" for a, b in control_pairs()],
         "context_only": [f"results/similarity/{a}--{b}/context_only_scores.tsv" for a, b in control_pairs()],
+        "untrained": [f"results/similarity/{a}--{b}/untrained_scores.tsv" for a, b in control_pairs()],
     }
 
 

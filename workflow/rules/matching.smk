@@ -65,3 +65,25 @@ rule match_controls:
         "../../envs/workflow.yaml"
     script:
         "../../scripts/match_controls.py"
+
+
+rule match_untrained:
+    input:
+        unpack(untrained_matching_inputs),
+    output:
+        table="results/matching/{model_a}--{model_b}/untrained/layer{layer_a}--layer{layer_b}.tsv",
+        summary="results/matching/{model_a}--{model_b}/untrained/layer{layer_a}--layer{layer_b}.summary.tsv",
+        examples="results/matching/{model_a}--{model_b}/untrained/layer{layer_a}--layer{layer_b}.examples.json",
+    log:
+        "logs/match_untrained/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
+    benchmark:
+        "results/benchmarks/match_untrained/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv"
+    params:
+        settings=matching_settings,
+        labels=matching_labels,
+        categories=semantic_categories,
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/match_features.py"

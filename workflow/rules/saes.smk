@@ -41,6 +41,27 @@ rule load_pretrained_sae:
         "../../scripts/load_pretrained_sae.py"
 
 
+rule untrained_sae:
+    input:
+        cache="results/activations/{model}/layer{layer}.h5",
+    output:
+        sae=directory("results/saes/{model}/layer{layer}/{sae}"),
+    log:
+        "logs/untrained_sae/{model}/layer{layer}/{sae}.log",
+    benchmark:
+        "results/benchmarks/untrained_sae/{model}/layer{layer}/{sae}.tsv"
+    wildcard_constraints:
+        sae="untrained",
+    params:
+        settings=train_settings,
+        held_out_every=config["saes"]["held_out_every"],
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/untrained_sae.py"
+
+
 rule evaluate_saes:
     input:
         saes=saes_of_layer,

@@ -77,6 +77,25 @@ rule score_context_only:
         "../../scripts/score_kept_pairs.py"
 
 
+rule score_untrained:
+    input:
+        unpack(untrained_score_inputs),
+    output:
+        scores="results/similarity/{model_a}--{model_b}/untrained/layer{layer_a}--layer{layer_b}.tsv",
+    log:
+        "logs/score_untrained/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
+    benchmark:
+        "results/benchmarks/score_untrained/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv"
+    params:
+        settings=similarity_settings,
+        labels=matching_labels,
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/score_kept_pairs.py"
+
+
 rule similarity_tables:
     input:
         scores=pair_score_files,
@@ -125,6 +144,8 @@ rule control_tables:
     input:
         controls=pair_control_files,
         context_only=pair_context_only_files,
+        untrained_summaries=pair_untrained_summaries,
+        untrained=pair_untrained_scores,
         full_scores="results/similarity/{model_a}--{model_b}/scores.tsv",
     output:
         controls=report(
@@ -135,6 +156,11 @@ rule control_tables:
         context_only=report(
             "results/similarity/{model_a}--{model_b}/context_only_scores.tsv",
             caption="../report/context_only_scores.rst",
+            category="Controls",
+        ),
+        untrained=report(
+            "results/similarity/{model_a}--{model_b}/untrained_scores.tsv",
+            caption="../report/untrained_scores.rst",
             category="Controls",
         ),
     log:

@@ -67,7 +67,7 @@ def controls_block(folder: str) -> Callable[[], str]:
         controls = pd.read_csv(root / "controls.tsv", sep="\t")
         context_only = pd.read_csv(root / "context_only_scores.tsv", sep="\t")
         model_a, model_b = controls["model_a"].iloc[0], controls["model_b"].iloc[0]
-        paragraph = control_paragraph(controls, context_only, SIGNIFICANCE, model_a, model_b)
+        paragraph = control_paragraph(controls, {"context_only": context_only}, SIGNIFICANCE, model_a, model_b)
         return (controls_table(controls, context_only) + "\n\nThe verdict's reading of these tables:\n\n"
                 + "\n".join(f"> {line}" if line else ">" for line in paragraph.splitlines()))
 

@@ -30,7 +30,9 @@ VERDICT_COLUMNS = ["model_a", "model_b", "metric", "n_layer_pairs", "n_significa
                    "floor_null_mean", "floor_excess", "floor_p_adjusted", "excess_above_floor", "floor_n_pairs",
                    "context_only_n_pairs", "context_only_observed", "context_only_ci_low", "context_only_ci_high",
                    "context_only_null_mean", "context_only_excess", "context_only_p_adjusted",
-                   "context_only_excess_surviving", *(f"kept_correlation_{control}" for control in CONTROL_NAMES)]
+                   "context_only_excess_surviving", *(f"kept_correlation_{control}" for control in CONTROL_NAMES),
+                   "untrained_n_pairs", "untrained_observed", "untrained_null_mean", "untrained_excess",
+                   "untrained_p_adjusted", "untrained_excess_surviving"]
 
 
 def _number(value, digits: int = 3) -> str:
@@ -85,33 +87,60 @@ def pair_verdict(scores: pd.DataFrame, floor_scores: pd.DataFrame | None, signif
     return pd.DataFrame(rows).reindex(columns=VERDICT_COLUMNS)
 
 
-def with_controls(table: pd.DataFrame, controls: pd.DataFrame | None,
-                  context_only: pd.DataFrame | None) -> pd.DataFrame:
-    """The verdict rows with the controls of each row's best layer pair: the context-only score of that
-    metric and the kept pairs' correlation under every control (NaN where the controls did not run)."""
+def with_controls(table: pd.DataFrame, controls: pd.DataFrame | None, variants: dict) -> pd.DataFrame:
+    """The verdict rows with the controls of each row's best layer pair: the kept pairs' correlation under
+    every control, and per variant ({"context_only": its scores, "untrained": ...}) its score of that metric
+    there (NaN where the controls did not run)."""
     table = table.copy()
     for index, row in table.iterrows():
         cell = {"layer_a": row["best_layer_a"], "layer_b": row["best_layer_b"]}
-        if context_only is not None and len(context_only):
-            same = context_only[(context_only["metric"] == row["metric"]) & (context_only["layer_a"] == cell["layer_a"])
-                                & (context_only["layer_b"] == cell["layer_b"])]
-            if len(same):
-                found = same.iloc[0]
-                for column in ("n_pairs", "observed", "ci_low", "ci_high", "null_mean", "excess", "p_adjusted",
-                               "excess_surviving"):
-                    table.loc[index, f"context_only_{column}"] = found[column]
+        for name, scores in variants.items():
+            if scores is None or not len(scores):
+                continue
+            same = scores[(scores["metric"] == row["metric"]) & (scores["layer_a"] == cell["layer_a"])
+                          & (scores["layer_b"] == cell["layer_b"])]
+            for column in ("n_pairs", "observed", "ci_low", "ci_high", "null_mean", "excess", "p_adjusted",
+                           "excess_surviving"):
+                if len(same) and f"{name}_{column}" in VERDICT_COLUMNS:
+                    table.loc[index, f"{name}_{column}"] = same.iloc[0][column]
         if controls is not None and len(controls):
             here = controls[(controls["layer_a"] == cell["layer_a"]) & (controls["layer_b"] == cell["layer_b"])]
             for found in here.itertuples():
-                table.loc[index, f"kept_correlation_{found.control}"] = found.kept_full_mean_correlation
+                if found.control in CONTROL_NAMES:
+                    table.loc[index, f"kept_correlation_{found.control}"] = found.kept_full_mean_correlation
     return table
 
 
-def control_paragraph(controls: pd.DataFrame | None, context_only: pd.DataFrame | None, significance: float,
+def _scored_cells(scores: pd.DataFrame | None, layer_a, layer_b) -> pd.DataFrame:
+    """The finite scores of one layer pair in a variant's table (empty where there are none)."""
+    if scores is None or not len(scores):
+        return pd.DataFrame()
+    here = scores[(scores["layer_a"] == layer_a) & (scores["layer_b"] == layer_b)]
+    return here[np.isfinite(here["observed"].astype(float))]
+
+
+def _significance_clause(scored: pd.DataFrame, significance: float) -> str:
+    """", significant on m of n metrics after adjustment (names); their excess over chance is a to b times
+    the full result's, metric by metric" of a variant's scores at one layer pair."""
+    significant = scored[scored["p_adjusted"].astype(float) < significance]
+    text = (f", significant on {len(significant)} of {len(scored)} metrics after adjustment"
+            + (f" ({', '.join(significant['metric'])})" if len(significant) else ""))
+    surviving = scored["excess_surviving"].astype(float)
+    if np.isfinite(surviving).any():
+        text += (f"; their excess over chance is {np.nanmin(surviving):.2f} to {np.nanmax(surviving):.2f} "
+                 "times the full result's, metric by metric")
+    return text
+
+
+def control_paragraph(controls: pd.DataFrame | None, variants: dict, significance: float,
                       model_a: str, model_b: str) -> str:
-    """What token identity and the document explain, per layer pair, from the controls' tables."""
+    """What token identity, the document and SAE training explain, per layer pair, from the controls' tables.
+
+    `variants`: {"context_only": its scores beside the full ones, "untrained": the untrained dictionaries'}.
+    """
     if controls is None or not len(controls):
         return ""
+    context_only, untrained = variants.get("context_only"), variants.get("untrained")
     lines = [f"**Shared features or shared tokens?** Each feature's mean for its current token of its own model "
              "was removed (cross-fitted over two halves of the windows), then the codes were matched and scored "
              "again; the document controls remove each feature's mean over its document, or roll "
@@ -131,21 +160,21 @@ def control_paragraph(controls: pd.DataFrame | None, context_only: pd.DataFrame 
                 f"{_number(kept['document_demeaned'])} without each document's mean, and "
                 f"{_number(kept['document_shifted'])} with {model_b} rolled within documents. "
                 f"Matched again, the context-only codes keep {int(context['n_kept_rematched'])} pairs")
-        scored = (context_only[(context_only["layer_a"] == layer_a) & (context_only["layer_b"] == layer_b)]
-                  if context_only is not None and len(context_only) else pd.DataFrame())
-        scored = scored[np.isfinite(scored["observed"].astype(float))] if len(scored) else scored
+        scored = _scored_cells(context_only, layer_a, layer_b)
         if len(scored):
-            significant = scored[scored["p_adjusted"].astype(float) < significance]
-            surviving = scored["excess_surviving"].astype(float)
-            text += (f", significant on {len(significant)} of {len(scored)} metrics after adjustment"
-                     + (f" ({', '.join(significant['metric'])})" if len(significant) else ""))
-            if np.isfinite(surviving).any():
-                text += (f"; their excess over chance is {np.nanmin(surviving):.2f} to {np.nanmax(surviving):.2f} "
-                         "times the full result's, metric by metric")
-            (survives if len(significant) else at_chance).append(f"{layer_a} / {layer_b}")
+            text += _significance_clause(scored, significance)
+            significant = (scored["p_adjusted"].astype(float) < significance).any()
+            (survives if significant else at_chance).append(f"{layer_a} / {layer_b}")
         else:
             text += ", too few to score"
             at_chance.append(f"{layer_a} / {layer_b}")
+        if "untrained_dictionary" in here.index:
+            baseline = here.loc["untrained_dictionary"]
+            text += (f". Untrained dictionaries of the same width and k in place of the SAEs keep "
+                     f"{int(baseline['n_kept_rematched'])} pairs (mean correlation "
+                     f"{_number(float(baseline['rematched_mean_correlation']))})")
+            scored = _scored_cells(untrained, layer_a, layer_b)
+            text += _significance_clause(scored, significance) if len(scored) else ", too few to score"
         if abs(kept["document_shifted"]) < 0.1 * abs(kept["full"]) and kept["document_demeaned"] >= 0.9 * kept["full"]:
             document_small.append(f"{layer_a} / {layer_b}")
         lines.append(text + ".")
@@ -290,15 +319,18 @@ class ExperimentTables:
     """{(model_a, model_b): its controls table (similarity/controls.py)} where the controls ran."""
     context_only: dict = field(default_factory=dict)
     """{(model_a, model_b): its context-only scores beside the full ones} where the controls ran."""
+    untrained: dict = field(default_factory=dict)
+    """{(model_a, model_b): its untrained dictionaries' scores beside the full ones} where the controls ran."""
 
     @classmethod
     def read(cls, paths: dict, floors: dict | None = None) -> "ExperimentTables":
         """The tables from their files. `paths` maps scores, quality, ceilings, ceiling_summaries and, where
-        they ran, semantic, controls and context_only to the workflow's files; per-pair tables are keyed by
+        they ran, semantic, controls, context_only and untrained to the workflow's files; per-pair tables are keyed by
         their model columns."""
         return cls(_by_pair(paths["scores"]), pd.read_csv(paths["quality"], sep="\t"), read_tables(paths["ceilings"]),
                    read_tables(paths["ceiling_summaries"]), dict(floors or {}), _by_pair(paths.get("semantic", ())),
-                   _by_pair(paths.get("controls", ())), _by_pair(paths.get("context_only", ())))
+                   _by_pair(paths.get("controls", ())), _by_pair(paths.get("context_only", ())),
+                   _by_pair(paths.get("untrained", ())))
 
 
 def _by_pair(files) -> dict:
@@ -329,8 +361,10 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
             continue
         floor_key = floors.get((model_a, model_b))
         floor_scores = pair_scores.get(floor_key) if floor_key else None
-        controls, context_only = tables.controls.get((model_a, model_b)), tables.context_only.get((model_a, model_b))
-        table = with_controls(pair_verdict(scores, floor_scores, significance), controls, context_only)
+        key = (model_a, model_b)
+        controls, context_only, untrained = tables.controls.get(key), tables.context_only.get(key), tables.untrained.get(key)
+        table = with_controls(pair_verdict(scores, floor_scores, significance), controls,
+                              {"context_only": context_only, "untrained": untrained})
         rows_by_pair.append(table)
         n_cells = int(table["n_layer_pairs"].max()) if len(table) else 0
         significant = table[table["n_significant"] > 0]
@@ -384,7 +418,8 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
                     text += (f"; the re-randomized floor ({row.floor_model}) is at chance here ({floor}): a model "
                              "with redrawn weights does not produce this score")
             lines.append(text + ".")
-        control_text = control_paragraph(controls, context_only, significance, model_a, model_b)
+        control_text = control_paragraph(controls, {"context_only": context_only, "untrained": untrained},
+                                         significance, model_a, model_b)
         if control_text:
             lines += ["", control_text]
         semantic_line = semantic_sentence(semantic.get((model_a, model_b)), significance)

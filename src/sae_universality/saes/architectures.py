@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -376,3 +377,18 @@ def sae_from_weights(cfg: SaeConfig, W_enc, b_enc, W_dec, b_dec, threshold=None)
                 raise UserError(f"SAE tensor {name} has shape {tuple(tensor.shape)}, expected {expected[name]}; the file is not an SAE of this layout")
             getattr(sae, name).copy_(tensor)
     return sae
+
+
+def untrained_dictionary(cfg: SaeConfig, b_dec, seed: int = 0) -> SparseAutoencoder:
+    """The baseline of what an SAE adds: `cfg.d_sae` random unit directions as its decoder (Gaussian draws,
+    normalized, from a CPU generator seeded with `seed`), the encoder their transpose, no encoder bias, and
+    `b_dec` (d_in,) (the data's mean) subtracted before encoding; codes are selected as `cfg.architecture` does.
+
+    Nothing is learned: features that match across models through it come from the geometry of the
+    activations alone.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    directions = torch.randn(cfg.d_sae, cfg.d_in, generator=generator, dtype=torch.float64)
+    directions /= directions.norm(dim=1, keepdim=True)
+    return sae_from_weights(cfg, directions.T.numpy(), np.zeros(cfg.d_sae), directions.numpy(),
+                            np.asarray(b_dec, dtype=np.float64))

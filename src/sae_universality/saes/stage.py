@@ -121,6 +121,34 @@ def train_on_cache(cache_path: str | Path, outputs: TrainOutputs, model_layer: M
     return {"d_in": d_in, "d_sae": sae_cfg.d_sae, "n_steps": train_cfg.n_steps, "tokens": train_cfg.n_steps * batch_size}
 
 
+def untrained_on_cache(cache_path: str | Path, sae_dir: str | Path, model_layer: ModelLayer, seed: int,
+                       settings: SaeSettings) -> dict:
+    """Save an untrained dictionary (`architectures.untrained_dictionary`) of the trained SAEs' width, k and
+    architecture for one (model, layer), centred on the mean of the cache's training positions.
+
+    It goes through encoding, matching and scoring like a trained SAE: what it finds across two models is
+    what the method finds without any SAE training. Returns a summary (d_in, d_sae, training positions).
+    """
+    from ..activations.batches import read_rows
+    from .architectures import SaeConfig, untrained_dictionary
+    from .formats import save_sae
+
+    train_rows, _ = split_rows(cache_path, settings.held_out_every)
+    with open_hdf5(cache_path) as cache:
+        data = cache["activations"]
+        d_in = data.shape[1]
+        total = np.zeros(d_in)
+        for start in range(0, len(train_rows), 65_536):
+            total += read_rows(data, train_rows[start:start + 65_536]).sum(axis=0, dtype=np.float64)
+    if not len(train_rows):
+        raise UserError(f"{model_layer.model_name} layer {model_layer.layer}: no training positions to centre "
+                        "the untrained dictionary on; raise corpus.token_budget")
+    cfg = SaeConfig.from_settings(settings.train, d_in, model_name=model_layer.model_name,
+                                  hook_name=model_layer.hook_name)
+    save_sae(untrained_dictionary(cfg, total / len(train_rows), seed), sae_dir)
+    return {"d_in": d_in, "d_sae": cfg.d_sae, "positions": len(train_rows)}
+
+
 def load_pretrained(spec: dict, layer: int, out_dir: str | Path, expected_d_in: int | None) -> None:
     """Load a published SAE (`{format, path or repo, id}`, `{layer}` filled in) and save it in SAELens layout."""
     from .formats import load_sae, save_sae

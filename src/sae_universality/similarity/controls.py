@@ -1,7 +1,7 @@
 """The controls' tables of a model pair: the full result beside what is left once token identity or the
 document is taken out (matching/controls.py computes them per layer pair).
 
-Two tables per pair:
+Three tables per pair:
 - `controls.tsv`: per layer pair and control (full, context_only, context_only_bigram,
   document_demeaned, document_shifted), the full kept pairs' mean correlation on the
   controlled codes, the fraction still at or above the threshold, and the pairs
@@ -9,11 +9,15 @@ Two tables per pair:
 - `context_only_scores.tsv`: every metric on the pairs matched in the context-only
   codes, with its null, interval and p adjusted across the layer pairs (as the full
   scores are), beside the full score of the same layer pair and the share of the
-  full excess that survives.
+  full excess that survives;
+- `untrained_scores.tsv`: the same for untrained dictionaries of the SAEs' width and k
+  in place of the SAEs (what SAE training adds); `controls.tsv` has their matching
+  counts as the control `untrained_dictionary`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +31,12 @@ LAYER_PAIR = ["model_a", "model_b", "layer_a", "layer_b"]
 FULL_COLUMNS = ["observed", "ci_low", "ci_high", "null_mean", "excess", "p_adjusted", "n_pairs"]
 
 
-def context_only_scores(context_only: pd.DataFrame, full: pd.DataFrame, settings: SimilaritySettings) -> pd.DataFrame:
-    """The context-only scores (one row per layer pair and metric) with p adjusted across the layer pairs,
-    `significant`, the full scores as `full_*` columns, and `excess_surviving` = context-only excess / full
-    excess (NaN where the full excess is not positive)."""
+def beside_full(variant: pd.DataFrame, full: pd.DataFrame, settings: SimilaritySettings) -> pd.DataFrame:
+    """A variant's scores (context-only codes, untrained dictionaries; one row per layer pair and metric) with p
+    adjusted across the layer pairs, `significant`, the full scores as `full_*` columns, and `excess_surviving`
+    = the variant's excess / the full excess (NaN where the full excess is not positive)."""
     settings = as_settings(SimilaritySettings, settings)
-    table = context_only.copy()
+    table = variant.copy()
     if len(table):
         table = with_adjusted_p(table, settings.p_adjust, ["metric"])
         table["significant"] = table["p_adjusted"] < settings.significance
@@ -44,13 +48,44 @@ def context_only_scores(context_only: pd.DataFrame, full: pd.DataFrame, settings
     return table
 
 
-def control_tables(control_files: list, context_only_files: list, full_scores: str | Path,
-                   settings: SimilaritySettings, out_controls: str | Path,
-                   out_context_only: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Collect a pair's per-layer-pair control summaries and context-only scores into its two tables."""
-    controls = pd.concat([pd.read_csv(path, sep="\t") for path in control_files], ignore_index=True)
-    context_only = pd.concat([pd.read_csv(path, sep="\t") for path in context_only_files], ignore_index=True)
-    scores = context_only_scores(context_only, pd.read_csv(full_scores, sep="\t"), settings)
-    write_tsv(controls, out_controls)
-    write_tsv(scores, out_context_only)
-    return controls, scores
+@dataclass(frozen=True)
+class ControlInputs:
+    """The per-layer-pair files a pair's control tables collect."""
+
+    controls: list
+    """Matching's control summaries (matching/stage.py, CONTROL_COLUMNS)."""
+    context_only: list
+    """Scores of the pairs matched in the context-only codes."""
+    untrained_summaries: list
+    """Matching summaries of the untrained dictionaries."""
+    untrained: list
+    """Scores of the pairs the untrained dictionaries keep."""
+    full_scores: str | Path
+    """The pair's long score table (scores.tsv), with its adjusted p."""
+
+
+def untrained_rows(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Control rows ("untrained_dictionary") from the untrained dictionaries' matching summaries."""
+    return pd.DataFrame({**{column: summaries[column] for column in LAYER_PAIR},
+                         "control": "untrained_dictionary", "n_kept_full": np.nan,
+                         "kept_full_mean_correlation": np.nan, "kept_full_above_threshold": np.nan,
+                         "n_kept_rematched": summaries["n_after_threshold"],
+                         "rematched_mean_correlation": summaries["mean_correlation_kept"],
+                         "what": "an untrained dictionary of the same width and k in place of each SAE"})
+
+
+def control_tables(inputs: ControlInputs, settings: SimilaritySettings, out_controls: str | Path,
+                   out_context_only: str | Path, out_untrained: str | Path) -> dict[str, pd.DataFrame]:
+    """Collect a pair's per-layer-pair controls into its tables: controls (with a row per layer pair for the
+    untrained dictionaries), the context-only scores and the untrained dictionaries' scores beside the full."""
+    def read(paths):
+        return pd.concat([pd.read_csv(path, sep="\t") for path in paths], ignore_index=True)
+
+    full = pd.read_csv(inputs.full_scores, sep="\t")
+    controls = pd.concat([read(inputs.controls), untrained_rows(read(inputs.untrained_summaries))], ignore_index=True)
+    controls = controls.sort_values(LAYER_PAIR, kind="stable").reset_index(drop=True)
+    tables = {"controls": controls, "context_only": beside_full(read(inputs.context_only), full, settings),
+              "untrained": beside_full(read(inputs.untrained), full, settings)}
+    for name, path in (("controls", out_controls), ("context_only", out_context_only), ("untrained", out_untrained)):
+        write_tsv(tables[name], path)
+    return tables
