@@ -10,7 +10,7 @@ def main(snakemake):
     title = f"{snakemake.wildcards.model_a} vs {snakemake.wildcards.model_b}"
     settings, output = from_section(SimilaritySettings, snakemake.params.settings), snakemake.output
     scores = pair_table(snakemake.input.scores, snakemake.input.ceilings, output.table, output.scores, settings)
-    plot_heatmaps(scores, output.heatmaps, title, color_by="excess")
+    plot_heatmaps(scores, output.heatmaps, title, color_by="z")
     plot_heatmaps(scores, output.heatmaps_raw, title, color_by="observed")
     semantic = semantic_table(snakemake.input.semantic, output.semantic, settings)
     plot_semantic_bars(semantic, output.semantic_plot, title)

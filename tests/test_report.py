@@ -11,22 +11,22 @@ from sae_universality.report.figures import heatmap_figure, plot_heatmaps, plot_
 
 LAYERS_A, LAYERS_B = [0, 2, 4], [1, 3]
 
-# rsa: (layer_a, layer_b) -> observed, null_mean, significant, and the text its cell must show.
+# (layer_a, layer_b) -> observed, null_mean, null_std, significant, and the first line its z cell must show.
 RSA = {
-    (0, 1): (0.5, 0.1, True, "0.50*"),
-    (0, 3): (0.034, 0.01, False, "0.034"),
-    (2, 1): (0.25, 0.3, True, "0.25*"),
-    (2, 3): (np.nan, np.nan, False, "–"),  # too few pairs: no score
-    (4, 1): (-0.12, 0.0, False, "-0.12"),
+    (0, 1): (0.5, 0.1, 0.05, True, "8.0*"),
+    (0, 3): (0.034, 0.01, 0.02, False, "1.2"),
+    (2, 1): (0.25, 0.3, 0.01, True, "-5.0*"),
+    (2, 3): (np.nan, np.nan, np.nan, False, "–"),  # too few pairs: no score
+    (4, 1): (-0.12, 0.0, 0.1, False, "-1.2"),
     # (4, 3): no row at all
 }
 PROCRUSTES = {
-    (0, 1): (0.9, 0.6, True, "0.90*"),
-    (0, 3): (0.7, 0.6, False, "0.70"),
-    (2, 1): (0.65, 0.6, False, "0.65"),
-    (2, 3): (0.8, 0.6, True, "0.80*"),
-    (4, 1): (0.61, 0.6, False, "0.61"),
-    (4, 3): (0.6, 0.6, False, "0.60"),
+    (0, 1): (0.9, 0.6, 0.02, True, "15.0*"),
+    (0, 3): (0.7, 0.6, 0.1, False, "1.0"),
+    (2, 1): (0.65, 0.6, 0.05, False, "1.0"),
+    (2, 3): (0.8, 0.6, 0.1, True, "2.0*"),
+    (4, 1): (0.61, 0.6, 0.01, False, "1.0"),
+    (4, 3): (0.6, 0.6, 0.1, False, "0.0"),
 }
 
 
@@ -34,10 +34,12 @@ def score_table():
     rows = []
     # Layers out of order in the table: the figure sorts them.
     for metric, cells in (("rsa", RSA), ("procrustes", PROCRUSTES)):
-        for (layer_a, layer_b), (observed, null_mean, significant, _) in sorted(cells.items(), reverse=True):
+        for (layer_a, layer_b), (observed, null_mean, null_std, significant, _) in sorted(cells.items(), reverse=True):
             rows.append({"model_a": "pythia", "model_b": "gemma", "layer_a": layer_a, "layer_b": layer_b,
-                         "metric": metric, "observed": observed, "null_mean": null_mean,
-                         "excess": observed - null_mean, "p": 0.001 if significant else 0.3,
+                         "metric": metric, "observed": observed, "null_mean": null_mean, "null_std": null_std,
+                         "excess": observed - null_mean, "z": (observed - null_mean) / null_std,
+                         "ci_low": observed - 0.1, "ci_high": observed + 0.05, "n_pairs": 40 + layer_a,
+                         "p": 0.001 if significant else 0.3,
                          "p_adjusted": 0.01 if significant else 0.6, "significant": significant})
     return pd.DataFrame(rows)
 
@@ -50,21 +52,21 @@ def panels(figure, titles):
 
 def expected_grid(cells, column):
     """The table pivoted by hand: layer_a rows x layer_b columns, NaN where there is no row."""
-    index = {"observed": 0, "null_mean": 1}
     grid = np.full((len(LAYERS_A), len(LAYERS_B)), np.nan)
-    for (layer_a, layer_b), values in cells.items():
-        value = values[0] - values[1] if column == "excess" else values[index[column]]
+    for (layer_a, layer_b), (observed, null_mean, null_std, _, _) in cells.items():
+        value = (observed - null_mean) / null_std if column == "z" else observed
         grid[LAYERS_A.index(layer_a), LAYERS_B.index(layer_b)] = value
     return grid
 
 
-def cell_texts(axis):
+def cell_texts(axis, fontsize=8):
+    """(row, column) -> the main text of each cell (the smaller detail lines left out)."""
     return {(int(round(text.get_position()[1])), int(round(text.get_position()[0]))): text.get_text()
-            for text in axis.texts}
+            for text in axis.texts if text.get_fontsize() == fontsize}
 
 
-@pytest.mark.parametrize("color_by", ["excess", "observed"])
-def test_heatmap_cells_are_the_table_pivoted_by_layers(color_by):
+@pytest.mark.parametrize("color_by", ["z", "observed"])
+def test_heatmap_cells_are_the_table_pivoted_by_layers_on_one_scale(color_by):
     scores = score_table()
     figure = heatmap_figure(scores, "pythia vs gemma", color_by=color_by)
     rsa, procrustes = panels(figure, ["rsa", "procrustes"])
@@ -74,41 +76,55 @@ def test_heatmap_cells_are_the_table_pivoted_by_layers(color_by):
         pivot = (scores[scores["metric"] == axis.get_title()]
                  .pivot(index="layer_a", columns="layer_b", values=color_by)
                  .reindex(index=LAYERS_A, columns=LAYERS_B).to_numpy())
-        np.testing.assert_array_equal(pivot, expected)
+        np.testing.assert_allclose(pivot, expected, rtol=1e-12)
         assert len(axis.images) == 1
         shown = np.ma.filled(np.ma.asarray(axis.images[0].get_array(), dtype=float), np.nan)
-        np.testing.assert_allclose(shown, expected, rtol=0, atol=1e-12)  # NaN exactly where expected
-        low, high = axis.images[0].get_clim()
-        if color_by == "excess":  # symmetric around chance, reaching the largest |excess|
-            span = np.nanmax(np.abs(expected))
-            assert (low, high) == pytest.approx((-span, span))
-        else:
-            assert (low, high) == pytest.approx((np.nanmin(expected), np.nanmax(expected)))
+        np.testing.assert_allclose(shown, expected, rtol=1e-12, atol=1e-12)  # NaN exactly where expected
         assert [label.get_text() for label in axis.get_xticklabels()] == [str(layer) for layer in LAYERS_B]
         assert [label.get_text() for label in axis.get_yticklabels()] == [str(layer) for layer in LAYERS_A]
         assert axis.get_xlabel() == "layer of gemma" and axis.get_ylabel() == "layer of pythia"
-    # The clim of rsa in excess mode is 0.4 (cell 0, 1); in observed mode 0.5 - (-0.12).
-    assert rsa.images[0].get_clim()[1] == pytest.approx(0.4 if color_by == "excess" else 0.5)
+    # One colour scale for every panel: a colour means the same z (or score) in each.
+    limits = {axis.images[0].get_clim() for axis in (rsa, procrustes)}
+    assert len(limits) == 1
+    low, high = limits.pop()
+    if color_by == "z":  # symmetric around chance, reaching the largest |z| of any panel (procrustes 0 / 1)
+        assert (low, high) == pytest.approx((-15.0, 15.0))
+    else:
+        assert (low, high) == (0.0, 1.0)
+    assert rsa.images[0].norm is procrustes.images[0].norm
+    colorbars = [axis for axis in figure.axes if not axis.get_title() and axis.get_ylabel()]
+    assert len(colorbars) == 1
 
 
-def test_heatmap_annotations_show_the_observed_score_and_significance():
+def test_heatmap_numbers_are_the_coloured_quantity_with_interval_and_pairs():
     scores = score_table()
-    excess = heatmap_figure(scores, "t", color_by="excess")
+    z = heatmap_figure(scores, "t", color_by="z")
     observed = heatmap_figure(scores, "t", color_by="observed")
     for metric, cells in (("rsa", RSA), ("procrustes", PROCRUSTES)):
-        expected = {(LAYERS_A.index(a), LAYERS_B.index(b)): values[3] for (a, b), values in cells.items()}
+        expected = {(LAYERS_A.index(a), LAYERS_B.index(b)): values[4] for (a, b), values in cells.items()}
         expected.setdefault((2, 1), "–")  # rsa (4, 3): no row
-        [axis] = panels(excess, [metric])
+        [axis] = panels(z, [metric])
         assert cell_texts(axis) == expected
-        # The paper's style: no star; non-significant scored cells are hatched instead.
+        details = cell_texts(axis, fontsize=5.5)
+        for (a, b), (value, null_mean, _, _, _) in cells.items():
+            if np.isfinite(value):
+                low, high = value - 0.1 - null_mean, value + 0.05 - null_mean
+                cell = (LAYERS_A.index(a), LAYERS_B.index(b))
+                excess = value - null_mean
+                texts = [f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.2g}" for x in (excess, low, high)]
+                assert details[cell] == f"{texts[0]} [{texts[1]}, {texts[2]}]\nn={40 + a}"
+        # The paper's style: the raw score, no star; non-significant scored cells are hatched instead.
         [axis] = panels(observed, [metric])
-        assert cell_texts(axis) == {cell: text.rstrip("*") for cell, text in expected.items()}
+        raw = {(LAYERS_A.index(a), LAYERS_B.index(b)): (f"{v[0]:.2f}" if abs(v[0]) >= 0.1 else f"{v[0]:.2g}")
+               if np.isfinite(v[0]) else "–" for (a, b), v in cells.items()}
+        raw.setdefault((2, 1), "–")
+        assert cell_texts(axis) == raw
         hatched = {(int(round(patch.get_y() + 0.5)), int(round(patch.get_x() + 0.5)))
                    for patch in axis.patches if patch.get_hatch() == "///"}
         assert hatched == {(LAYERS_A.index(a), LAYERS_B.index(b)) for (a, b), values in cells.items()
-                           if np.isfinite(values[0]) and not values[2]}
+                           if np.isfinite(values[0]) and not values[3]}
         bold = {cell for cell, text in zip(cell_texts(axis), axis.texts) if text.get_fontweight() == "bold"}
-        assert bold == {(LAYERS_A.index(a), LAYERS_B.index(b)) for (a, b), values in cells.items() if values[2]}
+        assert bold == {(LAYERS_A.index(a), LAYERS_B.index(b)) for (a, b), values in cells.items() if values[3]}
 
 
 def test_heatmap_without_significant_column_stars_raw_p():
@@ -116,7 +132,7 @@ def test_heatmap_without_significant_column_stars_raw_p():
     scores.loc[(scores["metric"] == "procrustes") & (scores["layer_a"] == 4) & (scores["layer_b"] == 3), "p"] = 0.049
     [axis] = panels(heatmap_figure(scores, "t"), ["procrustes"])
     texts = cell_texts(axis)
-    assert texts[(2, 1)] == "0.60*" and texts[(0, 1)] == "0.70"
+    assert texts[(2, 1)] == "0.0*" and texts[(0, 1)] == "1.0"
     assert "*: p < 0.05" in axis.figure.get_suptitle()
 
 
@@ -128,7 +144,7 @@ def test_plot_heatmaps_writes_the_figure_of_the_table(tmp_path):
     written, direct = imread(tmp_path / "heatmaps.png"), imread(tmp_path / "direct.png")
     assert written.shape == direct.shape and np.array_equal(written, direct)
     # Another table gives another picture.
-    plot_heatmaps(scores.assign(excess=-scores["excess"]), tmp_path / "other.png", "pythia vs gemma")
+    plot_heatmaps(scores.assign(z=-scores["z"]), tmp_path / "other.png", "pythia vs gemma")
     assert not np.array_equal(imread(tmp_path / "other.png"), written)
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporary left
 

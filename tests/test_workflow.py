@@ -293,7 +293,7 @@ def test_similarity_scores_are_the_metrics_of_the_kept_pairs(finished_run):
     from sae_universality.report.figures import heatmap_figure, semantic_figure
 
     folder = finished_run / "results/similarity/neox--llama"
-    assert_png_shows(folder / "heatmaps.png", heatmap_figure(scores, "neox vs llama", color_by="excess"))
+    assert_png_shows(folder / "heatmaps.png", heatmap_figure(scores, "neox vs llama", color_by="z"))
     assert_png_shows(folder / "heatmaps_raw.png", heatmap_figure(scores, "neox vs llama", color_by="observed"))
     assert_png_shows(folder / "semantic.png", semantic_figure(semantic, "neox vs llama"))
 

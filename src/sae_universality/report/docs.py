@@ -35,28 +35,44 @@ def _number(value, digits: int = 3) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}g}"
 
 
-def controls_table(controls: pd.DataFrame, context_only: pd.DataFrame, significance: float = SIGNIFICANCE) -> str:
-    """A Markdown table: per layer pair, the kept pairs' mean correlation under every control and what the
-    context-only codes give when matched and scored again."""
+def controls_table(controls: pd.DataFrame, variants: dict, significance: float = SIGNIFICANCE) -> str:
+    """A Markdown table: per layer pair, the kept pairs' mean correlation under every control, what the
+    context-only codes give when matched and scored again, and what untrained dictionaries give (where the
+    tables have them). `variants`: {"context_only": scores beside the full, "untrained": ...}."""
+    untrained = variants.get("untrained")
     header = ("| layer pair | kept pairs | full | context only (at threshold) | context only, bigram | "
               "document demeaned | document shifted | context-only pairs matched again | significant metrics "
               "(context only) | context-only excess / full excess, lowest and highest metric |")
+    if untrained is not None:
+        header += " untrained dictionaries: pairs kept | significant metrics (untrained) |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (layer_a, layer_b), here in controls.groupby(["layer_a", "layer_b"], sort=True):
         here = here.set_index("control")
         kept = here["kept_full_mean_correlation"].astype(float)
-        scored = context_only[(context_only["layer_a"] == layer_a) & (context_only["layer_b"] == layer_b)]
-        scored = scored[np.isfinite(scored["observed"].astype(float))]
-        significant = int((scored["p_adjusted"].astype(float) < significance).sum())
+        scored = _cells(variants["context_only"], layer_a, layer_b)
         surviving = scored["excess_surviving"].astype(float) if len(scored) else pd.Series(dtype=float)
         share = f"{surviving.min():.2f}-{surviving.max():.2f}" if np.isfinite(surviving).any() else "n/a"
         cells = [f"{layer_a} / {layer_b}", str(int(here.loc["full", "n_kept_full"])), _number(kept["full"]),
                  f"{_number(kept['context_only'])} ({here.loc['context_only', 'kept_full_above_threshold']:.0%})",
                  _number(kept["context_only_bigram"]), _number(kept["document_demeaned"]),
                  _number(kept["document_shifted"]), str(int(here.loc["context_only", "n_kept_rematched"])),
-                 f"{significant} of {len(scored)}" if len(scored) else "not scored", share]
+                 _significant_of(scored, significance), share]
+        if untrained is not None:
+            cells += [str(int(here.loc["untrained_dictionary", "n_kept_rematched"])),
+                      _significant_of(_cells(untrained, layer_a, layer_b), significance)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cells(scores: pd.DataFrame, layer_a, layer_b) -> pd.DataFrame:
+    here = scores[(scores["layer_a"] == layer_a) & (scores["layer_b"] == layer_b)]
+    return here[np.isfinite(here["observed"].astype(float))]
+
+
+def _significant_of(scored: pd.DataFrame, significance: float) -> str:
+    if not len(scored):
+        return "not scored"
+    return f"{int((scored['p_adjusted'].astype(float) < significance).sum())} of {len(scored)}"
 
 
 def controls_block(folder: str) -> Callable[[], str]:
@@ -65,10 +81,12 @@ def controls_block(folder: str) -> Callable[[], str]:
     def make() -> str:
         root = REPOSITORY / folder
         controls = pd.read_csv(root / "controls.tsv", sep="\t")
-        context_only = pd.read_csv(root / "context_only_scores.tsv", sep="\t")
+        variants = {"context_only": pd.read_csv(root / "context_only_scores.tsv", sep="\t")}
+        if (root / "untrained_scores.tsv").is_file():
+            variants["untrained"] = pd.read_csv(root / "untrained_scores.tsv", sep="\t")
         model_a, model_b = controls["model_a"].iloc[0], controls["model_b"].iloc[0]
-        paragraph = control_paragraph(controls, {"context_only": context_only}, SIGNIFICANCE, model_a, model_b)
-        return (controls_table(controls, context_only) + "\n\nThe verdict's reading of these tables:\n\n"
+        paragraph = control_paragraph(controls, variants, SIGNIFICANCE, model_a, model_b)
+        return (controls_table(controls, variants) + "\n\nThe verdict's reading of these tables:\n\n"
                 + "\n".join(f"> {line}" if line else ">" for line in paragraph.splitlines()))
 
     return make

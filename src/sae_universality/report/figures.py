@@ -32,89 +32,104 @@ def _cell_text(value: float) -> str:
     return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.2g}"
 
 
-def heatmap_figure(scores: pd.DataFrame, title: str, color_by: str = "excess"):
+def _excess_interval(row) -> str:
+    """The excess's 95% interval: the observed score's, shifted by the null mean ("" where there is none)."""
+    low, high, null = (float(row.get(key, np.nan)) for key in ("ci_low", "ci_high", "null_mean"))
+    if not (np.isfinite(low) and np.isfinite(high) and np.isfinite(null)):
+        return ""
+    return f"[{_cell_text(low - null)}, {_cell_text(high - null)}]"
+
+
+def heatmap_figure(scores: pd.DataFrame, title: str, color_by: str = "z"):
     """One heatmap per metric: layer of A (rows) x layer of B (columns); returns the Figure.
 
-    color_by "excess": cells coloured by observed - null mean on a scale centred at 0
-    (chance), each cell showing the observed score and a star where the adjusted p is
-    below 0.05. color_by "observed": the paper's style, coloured by the raw score; cells
-    that are not significant are hatched with grey numbers. Each panel's title is its metric.
+    Every panel shares one colour scale and one colour bar, and the number in a cell is the quantity its
+    colour shows. color_by "z": the excess over random pairings in null standard deviations, on a scale
+    centred at 0 (chance) reaching the largest |z| of any panel; a star marks an adjusted p below 0.05, and
+    under the number stand the excess with its 95% interval and the number of pairs. color_by "observed":
+    the paper's style, the raw score on the scale [0, 1] of every metric (a negative score shows as 0);
+    cells that are not significant are hatched with grey numbers. Each panel's title is its metric.
     """
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
-    from matplotlib.ticker import MaxNLocator
 
     metrics = list(dict.fromkeys(scores["metric"]))
     layers_a = sorted(scores["layer_a"].unique())
     layers_b = sorted(scores["layer_b"].unique())
     columns = min(3, len(metrics))
     rows = int(np.ceil(len(metrics) / columns))
-    panel_width = max(3.4, 1.4 + 0.75 * len(layers_b))
-    panel_height = max(2.8, 1.2 + 0.55 * len(layers_a))
-    figure = Figure(figsize=(panel_width * columns, panel_height * rows + 0.5))
+    panel_width = max(3.4, 1.4 + 1.0 * len(layers_b))
+    panel_height = max(2.8, 1.2 + 0.75 * len(layers_a))
+    figure = Figure(figsize=(panel_width * columns + 1.0, panel_height * rows + 0.6))
     axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat[len(metrics):]:
         axis.axis("off")
+    if color_by == "z":
+        every = scores["z"].to_numpy(dtype=float)
+        span = float(np.nanmax(np.abs(every))) if np.isfinite(every).any() else 1.0
+        norm, colormap = Normalize(-max(span, 1e-6), max(span, 1e-6)), "RdBu_r"  # white is chance
+    else:
+        norm, colormap = Normalize(0.0, 1.0), "viridis"
+    image = None
     for axis, metric in zip(axes.flat, metrics):
         cells = scores[scores["metric"] == metric].copy()
         cells["marked"] = _significant(cells)
         cells = cells.set_index(["layer_a", "layer_b"])
         values = np.full((len(layers_a), len(layers_b)), np.nan)
-        observed = np.full_like(values, np.nan)
         marked = np.zeros(values.shape, dtype=bool)
+        details = {}
         for i, layer_a in enumerate(layers_a):
             for j, layer_b in enumerate(layers_b):
                 if (layer_a, layer_b) in cells.index:
-                    values[i, j] = cells.loc[(layer_a, layer_b), color_by]
-                    observed[i, j] = cells.loc[(layer_a, layer_b), "observed"]
-                    marked[i, j] = cells.loc[(layer_a, layer_b), "marked"]
-        finite = np.isfinite(values)
-        if color_by == "excess":
-            # Symmetric around 0 so that white is chance, whatever the metric's raw chance level.
-            span = float(np.nanmax(np.abs(values))) if finite.any() else 1.0
-            image = axis.imshow(values, cmap="RdBu_r", vmin=-max(span, 1e-6), vmax=max(span, 1e-6), aspect="auto")
-        else:
-            image = axis.imshow(values, cmap="viridis", vmin=np.nanmin(values) if finite.any() else 0,
-                                vmax=np.nanmax(values) if finite.any() else 1, aspect="auto")
+                    row = cells.loc[(layer_a, layer_b)]
+                    values[i, j] = row[color_by]
+                    marked[i, j] = row["marked"]
+                    if color_by == "z" and np.isfinite(float(row["excess"])):
+                        pairs = f"\nn={int(row['n_pairs'])}" if np.isfinite(float(row.get("n_pairs", np.nan))) else ""
+                        details[i, j] = f"{_cell_text(float(row['excess']))} {_excess_interval(row)}".strip() + pairs
+        image = axis.imshow(values, cmap=colormap, norm=norm, aspect="auto")
         for i in range(len(layers_a)):
             for j in range(len(layers_b)):
-                if not np.isfinite(observed[i, j]):
+                if not np.isfinite(values[i, j]):
                     axis.text(j, i, "–", ha="center", va="center", fontsize=8, color="grey")
                     continue
-                strength = image.norm(values[i, j]) if np.isfinite(values[i, j]) else 0.5
-                if color_by == "excess":
+                strength = norm(values[i, j])
+                if color_by == "z":
                     dark = abs(strength - 0.5) > 0.3  # the ends of RdBu are dark
                     color = "white" if dark else "black"
-                    text = _cell_text(observed[i, j]) + ("*" if marked[i, j] else "")
+                    text = f"{values[i, j]:.1f}" + ("*" if marked[i, j] else "")
                 else:
                     bright = strength > 0.6  # viridis is light at the top
                     color = ("black" if bright else "white") if marked[i, j] else ("dimgray" if bright else "lightgrey")
-                    text = _cell_text(observed[i, j])
+                    text = _cell_text(values[i, j])
                     if not marked[i, j]:
                         axis.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
                                                  edgecolor="grey", linewidth=0))
-                axis.text(j, i, text, ha="center", va="center", fontsize=8, color=color,
-                          fontweight="bold" if marked[i, j] else "normal")
+                axis.text(j, i, text, ha="center", va="bottom" if (i, j) in details else "center", fontsize=8,
+                          color=color, fontweight="bold" if marked[i, j] else "normal")
+                if (i, j) in details:
+                    axis.text(j, i + 0.05, details[i, j], ha="center", va="top", fontsize=5.5, color=color)
         axis.set_xticks(range(len(layers_b)), layers_b)
         axis.set_yticks(range(len(layers_a)), layers_a)
         axis.set_xlabel(f"layer of {scores['model_b'].iloc[0]}")
         axis.set_ylabel(f"layer of {scores['model_a'].iloc[0]}")
         axis.set_title(metric)
-        colorbar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-        colorbar.locator = MaxNLocator(4)
-        colorbar.update_ticks()
-        if color_by == "excess":
-            colorbar.set_label("observed - null mean", fontsize=7)
     adjusted = "adjusted " if "p_adjusted" in scores else ""
-    subtitle = (f"colour: excess over random pairings (0 = chance); number: observed score; *: {adjusted}p < 0.05"
-                if color_by == "excess" else
-                f"colour: raw observed score (as in the paper); hatched, grey: {adjusted}p >= 0.05")
-    figure.suptitle(f"{title}\n{subtitle}", fontsize=9)
-    figure.tight_layout()
+    subtitle = (f"colour and number: z, the excess over random pairings in null standard deviations (0 = chance; "
+                f"one scale for every panel); *: {adjusted}p < 0.05; below: excess [95% interval], pairs"
+                if color_by == "z" else
+                f"colour and number: raw observed score (as in the paper; one scale, 0 to 1, for every panel); "
+                f"hatched, grey: {adjusted}p >= 0.05")
+    figure.suptitle(f"{title}\n{textwrap.fill(subtitle, 150)}", fontsize=8)
+    figure.tight_layout(rect=(0, 0, 0.93, 1))
+    if image is not None:
+        colorbar = figure.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02)
+        colorbar.set_label("z (excess / null sd)" if color_by == "z" else "observed score", fontsize=7)
     return figure
 
 
-def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_by: str = "excess") -> None:
+def plot_heatmaps(scores: pd.DataFrame, out_path: str | Path, title: str, color_by: str = "z") -> None:
     """`heatmap_figure` written as one PNG (see there for what it shows)."""
     _save(heatmap_figure(scores, title, color_by), out_path)
 
