@@ -57,3 +57,18 @@ def test_the_controls_prose_claims_only_what_the_default_tables_show():
     assert "by less than 0.01" in RESULTS
     assert ((kept["full"] - kept["document_demeaned"]).abs() < 0.01).all()
     assert (kept["document_shifted"].abs() < 0.01).all()
+
+
+def test_the_untrained_dictionary_prose_claims_only_what_the_default_tables_show():
+    controls = pd.read_csv(ROOT / "docs/figures/default/controls.tsv", sep="\t")
+    rematched = controls.pivot_table(index=["layer_a", "layer_b"], columns="control", values="n_kept_rematched")
+    correlation = controls.pivot_table(index=["layer_a", "layer_b"], columns="control",
+                                       values="rematched_mean_correlation")
+    # "untrained dictionaries keep fewer than half as many pairs as the SAEs at every layer pair, at a lower mean
+    # correlation"
+    assert "keep fewer than\nhalf as many pairs as the SAEs at every layer pair" in RESULTS
+    assert (rematched["untrained_dictionary"] < 0.5 * rematched["full"]).all()
+    assert (correlation["untrained_dictionary"] < correlation["full"]).all()
+    # "Their geometry scores are at chance"
+    scores = pd.read_csv(ROOT / "docs/figures/default/untrained_scores.tsv", sep="\t")
+    assert not scores["significant"].any()

@@ -172,9 +172,14 @@ def control_paragraph(controls: pd.DataFrame | None, variants: dict, significanc
             baseline = here.loc["untrained_dictionary"]
             text += (f". Untrained dictionaries of the same width and k in place of the SAEs keep "
                      f"{int(baseline['n_kept_rematched'])} pairs (mean correlation "
-                     f"{_number(float(baseline['rematched_mean_correlation']))})")
+                     f"{_number(float(baseline['rematched_mean_correlation']))}) against the SAEs' "
+                     f"{int(full['n_kept_full'])} ({_number(kept['full'])})")
             scored = _scored_cells(untrained, layer_a, layer_b)
-            text += _significance_clause(scored, significance) if len(scored) else ", too few to score"
+            if len(scored):
+                n_significant = int((scored["p_adjusted"].astype(float) < significance).sum())
+                # Random decoder directions carry nothing of either model: their geometry can only be at chance.
+                text += (f"; their decoder directions are random, so their geometry says nothing (significant on "
+                         f"{n_significant} of {len(scored)} metrics) and only their matching is a baseline")
         if abs(kept["document_shifted"]) < 0.1 * abs(kept["full"]) and kept["document_demeaned"] >= 0.9 * kept["full"]:
             document_small.append(f"{layer_a} / {layer_b}")
         lines.append(text + ".")
