@@ -227,3 +227,13 @@ def test_verdict_says_what_token_identity_and_the_document_explain():
     assert "The document does not explain the matches" in text
     assert "\n\n- 0 / 5:" in text and ".\n\nWithout token identity" in text  # a list, apart from the paragraphs
     assert control_paragraph(None, {}, 0.05, "a", "b") == ""
+
+
+def test_verdict_reports_seed_stability_in_the_literatures_terms(tmp_path):
+    stable = quality().assign(sae="seed1", fraction_shared=[0.31, 0.42], decoder_cosine_mean=[0.71, 0.8])
+    text = write_verdict(ExperimentTables({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])},
+                                          pd.concat([quality(), stable])), SETTINGS,
+                         tmp_path / "v.md", tmp_path / "v.tsv")
+    assert ("paired one to one by decoder direction, its seeds share 31% to 31% of their latents at cosine 0.7 or "
+            "more (mean cosine 0.71 to 0.71)") in text
+    assert "share 42% to 42%" in text

@@ -454,3 +454,29 @@ def test_downstream_losses_of_several_saes_equal_one_at_a_time(model_index):
     padded = torch.ones_like(input_ids)
     padded[1, 8:] = 0  # the second window has 8 tokens, so 7 predictions
     assert downstream_losses(model, input_ids, 1, saes[:1], attention_mask=padded)[0]["loss_tokens"] == 18
+
+
+def test_seed_stability_is_the_best_one_to_one_assignment_of_decoder_cosines():
+    """Against every permutation, in float64: the Hungarian pairing is the best, and its counts follow."""
+    import itertools
+
+    import numpy as np
+
+    from sae_universality.saes.evaluation import seed_stability
+
+    rng = np.random.default_rng(0)
+    W_a = rng.normal(size=(6, 4))
+    # B: A's rows shuffled, rescaled and nudged (three close, three far), plus noise.
+    order = rng.permutation(6)
+    W_b = W_a[order] * rng.uniform(0.5, 3, size=(6, 1))
+    W_b[3:] += rng.normal(scale=2.0, size=(3, 4))
+    unit_a = W_a / np.linalg.norm(W_a, axis=1, keepdims=True)
+    unit_b = W_b / np.linalg.norm(W_b, axis=1, keepdims=True)
+    cosine = unit_a @ unit_b.T
+    best = max(itertools.permutations(range(6)), key=lambda perm: sum(cosine[i, perm[i]] for i in range(6)))
+    assigned = np.array([cosine[i, best[i]] for i in range(6)])
+    found = seed_stability(W_a, W_b)
+    assert found["decoder_cosine_mean"] == pytest.approx(assigned.mean(), rel=1e-12)
+    assert found["fraction_shared"] == pytest.approx((assigned >= 0.7).mean())
+    assert seed_stability(W_a, W_a[order])["fraction_shared"] == 1.0  # the same dictionary, reordered
+    assert seed_stability(W_a, W_a)["decoder_cosine_mean"] == pytest.approx(1.0)

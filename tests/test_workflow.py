@@ -96,6 +96,18 @@ def test_sae_quality_table_is_complete_and_plausible(finished_run):
     # Six significant digits of nearly equal losses (tiny random models): compare loosely.
     np.testing.assert_allclose(quality["fraction_recovered"], expected_recovered, rtol=5e-3)
     assert (finished_run / "results/saes/training_curves.png").stat().st_size > 10_000
+    # Seed stability: NaN for the first seed, the second's against it, recomputed from the saved decoders.
+    from safetensors.numpy import load_file
+
+    from sae_universality.saes.evaluation import seed_stability
+
+    assert quality.loc[quality["sae"] == "seed0", "fraction_shared"].isna().all()
+    row = quality[(quality["model"] == "neox") & (quality["layer"] == 2) & (quality["sae"] == "seed1")].iloc[0]
+    decoders = [load_file(str(finished_run / f"results/saes/neox/layer2/{seed}/sae_weights.safetensors"))["W_dec"]
+                for seed in ("seed0", "seed1")]
+    expected = seed_stability(*decoders)
+    assert row["decoder_cosine_mean"] == pytest.approx(expected["decoder_cosine_mean"], rel=1e-5)
+    assert row["fraction_shared"] == pytest.approx(expected["fraction_shared"], rel=1e-5)
 
 
 def test_matched_correlations_equal_a_float64_recomputation(finished_run):

@@ -281,6 +281,13 @@ def quality_lines(quality: pd.DataFrame, ceilings: pd.DataFrame, ceiling_summari
             correlations = summary["mean_max_correlation"].astype(float)
             text += (f"; a feature's best match in its second seed correlates {_number(correlations.min(), 2)} to "
                      f"{_number(correlations.max(), 2)} on average")
+        shared = rows["fraction_shared"].astype(float) if "fraction_shared" in rows else pd.Series(dtype=float)
+        if np.isfinite(shared).any():
+            cosine = rows["decoder_cosine_mean"].astype(float)
+            # The literature's terms (Paulo & Belrose 2025; Song et al. 2025), to set beside published SAEs.
+            text += (f"; paired one to one by decoder direction, its seeds share {np.nanmin(shared):.0%} to "
+                     f"{np.nanmax(shared):.0%} of their latents at cosine 0.7 or more (mean cosine "
+                     f"{_number(np.nanmin(cosine), 2)} to {_number(np.nanmax(cosine), 2)})")
         lines.append(f"- {text}.")
     return lines
 

@@ -134,3 +134,31 @@ def downstream_losses(model, input_ids: Tensor, layer: int, saes: Sequence[Spars
                         "fraction_recovered": (ce_zero - ce_sae) / gap if gap != 0 else float("nan"),
                         "loss_tokens": loss_tokens})
     return results
+
+
+SHARED_COSINE = 0.7
+"""Decoder cosine above which two SAEs' latents count as the same (Paulo & Belrose 2025)."""
+
+
+def seed_stability(W_dec_a, W_dec_b, threshold: float = SHARED_COSINE) -> dict:
+    """How far two SAEs' dictionaries are the same, as the literature reports it.
+
+    The latents of A and B (rows of W_dec, (d_sae, d_in) each, any scale) are paired one to one by the
+    assignment that maximizes the summed cosine of their decoder directions (Hungarian). Returns
+    `decoder_cosine_mean` (mean cosine of the assigned pairs; Song et al. 2025 report about 0.8 for TopK
+    SAEs) and `fraction_shared` (the fraction of A's latents whose assigned cosine is at least `threshold`;
+    Paulo & Belrose 2025 find about 30% at 0.7). Zero rows (blanked latents) have cosine 0 with everything.
+    """
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    def unit_rows(matrix):
+        matrix = np.asarray(matrix, dtype=np.float64)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+
+    cosine = unit_rows(W_dec_a) @ unit_rows(W_dec_b).T
+    rows, columns = linear_sum_assignment(cosine, maximize=True)
+    assigned = cosine[rows, columns]
+    return {"decoder_cosine_mean": float(assigned.mean()),
+            "fraction_shared": float((assigned >= threshold).sum() / cosine.shape[0])}

@@ -173,7 +173,9 @@ def evaluate_layer(inputs: EvaluationInputs, out_path: str | Path, model_layer: 
     layer, zero ablation, fraction recovered, and loss_tokens: how many predicted
     tokens) over the first `settings.loss_windows` held-out windows. The model is
     loaded once and its clean and zero-ablation passes are shared by the SAEs.
-    `settings.held_out_every` must equal training's, or the SAE would be judged on
+    Every SAE after the first also gets its seed stability against the first
+    (`evaluation.seed_stability`: decoder_cosine_mean, fraction_shared; NaN on the
+    first row). `settings.held_out_every` must equal training's, or the SAE would be judged on
     text it was trained on. Rows are labelled with `model_layer`; batch_size: held-out
     positions per batch.
     """
@@ -184,7 +186,7 @@ def evaluate_layer(inputs: EvaluationInputs, out_path: str | Path, model_layer: 
     from ..models.sources import load_model
     from .formats import load_sae
     from ..activations.batches import read_rows
-    from .evaluation import downstream_losses, evaluate_saes
+    from .evaluation import downstream_losses, evaluate_saes, seed_stability
 
     sae_dirs, cache_path = inputs.sae_dirs, inputs.cache_path
     model_name, layer = model_layer.model_name, model_layer.layer
@@ -218,6 +220,13 @@ def evaluate_layer(inputs: EvaluationInputs, out_path: str | Path, model_layer: 
             attention_mask=batch.attention_mask.to(device), splice_mask=torch.from_numpy(batch.keep).to(device),
         )
     table = pd.DataFrame([{**quality, **loss} for quality, loss in zip(rows, losses)])
+    # Every SAE after the first against the first: the seeds' agreement as the literature reports it.
+    first = next(iter(saes.values()))
+    stability = [{"decoder_cosine_mean": np.nan, "fraction_shared": np.nan}] + [
+        seed_stability(first.W_dec.detach().cpu().numpy(), sae.W_dec.detach().cpu().numpy())
+        if sae.cfg.d_sae == first.cfg.d_sae else {"decoder_cosine_mean": np.nan, "fraction_shared": np.nan}
+        for sae in list(saes.values())[1:]]
+    table = pd.concat([table, pd.DataFrame(stability[:len(table)])], axis=1)
     with atomic_path(out_path, suffix=".tsv") as temporary:
         table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
     print(table.to_string(), file=sys.stderr)
