@@ -199,7 +199,7 @@ def with_models(**models) -> dict:
 def test_a_rerandomized_model_is_a_valid_model_with_its_sources_blocks():
     config = check_config(with_models(floor={"rerandomized": {"from": "gemma3"}, "layers": [2, 17]}), SCHEMA,
                           check_models=check_model_entries)
-    assert config["models"]["floor"]["rerandomized"] == {"from": "gemma3", "seed": 0}
+    assert config["models"]["floor"]["rerandomized"] == {"from": "gemma3", "seed": 0, "keep_norms": False}
     assert known_n_layers("floor", config["models"]["floor"], config["models"]) == 18
     assert known_n_layers("floor", config["models"]["floor"]) is None, "without the models, the source is unknown"
 
@@ -219,7 +219,7 @@ def test_a_rerandomized_model_is_a_valid_model_with_its_sources_blocks():
          r"^models.floor: give exactly one of hf, path, embedded, gguf, rerandomized \(found embedded, rerandomized\)$"),
         ({"floor": {"rerandomized": {"seed": 1}, "layers": [1]}}, r"^config: models.floor.rerandomized: 'from' is a required property$"),
         ({"floor": {"rerandomized": "gemma3", "layers": [1]}}, r"^config: models.floor.rerandomized: 'gemma3' is not of type 'object'"),
-        ({"floor": {"rerandomized": {"from": "gemma3", "sed": 1}, "layers": [1]}}, r"'sed' was unexpected\) in models.floor.rerandomized; allowed keys: from, seed$"),
+        ({"floor": {"rerandomized": {"from": "gemma3", "sed": 1}, "layers": [1]}}, r"'sed' was unexpected\) in models.floor.rerandomized; allowed keys: from, keep_norms, seed$"),
     ],
 )
 def test_config_mistakes_of_a_rerandomized_model_give_one_clear_line(models, message):
@@ -245,3 +245,35 @@ def test_dry_run_prepares_the_source_before_its_rerandomized_copy(tmp_path):
     assert source_job < copy_job, "the dry run lists the source's preparation first"
     assert lines[copy_job - 2:copy_job] == ["rule prepare_model:", "input: resources/models/gemma3/manifest.json"]
     assert "results/matching/smollm2--gemma3-rerandomized/summary.tsv" in result.stdout
+
+
+def test_keep_norms_keeps_every_normalization_parameter_and_redraws_the_rest(tiny_models):
+    from sae_universality.models.rerandomize import is_norm_parameter
+
+    original = give_each_tensor_its_own_distribution(load_tiny(tiny_models["gemma"]))
+    before = {name: parameter.detach().clone() for name, parameter in original.named_parameters()}
+    kept = rerandomize_parameters(copy.deepcopy(original), seed=0, keep_norms=True)
+    redrawn = rerandomize_parameters(copy.deepcopy(original), seed=0)
+    norms = [name for name in before if is_norm_parameter(name)]
+    assert len(norms) >= 3 and any("layernorm" in name for name in norms)
+    embedding = "model.embed_tokens.weight"
+    for name, parameter in kept.named_parameters():
+        if name in norms or name == embedding:
+            assert torch.equal(parameter, before[name]), name
+        elif parameter.numel() > 1 and before[name].std() > 0:
+            assert not torch.equal(parameter, before[name]), name
+    changed = [name for name in norms if before[name].std() > 0
+               and not torch.equal(dict(redrawn.named_parameters())[name], before[name])]
+    assert changed, "without keep_norms the norms are redrawn"
+    assert not is_norm_parameter("model.layers.0.mlp.down_proj.weight") and is_norm_parameter("transformer.ln_f.bias")
+
+
+def test_keep_norms_false_leaves_the_prepared_floor_model_as_it_was():
+    """A key added later re-prepares a floor model only when it is set."""
+    from sae_universality.models.sources import source_entry
+
+    before = {"rerandomized": {"from": "gemma3", "seed": 0}, "layers": [1]}
+    assert source_entry({**before, "rerandomized": {"from": "gemma3", "seed": 0, "keep_norms": False}}) == \
+        source_entry(before) == {"rerandomized": {"from": "gemma3", "seed": 0}}
+    assert source_entry({**before, "rerandomized": {"from": "gemma3", "seed": 0, "keep_norms": True}}) == \
+        {"rerandomized": {"from": "gemma3", "seed": 0, "keep_norms": True}}

@@ -237,3 +237,27 @@ def test_verdict_reports_seed_stability_in_the_literatures_terms(tmp_path):
     assert ("paired one to one by decoder direction, its seeds share 31% to 31% of their latents at cosine 0.7 or "
             "more (mean cosine 0.71 to 0.71)") in text
     assert "share 42% to 42%" in text
+
+
+def test_verdict_calls_a_broken_floor_model_broken(tmp_path):
+    from sae_universality.report.verdict import degenerate_floor_note
+
+    floor_quality = pd.DataFrame({"model": "b-rerandomized", "layer": [10, 14], "sae": "seed0",
+                                  "fvu": [0.62, 0.61], "dead_fraction": 0.0, "fraction_recovered": [1.2, 1.0],
+                                  "ce_clean": 232.3, "ce_zero": [208.7, 240.0], "uniform_loss": np.log(262144)})
+    note = degenerate_floor_note(floor_quality, "b-rerandomized")
+    assert note == ("**The re-randomized floor (b-rerandomized) is a broken model:** its clean loss is 232 nats, "
+                    "above the 12.5 of a uniform guess over its vocabulary; zero-ablating layer 10 lowers that loss "
+                    "(to 209); its SAEs leave 0.61 to 0.62 of its variance unexplained. Its scores say what a model "
+                    "with redrawn weights gives, not what token identity gives: the context-only control answers "
+                    "that.")
+    working = floor_quality.assign(ce_clean=3.1, ce_zero=[6.0, 7.0])
+    assert degenerate_floor_note(working, "b-rerandomized") == ""
+    assert degenerate_floor_note(floor_quality.drop(columns="uniform_loss"), "b-rerandomized") == ""
+    scores = verdict_inputs([0.001, 0.01, 0.9])
+    floor = verdict_inputs([0.4, 0.5, 0.9]).assign(model_b="b-rerandomized")
+    text = write_verdict(ExperimentTables({("a", "b"): scores, ("a", "b-rerandomized"): floor},
+                                          pd.concat([quality(), floor_quality]),
+                                          floors={("a", "b"): ("a", "b-rerandomized")}),
+                         SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
+    assert "**The re-randomized floor (b-rerandomized) is a broken model:**" in text

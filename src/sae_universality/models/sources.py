@@ -56,6 +56,10 @@ class ModelSource:
         """Where the model is, from the value of the source's key."""
         return str(value)
 
+    def identity(self, value):
+        """The value of the source's key as far as it decides the prepared model (what re-prepares it)."""
+        return value
+
     def check(self, name: str, location: str, models: dict) -> None:
         """Raise a one-line UserError for a mistake visible before any job runs (`models`: the config's models)."""
 
@@ -188,6 +192,12 @@ class RerandomizedSource(ModelSource):
     def location(self, value):
         return str(value.get("from", "")) if isinstance(value, dict) else str(value)
 
+    def identity(self, value):
+        # keep_norms came later: left out while false, so that existing floor models are not prepared again.
+        if isinstance(value, dict) and not value.get("keep_norms", False):
+            return {key: item for key, item in value.items() if key != "keep_norms"}
+        return value
+
     def check(self, name, location, models):
         real = [model for model, entry in models.items() if self.key not in entry]
         others = [key for key in SOURCES if key != self.key]
@@ -224,14 +234,16 @@ class RerandomizedSource(ModelSource):
             )
         model, tokenizer, _ = load_model(manifest_path)
         seed = int(entry[self.key].get("seed", 0))
-        rerandomize_parameters(model, seed)
+        keep_norms = bool(entry[self.key].get("keep_norms", False))
+        rerandomize_parameters(model, seed, keep_norms=keep_norms)
         weights_dir = out_dir / "weights"
         with atomic_directory(weights_dir) as temporary:
             model.save_pretrained(temporary)
             tokenizer.save_pretrained(temporary)
         # The source's tokenizer, unchanged.
         return {"revision": "", "load_from": str(weights_dir), **describe_model(model, tokenizer, source["tokenizer"]),
-                "rerandomized_from": source["name"], "rerandomization_seed": seed}
+                "rerandomized_from": source["name"], "rerandomization_seed": seed,
+                **({"rerandomization_keeps_norms": True} if keep_norms else {})}
 
 
 SOURCES: dict[str, ModelSource] = {source.key: source for source in (
@@ -248,7 +260,8 @@ def source_entry(entry: dict) -> dict:
     """The part of a model entry that says where the model comes from: the prepare rule's params, so that
     a change there, and only there, re-prepares the model."""
     keys = source_keys()
-    return {key: value for key, value in entry.items() if key in keys}
+    return {key: SOURCES[key].identity(value) if key in SOURCES else value
+            for key, value in entry.items() if key in keys}
 
 
 def model_source(name: str, entry: dict) -> tuple[str, str]:

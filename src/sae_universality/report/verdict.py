@@ -215,6 +215,33 @@ def consistency_sentence(scores: pd.DataFrame, significance: float, model_a: str
             f"{len(per_cell[best])} of {n_metrics} metrics ({', '.join(per_cell[best])}).")
 
 
+def degenerate_floor_note(quality: pd.DataFrame, floor_model: str) -> str:
+    """Says so when the re-randomized floor model does not work as a language model: its clean loss above a
+    uniform guess over its vocabulary, or zero-ablating a layer lowering its loss ("" when it works, or when
+    its losses were not measured)."""
+    rows = quality[quality["model"] == floor_model] if len(quality) and "uniform_loss" in quality else pd.DataFrame()
+    rows = rows[np.isfinite(rows["ce_clean"].astype(float))] if len(rows) else rows
+    if not len(rows):
+        return ""
+    clean, uniform = float(rows["ce_clean"].iloc[0]), float(rows["uniform_loss"].iloc[0])
+    lowered = rows[rows["ce_zero"].astype(float) < rows["ce_clean"].astype(float)]
+    reasons = []
+    if clean > uniform:
+        reasons.append(f"its clean loss is {_number(clean)} nats, above the {_number(uniform)} of a uniform guess "
+                       "over its vocabulary")
+    if len(lowered):
+        layers = ", ".join(str(int(layer)) for layer in sorted(lowered["layer"].unique()))
+        reasons.append(f"zero-ablating layer {layers} lowers that loss (to "
+                       f"{_number(float(lowered['ce_zero'].astype(float).min()))})")
+    if not reasons:
+        return ""
+    fvu = rows["fvu"].astype(float)
+    return (f"**The re-randomized floor ({floor_model}) is a broken model:** {'; '.join(reasons)}; its SAEs leave "
+            f"{_number(fvu.min(), 2)} to {_number(fvu.max(), 2)} of its variance unexplained. Its scores say what a "
+            "model with redrawn weights gives, not what token identity gives: the context-only control answers "
+            "that.")
+
+
 def weak_sae_note(quality: pd.DataFrame, models: list[str]) -> str:
     """A caution when SAEs recover under 0.8 of the loss, leave over 10% of their latents dead, or their loss
     rests on fewer than 2,000 held-out tokens."""
@@ -437,6 +464,9 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
         semantic_line = semantic_sentence(semantic.get((model_a, model_b)), significance)
         if semantic_line:
             lines += ["", semantic_line]
+        broken = degenerate_floor_note(quality, floor_key[1]) if floor_key else ""
+        if broken:
+            lines += ["", broken]
         if floor_scores is None:
             lines += ["", f"No floor control ran for this pair: set `floor: true` on it to score {model_a} against a "
                           f"re-randomized copy of {model_b} (the paper's control: what a model with redrawn weights "

@@ -205,7 +205,8 @@ def evaluate_layer(inputs: EvaluationInputs, out_path: str | Path, model_layer: 
     rows = [{"model": model_name, "layer": layer, "sae": name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
              "architecture": sae.cfg.architecture, "k": sae.cfg.k, **reconstruction}
             for (name, sae), reconstruction in zip(saes.items(), evaluate_saes(list(saes.values()), held_out_batches()))]
-    no_loss = {"ce_clean": np.nan, "ce_sae": np.nan, "ce_zero": np.nan, "fraction_recovered": np.nan, "loss_tokens": 0}
+    no_loss = {"ce_clean": np.nan, "ce_sae": np.nan, "ce_zero": np.nan, "fraction_recovered": np.nan, "loss_tokens": 0,
+               "uniform_loss": np.nan}
     losses = [no_loss] * len(rows)
     if loss_windows > 0:
         device = torch_device()
@@ -219,6 +220,9 @@ def evaluate_layer(inputs: EvaluationInputs, out_path: str | Path, model_layer: 
             model, batch.input_ids.to(device), layer, [sae.to(device) for sae in saes.values()],
             attention_mask=batch.attention_mask.to(device), splice_mask=torch.from_numpy(batch.keep).to(device),
         )
+        # A working model's clean loss lies far below a uniform guess over its vocabulary; a broken one's not.
+        uniform = float(np.log(model.get_output_embeddings().weight.shape[0]))
+        losses = [{**loss, "uniform_loss": uniform} for loss in losses]
     table = pd.DataFrame([{**quality, **loss} for quality, loss in zip(rows, losses)])
     # Every SAE after the first against the first: the seeds' agreement as the literature reports it.
     first = next(iter(saes.values()))
