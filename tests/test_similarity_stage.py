@@ -234,9 +234,9 @@ def test_verdict_reports_seed_stability_in_the_literatures_terms(tmp_path):
     text = write_verdict(ExperimentTables({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])},
                                           pd.concat([quality(), stable])), SETTINGS,
                          tmp_path / "v.md", tmp_path / "v.tsv")
-    assert ("paired one to one by decoder direction, its seeds share 31% to 31% of their latents at cosine 0.7 or "
+    assert ("paired one to one by decoder direction, its seeds share 31.0% of their latents at cosine 0.7 or "
             "more (mean cosine 0.71 to 0.71)") in text
-    assert "share 42% to 42%" in text
+    assert "share 42.0% of" in text
 
 
 def test_verdict_calls_a_broken_floor_model_broken(tmp_path):

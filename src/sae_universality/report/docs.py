@@ -92,6 +92,27 @@ def controls_block(folder: str) -> Callable[[], str]:
     return make
 
 
+def seed_stability_block(folder: str) -> Callable[[], str]:
+    """The block of a run's seed stability: per (model, layer), the second seed against the first by activation
+    and by decoder direction, from `folder`'s quality.tsv and ceiling_matching.tsv."""
+
+    def make() -> str:
+        root = REPOSITORY / folder
+        quality = pd.read_csv(root / "quality.tsv", sep="\t")
+        matching = pd.read_csv(root / "ceiling_matching.tsv", sep="\t")
+        lines = ["| model | layer | best-match activation correlation | mean decoder cosine (Hungarian) | "
+                 "latents at cosine >= 0.7 |", "|---|---|---|---|---|"]
+        second = quality[quality["fraction_shared"].notna()]
+        for row in second.itertuples():
+            found = matching[(matching["model_a"] == row.model) & (matching["layer_a"] == row.layer)]
+            correlation = _number(float(found["mean_max_correlation"].iloc[0]), 2) if len(found) else "n/a"
+            lines.append(f"| {row.model} | {row.layer} | {correlation} | {_number(row.decoder_cosine_mean, 2)} | "
+                         f"{row.fraction_shared:.2%} |")
+        return "\n".join(lines)
+
+    return make
+
+
 @dataclass(frozen=True)
 class Block:
     """A generated block: what makes it, and the tables it reads (for the error message)."""
@@ -103,6 +124,8 @@ class Block:
 BLOCKS = {
     "controls-default": Block(controls_block("docs/figures/default"),
                               ("docs/figures/default/controls.tsv", "docs/figures/default/context_only_scores.tsv")),
+    "seed-stability-default": Block(seed_stability_block("docs/figures/default"),
+                                    ("docs/figures/default/quality.tsv", "docs/figures/default/ceiling_matching.tsv")),
 }
 
 

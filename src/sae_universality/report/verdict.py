@@ -312,9 +312,10 @@ def quality_lines(quality: pd.DataFrame, ceilings: pd.DataFrame, ceiling_summari
         if np.isfinite(shared).any():
             cosine = rows["decoder_cosine_mean"].astype(float)
             # The literature's terms (Paulo & Belrose 2025; Song et al. 2025), to set beside published SAEs.
-            text += (f"; paired one to one by decoder direction, its seeds share {np.nanmin(shared):.0%} to "
-                     f"{np.nanmax(shared):.0%} of their latents at cosine 0.7 or more (mean cosine "
-                     f"{_number(np.nanmin(cosine), 2)} to {_number(np.nanmax(cosine), 2)})")
+            low, high = f"{np.nanmin(shared):.1%}", f"{np.nanmax(shared):.1%}"
+            text += (f"; paired one to one by decoder direction, its seeds share {low if low == high else low + ' to ' + high}"
+                     f" of their latents at cosine 0.7 or more (mean cosine {_number(np.nanmin(cosine), 2)} to "
+                     f"{_number(np.nanmax(cosine), 2)})")
         lines.append(f"- {text}.")
     return lines
 
