@@ -4,8 +4,8 @@ from sae_universality.saes.stage import collect_tables, plot_training_curves
 
 
 def main(snakemake):
-    collect_tables(snakemake.input.rows, snakemake.output.table)
-    plot_training_curves(snakemake.input.curves, snakemake.output.curves)
+    quality = collect_tables(snakemake.input.rows, snakemake.output.table)
+    plot_training_curves(snakemake.input.curves, snakemake.output.curves, quality)
 
 
 run_script(snakemake, main)

@@ -215,3 +215,26 @@ def test_semantic_figure_says_when_nothing_was_scored(tmp_path):
     direct = tmp_path / "direct.png"
     semantic_figure(table, "t").savefig(direct, dpi=110, format="png")
     assert np.array_equal(imread(tmp_path / "semantic.png"), imread(direct))
+
+
+def test_training_curves_are_labelled_and_mark_the_held_out_fvu():
+    from sae_universality.saes.stage import CURVE_PANELS, training_curves_figure
+
+    def curve(sae, start):
+        steps = np.arange(0, 100, 10)
+        return pd.DataFrame({"model": "m", "layer": 3, "sae": sae, "step": steps, "loss": start / (1 + steps),
+                             "fvu": start / (2 + steps), "mean_l0": 32.0, "dead_fraction": 0.0})
+
+    quality = pd.DataFrame({"model": "m", "layer": 3, "sae": ["seed0", "seed1"], "fvu": [0.31, 0.42]})
+    figure = training_curves_figure([curve("seed0", 1.0), curve("seed1", 2.0)], quality)
+    axes = figure.axes
+    assert [axis.get_title() for axis in axes] == [title for title, _ in CURVE_PANELS.values()]
+    assert all(axis.get_xlabel() == "optimizer step" and axis.get_ylabel() for axis in axes)
+    fvu = axes[1]
+    dots = [line for line in fvu.lines if line.get_marker() == "o"]
+    assert [tuple(line.get_xydata()[0]) for line in dots] == [(90.0, 0.31), (90.0, 0.42)]
+    # Each dot has its curve's colour; the curves are the table's values.
+    curves = [line for line in fvu.lines if line.get_marker() != "o"]
+    assert [line.get_color() for line in curves] == [line.get_color() for line in dots]
+    np.testing.assert_allclose(curves[1].get_ydata(), 2.0 / (2 + np.arange(0, 100, 10)))
+    assert not [line for line in training_curves_figure([curve("seed0", 1.0)]).axes[1].lines if line.get_marker() == "o"]

@@ -245,29 +245,49 @@ def collect_tables(paths: list[str | Path], out_path: str | Path) -> pd.DataFram
     return table
 
 
-def plot_training_curves(curve_paths: list[str | Path], out_path: str | Path) -> None:
-    """One row of panels per SAE: loss, FVU, mean L0 and dead fraction over training steps."""
-    import matplotlib
+CURVE_PANELS = {
+    "loss": ("training loss", "loss on the training batch (log scale)"),
+    "fvu": ("variance unexplained (FVU)", "FVU: on the training batch (lines), held out (dots)"),
+    "mean_l0": ("active latents (mean L0)", "latents active per position"),
+    "dead_fraction": ("dead latents", "fraction of latents that stopped firing"),
+}
+"""Each panel of the training curves: its curve column, its title and its y-axis label."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    curves = [pd.read_csv(path, sep="\t") for path in curve_paths]
-    metrics = ["loss", "fvu", "mean_l0", "dead_fraction"]
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
-    for curve in curves:
-        label = f"{curve['model'].iloc[0]} L{curve['layer'].iloc[0]} {curve['sae'].iloc[0]}"
-        for axis, metric in zip(axes[0], metrics):
-            axis.plot(curve["step"], curve[metric], label=label, linewidth=1)
-    for axis, metric in zip(axes[0], metrics):
-        axis.set_title(metric)
-        axis.set_xlabel("step")
-    axes[0][0].set_yscale("log")
-    axes[0][-1].legend(fontsize=6, loc="upper right")
+def training_curves_figure(curves: list[pd.DataFrame], quality: pd.DataFrame | None = None):
+    """The training curves of several SAEs, one panel per CURVE_PANELS entry, one colour per SAE; returns the
+    Figure. With the quality table, each SAE's held-out FVU stands as a dot at its last step on the FVU panel,
+    beside the training batches' FVU the curve shows."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4.2 * len(CURVE_PANELS), 3.6))
+    axes = figure.subplots(1, len(CURVE_PANELS), squeeze=False)[0]
+    for index, curve in enumerate(curves):
+        model, layer, sae = curve["model"].iloc[0], int(curve["layer"].iloc[0]), curve["sae"].iloc[0]
+        color = f"C{index % 10}"
+        for axis, metric in zip(axes, CURVE_PANELS):
+            axis.plot(curve["step"], curve[metric], color=color, linewidth=1, label=f"{model} L{layer} {sae}")
+        if quality is not None and len(quality):
+            held_out = quality[(quality["model"] == model) & (quality["layer"] == layer) & (quality["sae"] == sae)]
+            if len(held_out):
+                axes[1].plot([curve["step"].iloc[-1]], [float(held_out["fvu"].iloc[0])], "o", color=color,
+                             markersize=5, markeredgecolor="black")
+    for axis, (title, ylabel) in zip(axes, CURVE_PANELS.values()):
+        axis.set_title(title, fontsize=9)
+        axis.set_ylabel(ylabel, fontsize=7)
+        axis.set_xlabel("optimizer step", fontsize=7)
+    axes[0].set_yscale("log")
+    axes[-1].legend(fontsize=6, loc="upper right")
     figure.tight_layout()
+    return figure
+
+
+def plot_training_curves(curve_paths: list[str | Path], out_path: str | Path,
+                         quality: pd.DataFrame | None = None) -> None:
+    """`training_curves_figure` of the curve files, written as one PNG."""
+    figure = training_curves_figure([pd.read_csv(path, sep="\t") for path in curve_paths], quality)
     with atomic_path(out_path, suffix=".png") as temporary:
         figure.savefig(temporary, dpi=110, format="png")
-    plt.close(figure)
 
 
 def encode_to_codes(sae_dir: str | Path, cache_path: str | Path, out_path: str | Path, pre_activations: bool) -> None:
