@@ -84,3 +84,38 @@ def test_the_seed_stability_prose_claims_only_what_the_default_tables_show():
     # "By activation the two seeds agree in part": well above zero, well below one
     matching = pd.read_csv(ROOT / "docs/figures/default/ceiling_matching.tsv", sep="\t")
     assert matching["mean_max_correlation"].between(0.2, 0.5).all()
+
+
+def test_the_readme_alignment_counts_are_the_default_runs():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    row = pd.read_csv(ROOT / "docs/figures/default/alignment.tsv", sep="\t").iloc[0]
+    sentence = (f"{row['fraction_aligned_a']:.1%} of SmolLM2's and\n{row['fraction_aligned_b']:.1%} of Gemma-3's "
+                f"positions align ({int(row['n_aligned']):,} of {int(row['n_positions_a']):,} and of "
+                f"{int(row['n_positions_b']):,} positions;")
+    assert sentence in readme
+
+
+def test_the_scaling_sections_best_held_out_svcca_cell_quotes_its_own_interval():
+    """The observed score with the observed score's interval, the excess apart (issue 21 found them mixed)."""
+    cross = pd.read_csv(ROOT / "docs/figures/scaling.cross.tsv", sep="\t")
+    cell = cross[(cross["variant"] == "tokens150000-latents2048") & (cross["metric"] == "heldout_svcca")
+                 & (cross["layer_a"] == 15) & (cross["layer_b"] == 10)].iloc[0]
+    quoted = (f"observed {cell['observed']:.2f} [{cell['ci_low']:.2f}, {cell['ci_high']:.2f}], an excess over chance "
+              f"of {cell['excess']:.2f}, and {cell['normalized']:.2f} [{cell['normalized_ci_low']:.2f},\n  "
+              f"{cell['normalized_ci_high']:.2f}] of its ceiling")
+    assert quoted in RESULTS
+
+
+def test_the_readme_states_the_scaling_trend_its_table_shows():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    cross = pd.read_csv(ROOT / "docs/figures/scaling.cross.tsv", sep="\t")
+    before = cross[cross["variant"] == "tokens150000-latents2048"].set_index(["metric", "layer_a", "layer_b"])
+    after = cross[cross["variant"] == "tokensall-latents2048"].set_index(["metric", "layer_a", "layer_b"])
+    falls = int((after["excess"] < before["excess"].reindex(after.index)).sum())
+    assert f"the excess over chance falls in {falls} of the {len(after)} cross-model cells" in readme.replace("\n", " ")
+    # "the best fraction of the seed-to-seed ceiling falls on every metric"
+    assert (after.groupby("metric")["normalized"].max() < before.groupby("metric")["normalized"].max()).all()
+    assert "larger still" not in readme
+    # "the two seeds agree more and more"
+    summary = pd.read_csv(ROOT / "docs/figures/scaling.tsv", sep="\t").set_index("variant")["seed_best_match_correlation"]
+    assert summary["tokensall-latents2048"] > summary["tokens150000-latents2048"]
