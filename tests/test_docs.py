@@ -119,3 +119,25 @@ def test_the_readme_states_the_scaling_trend_its_table_shows():
     # "the two seeds agree more and more"
     summary = pd.read_csv(ROOT / "docs/figures/scaling.tsv", sep="\t").set_index("variant")["seed_best_match_correlation"]
     assert summary["tokensall-latents2048"] > summary["tokens150000-latents2048"]
+
+
+def test_the_scaling_prose_quotes_the_largest_cross_excess_of_its_table():
+    summary = pd.read_csv(ROOT / "docs/figures/scaling.tsv", sep="\t").set_index("variant")
+    budgets = ["tokens16000-latents2048", "tokens50000-latents2048", "tokens150000-latents2048",
+               "tokensall-latents2048"]
+    text = " ".join(RESULTS.split())
+    growing = {"RSA": "rsa", "debiased CKA": "debiased_cka", "mutual kNN": "mutual_knn", "Procrustes": "procrustes"}
+    for name, metric in growing.items():
+        values = summary.loc[budgets, f"cross_{metric}_best_excess"]
+        assert values.is_monotonic_increasing, metric  # "grows with each budget on four metrics"
+        assert ", ".join(f"{value:.3f}" for value in values) in text, metric
+    svcca = summary.loc[budgets, "cross_heldout_svcca_best_excess"]
+    assert not svcca.is_monotonic_increasing  # "rises from 13k to 43k, then stays level"
+    assert "level: " + ", ".join(f"{value:.2f}" for value in svcca) in text
+    wide, narrow = summary.loc["tokens150000-latents8192"], summary.loc["tokens150000-latents2048"]
+    for name, metric, digits in (("debiased CKA", "debiased_cka", 3), ("mutual kNN", "mutual_knn", 3),
+                                 ("Procrustes", "procrustes", 3), ("RSA", "rsa", 3), ("held-out SVCCA", "heldout_svcca", 2)):
+        quoted = (f"{name} {wide[f'cross_{metric}_best_excess']:.{digits}f} against "
+                  f"{narrow[f'cross_{metric}_best_excess']:.{digits}f}")
+        assert quoted in text, quoted
+        assert wide[f"cross_{metric}_best_excess"] < narrow[f"cross_{metric}_best_excess"]

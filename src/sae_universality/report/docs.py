@@ -121,7 +121,13 @@ class Block:
     tables: tuple[str, ...]
 
 
+def file_block(path: str) -> Callable[[], str]:
+    """A block that is a committed file's text as it is (e.g. a study's Markdown table)."""
+    return lambda: (REPOSITORY / path).read_text(encoding="utf-8").rstrip("\n")
+
+
 BLOCKS = {
+    "scaling-table": Block(file_block("docs/figures/scaling.md"), ("docs/figures/scaling.md",)),
     "controls-default": Block(controls_block("docs/figures/default"),
                               ("docs/figures/default/controls.tsv", "docs/figures/default/context_only_scores.tsv")),
     "seed-stability-default": Block(seed_stability_block("docs/figures/default"),

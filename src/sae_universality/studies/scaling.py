@@ -243,8 +243,8 @@ def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         cross = tables.get("cross", pd.DataFrame())
         cross = cross[(cross["variant"] == variant) & ~cross["model_b"].str.endswith("-rerandomized")] if len(cross) else cross
         for metric, cells in (cross.groupby("metric") if len(cross) else []):
-            best = cells.loc[cells["z"].idxmax()] if cells["z"].notna().any() else None
-            row[f"cross_{metric}_best_excess"] = best["excess"] if best is not None else np.nan
+            # The largest excess of any layer pair (the cell with the largest z can have a smaller one).
+            row[f"cross_{metric}_best_excess"] = cells["excess"].max() if cells["excess"].notna().any() else np.nan
             row[f"cross_{metric}_significant"] = f"{int(cells['significant'].astype(bool).sum())}/{len(cells)}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -255,7 +255,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
     metrics = [column.removeprefix("cross_").removesuffix("_significant") for column in summary
                if column.startswith("cross_") and column.endswith("_significant")]
     header = ["variant", "training tokens per SAE", "loss recovered (min / median)", "dead (max)", "FVU (max)",
-              "seed best-match corr.", *[f"{metric}: ceiling above chance / cross significant / best cross excess"
+              "seed best-match corr.", *[f"{metric}: ceiling above chance / cross significant / largest cross excess"
                                          for metric in metrics]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.itertuples():
