@@ -181,12 +181,13 @@ class Residualizer:
 
 
 def fit_residualizer(blocks: Callable[[], Iterable], keys: PositionKeys, kind: str,
-                     min_bigram_count: int = 5) -> Residualizer:
+                     min_bigram_count: int = 5, token: Residualizer | None = None) -> Residualizer:
     """The cross-fitted `Residualizer` of one side for a key kind (KEY_TOKEN, KEY_BIGRAM or KEY_DOCUMENT).
 
     `blocks()` yields that side's codes in aligned row order. KEY_BIGRAM removes
     the (previous, current) pair's mean where the pair occurs at least
-    `min_bigram_count` times in the other fold, the current token's otherwise.
+    `min_bigram_count` times in the other fold, the current token's otherwise
+    (`token`: that side's KEY_TOKEN residualizer when already fitted, else fitted here).
     """
     if kind == KEY_TOKEN:
         distinct, group = _group_codes(keys.token)
@@ -195,7 +196,7 @@ def fit_residualizer(blocks: Callable[[], Iterable], keys: PositionKeys, kind: s
         distinct, group = _group_codes(keys.document)
         return Residualizer(group_means(blocks(), group, keys.fold, len(distinct)), group, keys.fold)
     if kind == KEY_BIGRAM:
-        token = fit_residualizer(blocks, keys, KEY_TOKEN)
+        token = token or fit_residualizer(blocks, keys, KEY_TOKEN)
         pairs = np.stack([keys.previous, keys.token], axis=1)
         distinct, group = np.unique(pairs, axis=0, return_inverse=True)
         group = group.ravel()

@@ -151,6 +151,24 @@ class ControlOutputs:
     """The match table of the context-only codes, as the full one (scored by the similarity stage)."""
 
 
+def _shifted_chunks(a: Side, b: Side, order: np.ndarray, chunk_rows: int):
+    """Aligned chunks with B's rows taken in `order` (a roll within documents). B's codes are read once into
+    memory: rows rolled across shuffled windows are spread over the whole file, so reading them chunk by
+    chunk would read the file again for every chunk."""
+    import scipy.sparse
+
+    from ..saes.codes import iter_code_chunks
+
+    codes_b = scipy.sparse.vstack(list(iter_code_chunks(b.codes, b.rows, chunk_rows)), format="csr")[order]
+
+    def chunks():
+        starts = range(0, codes_b.shape[0], chunk_rows)
+        return zip(iter_code_chunks(a.codes, a.rows, chunk_rows),
+                   (codes_b[start:start + chunk_rows] for start in starts))
+
+    return chunks
+
+
 def _side_keys(side: Side):
     with open_hdf5(side.cache) as cache:
         return position_keys(cache["token_ids"][:], cache["window_index"][:], cache["doc_index"][:], side.rows)
@@ -176,30 +194,35 @@ def control_layer_pair(a: Side, b: Side, full_table: str | Path, outputs: Contro
     keys_a, keys_b = _side_keys(a), _side_keys(b)
     chunks = _aligned_chunks(a, b, settings.chunk_rows)
 
-    def blocks_a():
-        return (block for block, _ in chunks())
+    def fitted(side, keys):
+        # Means are fitted on one side's codes alone; the bigram means fall back to the token means fitted once.
+        from ..saes.codes import iter_code_chunks
 
-    def blocks_b():
-        return (block for _, block in chunks())
+        def blocks():
+            return iter_code_chunks(side.codes, side.rows, settings.chunk_rows)
 
-    def residualizers(kind):
-        return (fit_residualizer(blocks_a, keys_a, kind, min_bigram_count),
-                fit_residualizer(blocks_b, keys_b, kind, min_bigram_count))
+        token = fit_residualizer(blocks, keys, KEY_TOKEN)
+        return {KEY_TOKEN: token, KEY_BIGRAM: fit_residualizer(blocks, keys, KEY_BIGRAM, min_bigram_count, token),
+                KEY_DOCUMENT: fit_residualizer(blocks, keys, KEY_DOCUMENT)}
 
-    shifted = Side(b.codes, b.cache, b.manifest, b.rows[within_document_roll(keys_b.document)])
+    fitted_a, fitted_b = fitted(a, keys_a), fitted(b, keys_b)
     # Which codes each control reads, how it residualizes them, and whether the matching is rerun on them: the
     # dense controls cost a full pass of F_A x F_B products each, so only the context-only one (scored later)
-    # and the cheap sparse shift are rematched; the full result's own table is the full rematch.
-    variants = {"full": (chunks, (None, None), False),
-                "context_only": (chunks, residualizers(KEY_TOKEN), True),
-                "context_only_bigram": (chunks, residualizers(KEY_BIGRAM), False),
-                "document_demeaned": (chunks, residualizers(KEY_DOCUMENT), False),
-                "document_shifted": (_aligned_chunks(a, shifted, settings.chunk_rows), (None, None), True)}
-    rows = []
+    # and the cheap sparse shift are rematched. The full codes need no pass: the full table holds their result.
+    variants = {"context_only": (chunks, (fitted_a[KEY_TOKEN], fitted_b[KEY_TOKEN]), True),
+                "context_only_bigram": (chunks, (fitted_a[KEY_BIGRAM], fitted_b[KEY_BIGRAM]), False),
+                "document_demeaned": (chunks, (fitted_a[KEY_DOCUMENT], fitted_b[KEY_DOCUMENT]), False),
+                "document_shifted": (_shifted_chunks(a, b, within_document_roll(keys_b.document), settings.chunk_rows),
+                                     (None, None), True)}
+    rows = [{**labels, "control": "full", "n_kept_full": len(features_a),
+             "kept_full_mean_correlation": float(kept["final_correlation"].mean()) if len(kept) else np.nan,
+             "kept_full_above_threshold": 1.0 if len(kept) else np.nan, "n_kept_rematched": len(kept),
+             "rematched_mean_correlation": float(kept["final_correlation"].mean()) if len(kept) else np.nan,
+             "what": CONTROLS["full"]}]
     for control, (source, (residualizer_a, residualizer_b), rematch) in variants.items():
         kept_columns = residual_chunks(source, residualizer_a, residualizer_b, features_a, features_b)
         correlation = paired_correlations(kept_columns, np.arange(len(features_a)), np.arange(len(features_b)))
-        rematched = kept["final_correlation"] if control == "full" else pd.Series(dtype=float)
+        rematched = pd.Series(dtype=float)
         if rematch:
             table = match_features(residual_chunks(source, residualizer_a, residualizer_b),
                                    top_tokens_a=tokens_a, top_tokens_b=tokens_b, settings=settings)
@@ -208,12 +231,11 @@ def control_layer_pair(a: Side, b: Side, full_table: str | Path, outputs: Contro
                 table["top_tokens_b"] = [" | ".join(tokens_b[feature]) for feature in table["feature_b"]]
                 table["top_tokens_a"] = [" | ".join(tokens_a[feature]) for feature in table["final_a"]]
                 write_tsv(table, outputs.context_only_table)
-        matched_again = rematch or control == "full"
         rows.append({**labels, "control": control, "n_kept_full": len(features_a),
                      "kept_full_mean_correlation": float(np.nanmean(correlation)) if len(correlation) else np.nan,
                      "kept_full_above_threshold": (float(np.mean(correlation >= settings.threshold))
                                                    if len(correlation) else np.nan),
-                     "n_kept_rematched": int(len(rematched)) if matched_again else np.nan,
+                     "n_kept_rematched": int(len(rematched)) if rematch else np.nan,
                      "rematched_mean_correlation": float(rematched.mean()) if len(rematched) else np.nan,
                      "what": CONTROLS[control]})
     summary = pd.DataFrame(rows, columns=[*labels, *CONTROL_COLUMNS])

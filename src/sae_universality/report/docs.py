@@ -24,15 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .verdict import control_paragraph
+from .verdict import _number, _scored_cells, control_paragraph
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 RESULTS = REPOSITORY / "docs" / "results.md"
 SIGNIFICANCE = 0.05
 
-
-def _number(value, digits: int = 3) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}g}"
 
 
 def controls_table(controls: pd.DataFrame, variants: dict, significance: float = SIGNIFICANCE) -> str:
@@ -49,7 +46,7 @@ def controls_table(controls: pd.DataFrame, variants: dict, significance: float =
     for (layer_a, layer_b), here in controls.groupby(["layer_a", "layer_b"], sort=True):
         here = here.set_index("control")
         kept = here["kept_full_mean_correlation"].astype(float)
-        scored = _cells(variants["context_only"], layer_a, layer_b)
+        scored = _scored_cells(variants["context_only"], layer_a, layer_b)
         surviving = scored["excess_surviving"].astype(float) if len(scored) else pd.Series(dtype=float)
         share = f"{surviving.min():.2f}-{surviving.max():.2f}" if np.isfinite(surviving).any() else "n/a"
         cells = [f"{layer_a} / {layer_b}", str(int(here.loc["full", "n_kept_full"])), _number(kept["full"]),
@@ -59,14 +56,10 @@ def controls_table(controls: pd.DataFrame, variants: dict, significance: float =
                  _significant_of(scored, significance), share]
         if untrained is not None:
             cells += [str(int(here.loc["untrained_dictionary", "n_kept_rematched"])),
-                      _significant_of(_cells(untrained, layer_a, layer_b), significance)]
+                      _significant_of(_scored_cells(untrained, layer_a, layer_b), significance)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
-
-def _cells(scores: pd.DataFrame, layer_a, layer_b) -> pd.DataFrame:
-    here = scores[(scores["layer_a"] == layer_a) & (scores["layer_b"] == layer_b)]
-    return here[np.isfinite(here["observed"].astype(float))]
 
 
 def _significant_of(scored: pd.DataFrame, significance: float) -> str:

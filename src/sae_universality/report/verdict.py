@@ -19,10 +19,10 @@ import pandas as pd
 
 from ..io import atomic_path, write_tsv
 from ..settings import SimilaritySettings, as_settings
+from ..matching.stage import CONTROLS
 from ..similarity.baselines import above_chance
 
-# The controls of matching/stage.py, in the order the verdict reads them.
-CONTROL_NAMES = ("full", "context_only", "context_only_bigram", "document_demeaned", "document_shifted")
+CONTROL_NAMES = tuple(CONTROLS)  # the controls matching writes, in its row order
 
 VERDICT_COLUMNS = ["model_a", "model_b", "metric", "n_layer_pairs", "n_significant", "best_layer_a", "best_layer_b",
                    "observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",

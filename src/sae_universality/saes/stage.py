@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..io import atomic_path, open_hdf5
+from ..io import atomic_path, open_hdf5, write_tsv
 from ..settings import SaeSettings
 
 
@@ -116,8 +116,7 @@ def train_on_cache(cache_path: str | Path, outputs: TrainOutputs, model_layer: M
     result = train_sae(lambda start: make_batches(start_batch=start), sae_cfg, train_cfg, outputs.checkpoint_dir)
     save_sae(result.sae, outputs.sae_dir)
     curve = result.curve.assign(model=model_layer.model_name, layer=model_layer.layer, sae=f"seed{seed}")
-    with atomic_path(outputs.curve_path, suffix=".tsv") as temporary:
-        curve.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    write_tsv(curve, outputs.curve_path)
     return {"d_in": d_in, "d_sae": sae_cfg.d_sae, "n_steps": train_cfg.n_steps, "tokens": train_cfg.n_steps * batch_size}
 
 
@@ -231,8 +230,7 @@ def evaluate_layer(inputs: EvaluationInputs, out_path: str | Path, model_layer: 
         if sae.cfg.d_sae == first.cfg.d_sae else {"decoder_cosine_mean": np.nan, "fraction_shared": np.nan}
         for sae in list(saes.values())[1:]]
     table = pd.concat([table, pd.DataFrame(stability[:len(table)])], axis=1)
-    with atomic_path(out_path, suffix=".tsv") as temporary:
-        table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    write_tsv(table, out_path)
     print(table.to_string(), file=sys.stderr)
     return table
 
@@ -240,8 +238,7 @@ def evaluate_layer(inputs: EvaluationInputs, out_path: str | Path, model_layer: 
 def collect_tables(paths: list[str | Path], out_path: str | Path) -> pd.DataFrame:
     """Concatenate one-row (or many-row) TSVs into one table."""
     table = pd.concat([pd.read_csv(path, sep="\t") for path in paths], ignore_index=True)
-    with atomic_path(out_path, suffix=".tsv") as temporary:
-        table.to_csv(temporary, sep="\t", index=False, float_format="%.6g")
+    write_tsv(table, out_path)
     return table
 
 
