@@ -13,6 +13,7 @@ the window begins in its document, so a token's document offset is
 from __future__ import annotations
 
 import bz2
+import gc
 import hashlib
 import itertools
 import importlib.util
@@ -175,18 +176,25 @@ def _import_datasets(what: str):
 
 def read_parquet_documents(paths: list[str | Path], text_field: str, where: str,
                            fix: str = "set corpus.hf_dataset.text_field") -> Iterator[str]:
-    """The `text_field` column of local Parquet files, row by row, read by `datasets` as a stream.
+    """The `text_field` column of local Parquet files, row by row.
 
-    Streaming reads only the row groups it needs and writes no Arrow copy to the datasets cache.
+    Read by pyarrow (installed with `datasets`) one batch of one column at a time,
+    on the calling thread: a streaming `datasets` reader leaves Arrow's scanner
+    threads running when the caller stops early, and they abort the process at
+    exit ("terminate called without an active exception", datasets#7566).
     """
-    datasets = _import_datasets("Reading Parquet text")
-    stream = datasets.load_dataset("parquet", data_files={"train": [str(path) for path in paths]},
-                                   split="train", streaming=True)
-    columns = list(stream.column_names or [])
-    if text_field not in columns:
-        raise UserError(f"{where} has no column '{text_field}' (columns: {', '.join(columns)}); {fix}")
-    for record in stream:
-        yield record[text_field]
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise UserError("Reading Parquet text needs the `pyarrow` package: pip install 'sae-universality[hub]' "
+                        "(or `make install`)") from None
+    for path in paths:
+        with parquet.ParquetFile(path) as file:
+            columns = list(file.schema_arrow.names)
+            if text_field not in columns:
+                raise UserError(f"{where} has no column '{text_field}' (columns: {', '.join(columns)}); {fix}")
+            for batch in file.iter_batches(batch_size=256, columns=[text_field], use_threads=False):
+                yield from batch.column(0).to_pylist()
 
 
 def snapshot_commit(path: str | Path) -> str | None:
@@ -284,10 +292,14 @@ def read_hf_dataset(name: str, split: str, text_field: str, config_name: str | N
                             "(corpus.hf_dataset.data_files) and fetch them once where the hub is reachable, or use "
                             "corpus.source 'files' with a local copy") from None
         documents = (_text_of(record, text_field, where) for record in stream)
-    for count, document in enumerate(documents):
-        if count >= limit:
-            break
-        yield document
+    try:
+        yield from itertools.islice(documents, limit)
+    finally:
+        # Stopping a stream early leaves Arrow threads behind that abort the process at exit
+        # (datasets#7566): drop the readers and collect them while Arrow is still alive.
+        documents.close()
+        documents = stream = None
+        gc.collect()
 
 
 def load_documents(corpus: CorpusSettings | dict) -> list[str]:
