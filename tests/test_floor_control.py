@@ -247,6 +247,24 @@ def test_dry_run_prepares_the_source_before_its_rerandomized_copy(tmp_path):
     assert "results/matching/smollm2--gemma3-rerandomized/summary.tsv" in result.stdout
 
 
+def test_three_seeds_give_a_ceiling_from_each_of_their_three_pairs(tmp_path):
+    config = with_models()
+    config["saes"] = {**config.get("saes", {}), "seeds": [0, 1, 2]}
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path / "run"),
+         "--configfile", str(config_file), "--cores", "1", "results/similarity/ceiling/gemma3/layer10.tsv"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    scored = sorted(line.split("output: ")[1] for line in result.stdout.splitlines()
+                    if "output: results/similarity/ceiling/gemma3/layer10/" in line and ".matches.tsv" not in line)
+    assert scored == [f"results/similarity/ceiling/gemma3/layer10/{pair}.tsv"
+                      for pair in ("seed0--seed1", "seed0--seed2", "seed1--seed2")]
+    assert "rule ceiling_of_layer:" in result.stdout
+
+
 def test_keep_norms_keeps_every_normalization_parameter_and_redraws_the_rest(tiny_models):
     from sae_universality.models.rerandomize import is_norm_parameter
 

@@ -261,3 +261,77 @@ def test_verdict_calls_a_broken_floor_model_broken(tmp_path):
                                           floors={("a", "b"): ("a", "b-rerandomized")}),
                          SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
     assert "**The re-randomized floor (b-rerandomized) is a broken model:**" in text
+
+
+def test_fiellers_interval_covers_the_true_ratio_at_its_level():
+    """Monte Carlo in float64: estimates of a numerator and a denominator with known normal errors; the
+    interval should contain the true ratio in about 95% of draws, where dividing the numerator's interval
+    by the estimated denominator (the old mapping) covers clearly less once the denominator is noisy."""
+    from sae_universality.similarity.baselines import ratio_interval
+
+    rng = np.random.default_rng(0)
+    draws, true_numerator, true_denominator, numerator_se, denominator_se = 20000, 0.3, 0.5, 0.05, 0.1
+    numerator = true_numerator + numerator_se * rng.standard_normal(draws)
+    denominator = true_denominator + denominator_se * rng.standard_normal(draws)
+    low, high = ratio_interval(numerator, numerator_se, numerator_se, denominator, denominator_se, 0.95)
+    bounded = np.isfinite(low)
+    truth = true_numerator / true_denominator
+    coverage = np.mean(np.where(bounded, (low <= truth) & (truth <= high), True))
+    assert 0.94 <= coverage <= 0.96
+    mapped = np.mean(np.abs(numerator / denominator - truth) <= 1.96 * numerator_se / denominator)
+    assert mapped < 0.85
+    # Without the denominator's uncertainty it is the numerator's interval divided by the denominator,
+    # each side with its own half-width; with a denominator not distinguishable from 0 it is unbounded.
+    z = 1.959963984540054
+    assert ratio_interval(0.4, 0.1 / z, 0.2 / z, 0.8, 0.0, 0.95) == pytest.approx((0.3 / 0.8, 0.6 / 0.8))
+    assert all(np.isnan(ratio_interval(0.4, 0.05, 0.05, 0.1, 0.1, 0.95)))
+
+
+def test_the_normalized_interval_widens_with_the_ceilings_own_interval():
+    scores = cell_scores([0.5], [0.1], [0.001], layers_a=[0])
+    narrow = ceiling_table([("a", 0, "rsa", 0.9, 0.1, 0.001), ("b", 5, "rsa", 0.7, 0.1, 0.002)])
+    wide = narrow.assign(ci_low=narrow["observed"] - 0.2, ci_high=narrow["observed"] + 0.2)
+    by_ceiling = {}
+    for name, ceilings in (("narrow", narrow), ("wide", wide)):
+        table = with_normalized(pd.concat([scores, ceilings_of(scores, ceilings, 0.05)], axis=1), 0.05)
+        by_ceiling[name] = table.loc[0]
+    # The ceiling's standard error: each layer's half-width over z, the mean of two independent ones.
+    assert by_ceiling["narrow"]["ceiling_se"] == 0.0
+    assert by_ceiling["wide"]["ceiling_se"] == pytest.approx(np.sqrt(2 * (0.2 / 1.959964) ** 2) / 2)
+    assert by_ceiling["wide"]["normalized"] == pytest.approx(0.4 / 0.7)
+    assert by_ceiling["wide"]["normalized_ci_low"] < by_ceiling["narrow"]["normalized_ci_low"] == pytest.approx(0.3 / 0.7)
+    assert by_ceiling["wide"]["normalized_ci_high"] > by_ceiling["narrow"]["normalized_ci_high"] == pytest.approx(0.5 / 0.7)
+    # Independent float64 check of the upper bound: solve (E - rC)^2 = z^2 (sE^2 + r^2 sC^2) by bisection.
+    z, excess, ceiling, se_e, se_c = 1.959964, 0.4, 0.7, 0.1 / 1.959964, by_ceiling["wide"]["ceiling_se"]
+    lo, hi = 0.4 / 0.7, 10.0
+    for _ in range(200):
+        middle = (lo + hi) / 2
+        inside = (excess - middle * ceiling) ** 2 <= z ** 2 * (se_e ** 2 + middle ** 2 * se_c ** 2)
+        lo, hi = (middle, hi) if inside else (lo, middle)
+    assert by_ceiling["wide"]["normalized_ci_high"] == pytest.approx(lo, rel=1e-6)
+
+
+def test_the_ceiling_of_three_seeds_is_the_mean_over_their_three_pairs_with_its_spread():
+    from sae_universality.similarity.stage import mean_over_seed_pairs
+
+    def seed_pair(sae_a, sae_b, observed):
+        return pd.DataFrame({"model": "a", "layer": 3, "sae_a": sae_a, "sae_b": sae_b, "metric": ["rsa", "procrustes"],
+                             "observed": observed, "null_mean": [0.0, 0.1], "p": [0.001, 0.01], "n_pairs": [100, 100]})
+
+    tables = [seed_pair("seed0", "seed1", [0.3, 0.5]), seed_pair("seed0", "seed2", [0.4, 0.6]),
+              seed_pair("seed1", "seed2", [0.8, 0.7])]
+    combined = mean_over_seed_pairs(tables, ["model", "layer", "metric"]).set_index("metric")
+    assert list(combined.columns[:5]) == ["model", "layer", "observed", "null_mean", "p"]
+    assert combined.loc["rsa", "observed"] == pytest.approx(0.5)
+    assert combined.loc["rsa", "seed_sd"] == pytest.approx(np.std([0.3, 0.4, 0.8], ddof=1))
+    assert (combined.loc["rsa", "observed_min"], combined.loc["rsa", "observed_max"]) == (0.3, 0.8)
+    assert combined["seed_pairs"].tolist() == [3, 3] and combined["layer"].tolist() == [3, 3]
+    # One pair passes through as it is: the two-seed default's ceiling keeps its values.
+    single = mean_over_seed_pairs(tables[:1], ["model", "layer", "metric"])
+    assert single.drop(columns="seed_pairs").equals(tables[0].drop(columns=["sae_a", "sae_b"]))
+    # The spread over seed pairs enters the ceiling's standard error: 3 pairs, sd 0.265 -> + sd^2 / 3.
+    from sae_universality.similarity.stage import ceiling_standard_errors
+    with_interval = combined.reset_index().assign(ci_low=lambda t: t["observed"] - 0.1,
+                                                  ci_high=lambda t: t["observed"] + 0.1)
+    expected = np.sqrt((0.1 / 1.959964) ** 2 + np.var([0.3, 0.4, 0.8], ddof=1) / 3)
+    assert ceiling_standard_errors(with_interval, 0.95)[0] == pytest.approx(expected, rel=1e-5)

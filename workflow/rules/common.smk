@@ -27,6 +27,8 @@ wildcard_constraints:
     layer=r"\d+",
     shard=r"\d+",
     sae=r"seed\d+|pretrained|untrained",
+    sae_a=r"seed\d+|pretrained",
+    sae_b=r"seed\d+|pretrained",
     layer_a=r"\d+",
     layer_b=r"\d+",
 
@@ -270,29 +272,47 @@ def has_ceiling(model):
     return len(saes_of(model)) > 1
 
 
+def ceiling_seed_pairs(model):
+    # The ceiling is measured on every pair of the model's SAEs (seeds), each pair once.
+    names = saes_of(model)
+    return [(first, second) for index, first in enumerate(names) for second in names[index + 1:]]
+
+
+def ceiling_seed_pair_files(wildcards, suffix):
+    prefix = f"results/similarity/ceiling/{wildcards.model}/layer{wildcards.layer}"
+    return [f"{prefix}/{first}--{second}{suffix}" for first, second in ceiling_seed_pairs(wildcards.model)]
+
+
+def ceiling_seed_pair_scores(wildcards):
+    return ceiling_seed_pair_files(wildcards, ".tsv")
+
+
+def ceiling_seed_pair_summaries(wildcards):
+    return ceiling_seed_pair_files(wildcards, ".summary.tsv")
+
+
 def ceiling_match_inputs(wildcards):
-    first, second = saes_of(wildcards.model)[:2]
     prefix = f"results/codes/{wildcards.model}/layer{wildcards.layer}"
     return {
-        "codes_a": f"{prefix}/{first}.h5",
-        "codes_b": f"{prefix}/{second}.h5",
+        "codes_a": f"{prefix}/{wildcards.sae_a}.h5",
+        "codes_b": f"{prefix}/{wildcards.sae_b}.h5",
         "cache": f"results/activations/{wildcards.model}/layer{wildcards.layer}.h5",
         "manifest": f"resources/models/{wildcards.model}/manifest.json",
     }
 
 
 def ceiling_score_inputs(wildcards):
-    first, second = saes_of(wildcards.model)[:2]
     prefix = f"results/saes/{wildcards.model}/layer{wildcards.layer}"
     return {
-        "matches": f"results/similarity/ceiling/{wildcards.model}/layer{wildcards.layer}.matches.tsv",
-        "sae_a": f"{prefix}/{first}",
-        "sae_b": f"{prefix}/{second}",
+        "matches": f"results/similarity/ceiling/{wildcards.model}/layer{wildcards.layer}/"
+                   f"{wildcards.sae_a}--{wildcards.sae_b}.matches.tsv",
+        "sae_a": f"{prefix}/{wildcards.sae_a}",
+        "sae_b": f"{prefix}/{wildcards.sae_b}",
     }
 
 
 def ceiling_labels(wildcards):
-    return {"model": wildcards.model, "layer": int(wildcards.layer)}
+    return {"model": wildcards.model, "layer": int(wildcards.layer), "sae_a": wildcards.sae_a, "sae_b": wildcards.sae_b}
 
 
 def ceiling_pair_labels(wildcards):

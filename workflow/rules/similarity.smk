@@ -22,13 +22,13 @@ rule match_ceiling:
     input:
         unpack(ceiling_match_inputs),
     output:
-        table="results/similarity/ceiling/{model}/layer{layer}.matches.tsv",
-        summary="results/similarity/ceiling/{model}/layer{layer}.summary.tsv",
-        examples="results/similarity/ceiling/{model}/layer{layer}.examples.json",
+        table="results/similarity/ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.matches.tsv",
+        summary="results/similarity/ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.summary.tsv",
+        examples="results/similarity/ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.examples.json",
     log:
-        "logs/match_ceiling/{model}/layer{layer}.log",
+        "logs/match_ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.log",
     benchmark:
-        "results/benchmarks/match_ceiling/{model}/layer{layer}.tsv"
+        "results/benchmarks/match_ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.tsv"
     params:
         settings=matching_settings,
         labels=ceiling_pair_labels,
@@ -43,11 +43,11 @@ rule score_ceiling:
     input:
         unpack(ceiling_score_inputs),
     output:
-        scores="results/similarity/ceiling/{model}/layer{layer}.tsv",
+        scores="results/similarity/ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.tsv",
     log:
-        "logs/score_ceiling/{model}/layer{layer}.log",
+        "logs/score_ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.log",
     benchmark:
-        "results/benchmarks/score_ceiling/{model}/layer{layer}.tsv"
+        "results/benchmarks/score_ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.tsv"
     params:
         settings=similarity_settings,
         labels=ceiling_labels,
@@ -56,6 +56,23 @@ rule score_ceiling:
         "../../envs/workflow.yaml"
     script:
         "../../scripts/score_kept_pairs.py"
+
+
+rule ceiling_of_layer:
+    input:
+        scores=ceiling_seed_pair_scores,
+        summaries=ceiling_seed_pair_summaries,
+    output:
+        scores="results/similarity/ceiling/{model}/layer{layer}.tsv",
+        summary="results/similarity/ceiling/{model}/layer{layer}.summary.tsv",
+    log:
+        "logs/ceiling_of_layer/{model}/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/ceiling_of_layer/{model}/layer{layer}.tsv"
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/ceiling_of_layer.py"
 
 
 rule score_context_only:

@@ -159,6 +159,43 @@ def normalized_score(observed, null_mean, ceiling=None, ceiling_null_mean=None):
     return float(score) if score.ndim == 0 else score
 
 
+def standard_normal_quantile(level: float) -> float:
+    """z with P(|Z| <= z) = level for a standard normal Z (1.96 at 0.95)."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + level / 2))
+
+
+def ratio_interval(numerator, numerator_se_low, numerator_se_high, denominator, denominator_se, level: float = 0.95):
+    """Fieller's interval for numerator / denominator, both estimated with independent normal errors.
+
+    The set of ratios r with |numerator - r * denominator| <= z * sqrt(se_n^2 + r^2 se_d^2):
+    unlike dividing the numerator's interval by the denominator, it widens with the
+    denominator's own uncertainty, and unlike the delta method it stays honest when the
+    denominator is near zero. A bootstrap interval is rarely symmetric, so the lower
+    bound uses the numerator's lower half-width (`numerator_se_low`, in standard
+    errors) and the upper bound its upper one; with `denominator_se` 0 the bounds are
+    exactly the numerator's interval divided by the denominator. Where the denominator
+    is not distinguishable from zero at this level (denominator^2 <= z^2 se_d^2) the
+    set is unbounded: both bounds are NaN. Arrays broadcast.
+    """
+    z = standard_normal_quantile(level)
+    numerator, denominator = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    denominator_variance = np.square(np.asarray(denominator_se, dtype=np.float64))
+    leading = denominator ** 2 - z ** 2 * denominator_variance
+
+    def root(numerator_se, sign):
+        numerator_variance = np.square(np.asarray(numerator_se, dtype=np.float64))
+        discriminant = z ** 2 * (numerator ** 2 * denominator_variance + denominator ** 2 * numerator_variance
+                                 - z ** 2 * numerator_variance * denominator_variance)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bound = (numerator * denominator + sign * np.sqrt(np.maximum(discriminant, 0.0))) / leading
+        return np.where(leading > 0, bound, np.nan)
+
+    low, high = root(numerator_se_low, -1.0), root(numerator_se_high, 1.0)
+    return (float(low), float(high)) if low.ndim == 0 else (low, high)
+
+
 def above_chance(scores: pd.DataFrame, significance: float) -> pd.Series:
     """Rows scoring significantly above their own null: p < significance and observed above the null mean.
 

@@ -124,43 +124,93 @@ def with_adjusted_p(scores: pd.DataFrame, method: str, family: list[str]) -> pd.
     return scores
 
 
-def ceilings_of(scores: pd.DataFrame, ceilings: pd.DataFrame, significance: float) -> pd.DataFrame:
+def mean_over_seed_pairs(tables: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+    """One ceiling table from the tables of every pair of seeds of one model and layer.
+
+    Numbers are averaged per `keys` (the metric, for scores); `seed_pairs` counts the
+    pairs, and where a table has `observed` its spread over them is `seed_sd` (NaN
+    for one pair), `observed_min` and `observed_max`. The seed-pair labels (sae_a,
+    sae_b) are dropped. One pair passes through unchanged, with `seed_pairs` 1.
+    """
+    if not tables:
+        raise ValueError("no seed-pair tables to combine")
+    combined = pd.concat(tables, ignore_index=True).drop(columns=["sae_a", "sae_b"], errors="ignore")
+    if len(tables) == 1:
+        return combined.assign(seed_pairs=1)
+    numeric = [column for column in combined.select_dtypes("number").columns if column not in keys]
+    others = [column for column in combined.columns if column not in keys and column not in numeric]
+    grouped = combined.groupby(keys, sort=False)
+    result = grouped[numeric].mean().join(grouped[others].first()) if others else grouped[numeric].mean()
+    result["seed_pairs"] = grouped.size()
+    if "observed" in combined:
+        result["seed_sd"] = grouped["observed"].std(ddof=1)
+        result["observed_min"], result["observed_max"] = grouped["observed"].min(), grouped["observed"].max()
+    return result.reset_index()[[*combined.columns, *[c for c in result.columns if c not in combined.columns]]]
+
+
+def ceiling_standard_errors(ceilings: pd.DataFrame, level: float) -> np.ndarray:
+    """Each seed-to-seed score's standard error: its interval's half-width over z, and where the table
+    has `seed_sd` (the spread over seed pairs, see `combine_seed_pairs`) that spread over the square root
+    of `seed_pairs` added in quadrature. 0 where the table has no interval."""
+    from ..similarity.baselines import standard_normal_quantile
+
+    if not {"ci_low", "ci_high"} <= set(ceilings.columns):
+        return np.zeros(len(ceilings))
+    width = (ceilings["ci_high"].to_numpy(dtype=float) - ceilings["ci_low"].to_numpy(dtype=float))
+    variance = np.square(np.nan_to_num(width) / (2 * standard_normal_quantile(level)))
+    if {"seed_sd", "seed_pairs"} <= set(ceilings.columns):
+        spread = np.nan_to_num(ceilings["seed_sd"].to_numpy(dtype=float))
+        variance = variance + np.square(spread) / np.maximum(ceilings["seed_pairs"].to_numpy(dtype=float), 1)
+    return np.sqrt(variance)
+
+
+def ceilings_of(scores: pd.DataFrame, ceilings: pd.DataFrame, significance: float, level: float = 0.95) -> pd.DataFrame:
     """Per row of `scores`, its ceiling: the mean of the two layers' seed-to-seed scores and null means,
-    the larger of their p-values, and whether that ceiling is above chance (every contributing
-    ceiling's p < significance and the mean excess positive)."""
-    found_of = {(row.model, int(row.layer), row.metric): (row.observed, row.null_mean, row.p)
-                for row in ceilings.itertuples()}
+    the standard error of that mean (the two models' SAEs are independent), the larger of their
+    p-values, and whether that ceiling is above chance (every contributing ceiling's p < significance
+    and the mean excess positive)."""
+    standard_errors = ceiling_standard_errors(ceilings, level)
+    found_of = {(row.model, int(row.layer), row.metric): (row.observed, row.null_mean, row.p, se)
+                for row, se in zip(ceilings.itertuples(), standard_errors)}
     rows = []
     for row in scores.itertuples():
         found = [found_of.get((row.model_a, int(row.layer_a), row.metric)),
                  found_of.get((row.model_b, int(row.layer_b), row.metric))]
         found = [values for values in found if values is not None and np.isfinite(values).all()]
         if not found:
-            rows.append((np.nan, np.nan, np.nan, False))
+            rows.append((np.nan, np.nan, np.nan, np.nan, False))
             continue
-        observed, null_mean, _ = np.mean(found, axis=0)
+        observed, null_mean, _, _ = np.mean(found, axis=0)
+        standard_error = float(np.sqrt(sum(values[3] ** 2 for values in found)) / len(found))
         p = max(values[2] for values in found)
-        rows.append((observed, null_mean, p, bool(p < significance and observed > null_mean)))
-    return pd.DataFrame(rows, columns=["ceiling", "ceiling_null_mean", "ceiling_p", "ceiling_valid"],
+        rows.append((observed, null_mean, standard_error, p, bool(p < significance and observed > null_mean)))
+    return pd.DataFrame(rows, columns=["ceiling", "ceiling_null_mean", "ceiling_se", "ceiling_p", "ceiling_valid"],
                         index=scores.index)
 
 
-def with_normalized(scores: pd.DataFrame, significance: float) -> pd.DataFrame:
+def with_normalized(scores: pd.DataFrame, significance: float, level: float = 0.95) -> pd.DataFrame:
     """Normalized score and its interval where the ceiling is above chance; elsewhere empty, with the reason.
 
-    normalized = (observed - null mean) / (ceiling - ceiling's null mean); the interval
-    maps ci_low and ci_high the same way. `normalized_note` says why a cell has none.
+    normalized = (observed - null mean) / (ceiling - ceiling's null mean). Its interval
+    carries both uncertainties: Fieller's interval for the ratio (`ratio_interval`),
+    the excess's standard errors read from the score's own interval (each side
+    apart) and the ceiling's from `ceiling_se`. With no ceiling uncertainty it is the
+    score's interval mapped the same way. `normalized_note` says why a cell has none.
     """
-    from ..similarity import normalized_score
+    from ..similarity.baselines import normalized_score, ratio_interval, standard_normal_quantile
 
     scores = scores.copy()
     valid = scores["ceiling_valid"].astype(bool).to_numpy()
-    for column, source in (("normalized", "observed"), ("normalized_ci_low", "ci_low"),
-                           ("normalized_ci_high", "ci_high")):
-        values = normalized_score(scores[source].to_numpy(dtype=float), scores["null_mean"].to_numpy(dtype=float),
-                                  scores["ceiling"].to_numpy(dtype=float),
-                                  scores["ceiling_null_mean"].to_numpy(dtype=float))
-        scores[column] = np.where(valid, values, np.nan)
+    observed, null_mean = scores["observed"].to_numpy(dtype=float), scores["null_mean"].to_numpy(dtype=float)
+    ceiling, ceiling_null = scores["ceiling"].to_numpy(dtype=float), scores["ceiling_null_mean"].to_numpy(dtype=float)
+    z = standard_normal_quantile(level)
+    low, high = ratio_interval(
+        observed - null_mean, (observed - scores["ci_low"].to_numpy(dtype=float)) / z,
+        (scores["ci_high"].to_numpy(dtype=float) - observed) / z, ceiling - ceiling_null,
+        np.nan_to_num(scores["ceiling_se"].to_numpy(dtype=float)) if "ceiling_se" in scores else 0.0, level)
+    scores["normalized"] = np.where(valid, normalized_score(observed, null_mean, ceiling, ceiling_null), np.nan)
+    scores["normalized_ci_low"] = np.where(valid, low, np.nan)
+    scores["normalized_ci_high"] = np.where(valid, high, np.nan)
     notes = []
     for row in scores.itertuples():
         if not np.isfinite(row.observed):
@@ -170,6 +220,8 @@ def with_normalized(scores: pd.DataFrame, significance: float) -> pd.DataFrame:
         elif not row.ceiling_valid:
             notes.append(f"ceiling not above chance (p={row.ceiling_p:.3g} >= {significance:g})"
                          if row.ceiling_p >= significance else "ceiling below its null")
+        elif not np.isfinite(row.normalized_ci_low):
+            notes.append("interval unbounded: the ceiling's own interval reaches its chance level")
         else:
             notes.append("")
     scores["normalized_note"] = notes
@@ -196,8 +248,8 @@ def pair_table(score_files: list, ceiling_files: list, out_wide: str | Path, out
     ceilings = (pd.concat([pd.read_csv(path, sep="\t") for path in ceiling_files], ignore_index=True)
                 if ceiling_files else pd.DataFrame(columns=["model", "layer", "metric", "observed", "null_mean", "p"]))
     scores = with_adjusted_p(scores, settings.p_adjust, ["metric"])
-    scores = pd.concat([scores, ceilings_of(scores, ceilings, significance)], axis=1)
-    scores = with_normalized(scores, significance)
+    scores = pd.concat([scores, ceilings_of(scores, ceilings, significance, settings.bootstrap_level)], axis=1)
+    scores = with_normalized(scores, significance, settings.bootstrap_level)
     scores["significant"] = scores["p_adjusted"] < significance
     keys = ["model_a", "model_b", "layer_a", "layer_b"]
     wide = scores.pivot_table(index=keys, columns="metric", values=WIDE_VALUES, aggfunc="first", dropna=False)
