@@ -1,4 +1,4 @@
-"""Snakemake script: a pair's control tables: every layer pair's controls, and the context-only and untrained scores beside the full ones."""
+"""Snakemake script: a pair's control tables: every layer pair's controls, and the context-only, untrained and lexical scores beside the full ones."""
 from sae_universality.entry import run_script
 from sae_universality.settings import SimilaritySettings, from_section
 from sae_universality.similarity.controls import ControlInputs, control_tables
@@ -7,9 +7,9 @@ from sae_universality.similarity.controls import ControlInputs, control_tables
 def main(snakemake):
     inputs, output = snakemake.input, snakemake.output
     collected = ControlInputs(inputs.controls, inputs.context_only, inputs.untrained_summaries, inputs.untrained,
-                              inputs.full_scores)
-    control_tables(collected, from_section(SimilaritySettings, snakemake.params.settings), output.controls,
-                   output.context_only, output.untrained)
+                              inputs.lexical_summaries, inputs.lexical, inputs.full_scores)
+    control_tables(collected, from_section(SimilaritySettings, snakemake.params.settings),
+                   {name: output[name] for name in ("controls", "context_only", "untrained", "lexical")})
 
 
 run_script(snakemake, main)

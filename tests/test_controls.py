@@ -189,3 +189,45 @@ def test_within_document_roll_keeps_documents_and_moves_every_position():
 def test_position_keys_check_their_lengths():
     with pytest.raises(ValueError, match="one entry per position"):
         PositionKeys(np.zeros(3), np.zeros(3), np.zeros(2), np.zeros(3))
+
+
+def test_the_lexical_floor_keeps_what_the_token_explains_and_nothing_of_the_context(tmp_path):
+    """Planted: activations = a direction per token + a context signal. The lexical cache keeps the token part
+    (cross-fitted: from the other fold's windows) and drops the context; a token absent from the other fold
+    gets that fold's overall mean. Checked against a direct float64 computation."""
+    import h5py
+
+    from sae_universality.matching.lexical import token_mean_activations, write_lexical_cache
+
+    rng = np.random.default_rng(0)
+    n, width, vocabulary = 4000, 6, 30
+    tokens = rng.integers(0, vocabulary, n)
+    tokens[7] = 99  # one token seen once, in window 0 (fold 0): the other fold has never seen it
+    window = np.arange(n) // 50
+    by_token = rng.standard_normal((100, width)) * 3
+    context = rng.standard_normal((n, width))
+    activations = (by_token[tokens] + context).astype(np.float32)
+    fold = (window % 2).astype(np.int8)
+    lexical = token_mean_activations(activations, tokens, fold)
+    expected = np.empty((n, width))
+    for i in range(n):
+        other = (fold != fold[i])
+        same = other & (tokens == tokens[i])
+        expected[i] = activations[same].astype(np.float64).mean(0) if same.any() else activations[other].mean(0)
+    np.testing.assert_allclose(lexical, expected, rtol=1e-5, atol=1e-5)
+    # The token part is kept, the context part gone.
+    assert np.corrcoef(lexical[:, 0], by_token[tokens][:, 0])[0, 1] > 0.98
+    assert abs(np.corrcoef(lexical[:, 0], context[:, 0])[0, 1]) < 0.05
+    # The cache copy: every field kept, the activations replaced, written in chunks the same as at once.
+    cache = tmp_path / "layer3.h5"
+    with h5py.File(cache, "w") as handle:
+        handle.create_dataset("activations", data=activations, chunks=(256, width))
+        handle.create_dataset("token_ids", data=tokens)
+        handle.create_dataset("window_index", data=window)
+        handle.create_dataset("doc_index", data=window // 4)
+        handle.attrs["model_id"] = "m"
+    write_lexical_cache(cache, tmp_path / "layer3.lexical.h5", chunk_rows=700)
+    with h5py.File(tmp_path / "layer3.lexical.h5") as handle:
+        np.testing.assert_allclose(handle["activations"][:], lexical, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(handle["doc_index"][:], window // 4)
+        assert handle.attrs["model_id"] == "m" and handle.attrs["distinct_tokens"] == vocabulary + 1

@@ -229,6 +229,28 @@ def test_verdict_says_what_token_identity_and_the_document_explain():
     assert control_paragraph(None, {}, 0.05, "a", "b") == ""
 
 
+def test_verdict_sets_each_layer_pair_beside_its_lexical_floor():
+    from sae_universality.report.verdict import control_paragraph
+
+    controls = pd.concat([control_rows(0, 5, [0.3, 0.12, 0.1, 0.29, 0.01]), control_rows(1, 5, [0.3, 0.12, 0.1, 0.29, 0.01])])
+    floor_rows = pd.DataFrame([{"model_a": "a", "model_b": "b", "layer_a": layer, "layer_b": 5, "control": "lexical_floor",
+                                "n_kept_rematched": kept, "rematched_mean_correlation": 0.4}
+                               for layer, kept in ((0, 30), (1, 35))])
+    lexical = pd.DataFrame({"model_a": "a", "model_b": "b", "layer_a": [0, 0, 1, 1], "layer_b": 5,
+                            "metric": ["rsa", "procrustes"] * 2, "observed": [0.05, 0.02, 0.3, 0.02],
+                            "ci_low": [0.0, 0.0, 0.2, 0.0], "ci_high": [0.1, 0.04, 0.45, 0.04],
+                            "p_adjusted": [0.2, 0.3, 0.001, 0.3], "excess_surviving": [0.1, 0.05, 0.6, 0.05],
+                            "full_ci_low": [0.3, 0.1, 0.4, 0.1]})
+    text = control_paragraph(pd.concat([controls, floor_rows]), {"lexical": lexical}, 0.05, "a", "b")
+    assert ("With each model's activations replaced by their per-token means (the lexical floor), the same SAEs keep "
+            "30 pairs (mean correlation 0.4), significant on 0 of 2 metrics after adjustment; their excess over "
+            "chance is 0.05 to 0.10 times the full result's, metric by metric; the full score's interval lies above "
+            "the lexical floor's on 2 of 2 metrics.") in text
+    assert "on 1 of 2 metrics." in text  # layer 1: rsa's intervals overlap (0.4 <= 0.45)
+    assert "At 0 / 5 every metric's full score lies above what token identity alone gives" in text
+    assert "At 1 / 5 some metrics' full scores are within reach of the lexical floor" in text
+
+
 def test_verdict_reports_seed_stability_in_the_literatures_terms(tmp_path):
     stable = quality().assign(sae="seed1", fraction_shared=[0.31, 0.42], decoder_cosine_mean=[0.71, 0.8])
     text = write_verdict(ExperimentTables({("a", "b"): verdict_inputs([0.3, 0.5, 0.9])},

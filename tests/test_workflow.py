@@ -174,7 +174,7 @@ def test_context_only_correlations_equal_a_float64_recomputation(finished_run):
     controls = pd.read_csv(finished_run / "results/similarity/neox--llama/controls.tsv", sep="\t")
     here = controls[(controls["layer_a"] == 2) & (controls["layer_b"] == 1)].set_index("control")
     assert list(here.index) == ["full", "context_only", "context_only_bigram", "document_demeaned", "document_shifted",
-                                "untrained_dictionary"]
+                                "untrained_dictionary", "lexical_floor"]
     # The table holds 6 significant digits.
     assert here.loc["context_only", "kept_full_mean_correlation"] == pytest.approx(np.nanmean(correlations), rel=1e-5)
     assert here.loc["full", "kept_full_mean_correlation"] == pytest.approx(kept["final_correlation"].mean(), abs=1e-5)
@@ -220,6 +220,40 @@ def test_untrained_dictionaries_are_random_unit_directions_centred_on_the_traini
     scores = pd.read_csv(finished_run / "results/similarity/neox--llama/untrained_scores.tsv", sep="\t")
     assert len(scores) == len(pd.read_csv(finished_run / "results/similarity/neox--llama/scores.tsv", sep="\t"))
     assert {"full_excess", "excess_surviving", "p_adjusted"} <= set(scores.columns)
+
+
+def test_the_lexical_floor_encodes_per_token_means_with_the_same_sae_and_is_scored_beside_the_full(finished_run):
+    """The lexical codes are the seed-0 SAE's codes of each position's token mean over the other fold of windows,
+    recomputed here in float64 from the cache and the SAE; the cache copy itself was temporary."""
+    import scipy.sparse
+
+    from sae_universality.saes.codes import iter_code_chunks
+    from sae_universality.saes.formats import load_sae
+
+    with h5py.File(finished_run / "results/activations/neox/layer2.h5", "r") as cache:
+        activations = cache["activations"][:].astype(np.float64)
+        tokens, fold = cache["token_ids"][:], cache["window_index"][:] % 2
+    frame = pd.DataFrame(activations).assign(token=tokens, fold=fold)
+    means = frame.groupby(["fold", "token"]).mean()
+    overall = frame.drop(columns="token").groupby("fold").mean()
+    lexical = np.stack([means.loc[(1 - f, t)].to_numpy() if (1 - f, t) in means.index else overall.loc[1 - f].to_numpy()
+                        for t, f in zip(tokens, fold)])
+    sae = load_sae("saelens", path=finished_run / "results/saes/neox/layer2/seed0")
+    expected = sae.encode(torch.as_tensor(lexical, dtype=torch.float32)).detach().numpy()
+    codes = scipy.sparse.vstack(list(iter_code_chunks(finished_run / "results/codes/neox/layer2/lexical.h5"))).toarray()
+    agree = np.isclose(codes, expected, rtol=1e-3, atol=1e-4).all(axis=1)
+    assert agree.mean() > 0.99  # a TopK tie at float32 precision may swap a latent at a rare position
+    assert not (finished_run / "results/activations/neox/layer2.lexical.h5").exists()
+    # Matched afresh and scored with the full comparison's decoders, beside the full scores.
+    controls = pd.read_csv(finished_run / "results/similarity/neox--llama/controls.tsv", sep="\t")
+    floor = controls[controls["control"] == "lexical_floor"].set_index(["layer_a", "layer_b"])
+    summary = pd.read_csv(finished_run / "results/matching/neox--llama/lexical/layer2--layer1.summary.tsv", sep="\t")
+    assert floor.loc[(2, 1), "n_kept_rematched"] == summary["n_after_threshold"].iloc[0]
+    scores = pd.read_csv(finished_run / "results/similarity/neox--llama/lexical_scores.tsv", sep="\t")
+    full = pd.read_csv(finished_run / "results/similarity/neox--llama/scores.tsv", sep="\t")
+    assert len(scores) == len(full) and {"full_excess", "excess_surviving", "p_adjusted"} <= set(scores.columns)
+    verdict = pd.read_csv(finished_run / "results/verdict.tsv", sep="\t")
+    assert "lexical_excess" in verdict.columns
 
 
 def assert_png_shows(path, figure):

@@ -33,3 +33,18 @@ rule merge_activations:
         "../../envs/workflow.yaml"
     script:
         "../../scripts/merge_activations.py"
+
+
+rule lexical_activations:
+    input:
+        cache="results/activations/{model}/layer{layer}.h5",
+    output:
+        cache=temp("results/activations/{model}/layer{layer}.lexical.h5"),
+    log:
+        "logs/lexical_activations/{model}/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/lexical_activations/{model}/layer{layer}.tsv"
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/lexical_activations.py"

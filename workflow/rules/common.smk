@@ -232,6 +232,31 @@ def pair_untrained_scores(wildcards):
     return pair_similarity_files(wildcards, "", folder="untrained/")
 
 
+def lexical_matching_inputs(wildcards):
+    # The lexical floor's codes (each model's activations replaced by their per-token means, encoded by its SAE)
+    # at the positions the real codes are matched on.
+    a, b = wildcards.model_a, wildcards.model_b
+    return {**matching_inputs(wildcards),
+            "codes_a": f"results/codes/{a}/layer{wildcards.layer_a}/lexical.h5",
+            "codes_b": f"results/codes/{b}/layer{wildcards.layer_b}/lexical.h5"}
+
+
+def lexical_score_inputs(wildcards):
+    # The same SAEs as the full comparison: only which features are paired differs.
+    full = match_outputs_of_pair(wildcards)
+    return {"matches": f"results/matching/{wildcards.model_a}--{wildcards.model_b}/lexical/"
+                       f"layer{wildcards.layer_a}--layer{wildcards.layer_b}.tsv",
+            "sae_a": full["sae_a"], "sae_b": full["sae_b"]}
+
+
+def pair_lexical_summaries(wildcards):
+    return pair_matching_files(wildcards, ".summary.tsv", folder="lexical/")
+
+
+def pair_lexical_scores(wildcards):
+    return pair_similarity_files(wildcards, "", folder="lexical/")
+
+
 def pair_control_files(wildcards):
     return pair_matching_files(wildcards, ".controls.tsv")
 
@@ -363,7 +388,7 @@ def similarity_targets():
             targets += [f"results/similarity/{a}--{b}/semantic.tsv", f"results/similarity/{a}--{b}/semantic.png"]
     for a, b in control_pairs():
         targets += [f"results/similarity/{a}--{b}/{name}.tsv"
-                    for name in ("controls", "context_only_scores", "untrained_scores")]
+                    for name in ("controls", "context_only_scores", "untrained_scores", "lexical_scores")]
     return targets + ["results/similarity/all_scores.tsv"]
 
 
@@ -404,6 +429,7 @@ def verdict_inputs(wildcards):
         "controls": [f"results/similarity/{a}--{b}/controls.tsv" for a, b in control_pairs()],
         "context_only": [f"results/similarity/{a}--{b}/context_only_scores.tsv" for a, b in control_pairs()],
         "untrained": [f"results/similarity/{a}--{b}/untrained_scores.tsv" for a, b in control_pairs()],
+        "lexical": [f"results/similarity/{a}--{b}/lexical_scores.tsv" for a, b in control_pairs()],
     }
 
 

@@ -87,3 +87,25 @@ rule match_untrained:
         "../../envs/workflow.yaml"
     script:
         "../../scripts/match_features.py"
+
+
+rule match_lexical:
+    input:
+        unpack(lexical_matching_inputs),
+    output:
+        table="results/matching/{model_a}--{model_b}/lexical/layer{layer_a}--layer{layer_b}.tsv",
+        summary="results/matching/{model_a}--{model_b}/lexical/layer{layer_a}--layer{layer_b}.summary.tsv",
+        examples="results/matching/{model_a}--{model_b}/lexical/layer{layer_a}--layer{layer_b}.examples.json",
+    log:
+        "logs/match_lexical/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
+    benchmark:
+        "results/benchmarks/match_lexical/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv"
+    params:
+        settings=matching_settings,
+        labels=matching_labels,
+        categories=semantic_categories,
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/match_features.py"

@@ -126,3 +126,22 @@ rule encode_features:
         "../../envs/workflow.yaml"
     script:
         "../../scripts/encode_features.py"
+
+
+rule encode_lexical:
+    input:
+        sae=lambda wildcards: f"results/saes/{wildcards.model}/layer{wildcards.layer}/{primary_sae(wildcards.model)}",
+        cache="results/activations/{model}/layer{layer}.lexical.h5",
+    output:
+        codes="results/codes/{model}/layer{layer}/lexical.h5",
+    log:
+        "logs/encode_lexical/{model}/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/encode_lexical/{model}/layer{layer}.tsv"
+    params:
+        pre_activations=config["saes"]["pre_activations"],
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/encode_features.py"

@@ -113,6 +113,25 @@ rule score_untrained:
         "../../scripts/score_kept_pairs.py"
 
 
+rule score_lexical:
+    input:
+        unpack(lexical_score_inputs),
+    output:
+        scores="results/similarity/{model_a}--{model_b}/lexical/layer{layer_a}--layer{layer_b}.tsv",
+    log:
+        "logs/score_lexical/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
+    benchmark:
+        "results/benchmarks/score_lexical/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv"
+    params:
+        settings=similarity_settings,
+        labels=matching_labels,
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/score_kept_pairs.py"
+
+
 rule similarity_tables:
     input:
         scores=pair_score_files,
@@ -163,6 +182,8 @@ rule control_tables:
         context_only=pair_context_only_files,
         untrained_summaries=pair_untrained_summaries,
         untrained=pair_untrained_scores,
+        lexical_summaries=pair_lexical_summaries,
+        lexical=pair_lexical_scores,
         full_scores="results/similarity/{model_a}--{model_b}/scores.tsv",
     output:
         controls=report(
@@ -178,6 +199,11 @@ rule control_tables:
         untrained=report(
             "results/similarity/{model_a}--{model_b}/untrained_scores.tsv",
             caption="../report/untrained_scores.rst",
+            category="Controls",
+        ),
+        lexical=report(
+            "results/similarity/{model_a}--{model_b}/lexical_scores.tsv",
+            caption="../report/lexical_scores.rst",
             category="Controls",
         ),
     log:

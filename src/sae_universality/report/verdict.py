@@ -32,7 +32,9 @@ VERDICT_COLUMNS = ["model_a", "model_b", "metric", "n_layer_pairs", "n_significa
                    "context_only_null_mean", "context_only_excess", "context_only_p_adjusted",
                    "context_only_excess_surviving", *(f"kept_correlation_{control}" for control in CONTROL_NAMES),
                    "untrained_n_pairs", "untrained_observed", "untrained_null_mean", "untrained_excess",
-                   "untrained_p_adjusted", "untrained_excess_surviving"]
+                   "untrained_p_adjusted", "untrained_excess_surviving", "lexical_n_pairs", "lexical_observed",
+                   "lexical_ci_low", "lexical_ci_high", "lexical_null_mean", "lexical_excess", "lexical_p_adjusted",
+                   "lexical_excess_surviving"]
 
 
 def _number(value, digits: int = 3) -> str:
@@ -136,17 +138,18 @@ def control_paragraph(controls: pd.DataFrame | None, variants: dict, significanc
                       model_a: str, model_b: str) -> str:
     """What token identity, the document and SAE training explain, per layer pair, from the controls' tables.
 
-    `variants`: {"context_only": its scores beside the full ones, "untrained": the untrained dictionaries'}.
+    `variants`: {"context_only": its scores beside the full ones, "untrained": the untrained dictionaries',
+    "lexical": the lexical floor's}.
     """
     if controls is None or not len(controls):
         return ""
-    context_only, untrained = variants.get("context_only"), variants.get("untrained")
+    context_only, untrained, lexical = variants.get("context_only"), variants.get("untrained"), variants.get("lexical")
     lines = [f"**Shared features or shared tokens?** Each feature's mean for its current token of its own model "
              "was removed (cross-fitted over two halves of the windows), then the codes were matched and scored "
              "again; the document controls remove each feature's mean over its document, or roll "
              f"{model_b}'s positions within each document against {model_a}'s.", ""]
     cells = controls[["layer_a", "layer_b"]].drop_duplicates().itertuples(index=False)
-    survives, at_chance, document_small = [], [], []
+    survives, at_chance, document_small, above_lexical, within_lexical = [], [], [], [], []
     for layer_a, layer_b in cells:
         here = controls[(controls["layer_a"] == layer_a) & (controls["layer_b"] == layer_b)].set_index("control")
         if not set(CONTROL_NAMES) <= set(here.index):
@@ -180,6 +183,18 @@ def control_paragraph(controls: pd.DataFrame | None, variants: dict, significanc
                 # Random decoder directions carry nothing of either model: their geometry can only be at chance.
                 text += (f"; their decoder directions are random, so their geometry says nothing (significant on "
                          f"{n_significant} of {len(scored)} metrics) and only their matching is a baseline")
+        if "lexical_floor" in here.index:
+            floor = here.loc["lexical_floor"]
+            text += (f". With each model's activations replaced by their per-token means (the lexical floor), the "
+                     f"same SAEs keep {int(floor['n_kept_rematched'])} pairs (mean correlation "
+                     f"{_number(float(floor['rematched_mean_correlation']))})")
+            scored = _scored_cells(lexical, layer_a, layer_b)
+            if len(scored):
+                text += _significance_clause(scored, significance)
+                apart = scored["full_ci_low"].astype(float) > scored["ci_high"].astype(float)
+                text += (f"; the full score's interval lies above the lexical floor's on {int(apart.sum())} of "
+                         f"{len(scored)} metrics")
+                (above_lexical if apart.all() else within_lexical).append(f"{layer_a} / {layer_b}")
         if abs(kept["document_shifted"]) < 0.1 * abs(kept["full"]) and kept["document_demeaned"] >= 0.9 * kept["full"]:
             document_small.append(f"{layer_a} / {layer_b}")
         lines.append(text + ".")
@@ -193,6 +208,12 @@ def control_paragraph(controls: pd.DataFrame | None, variants: dict, significanc
         lines += [""] if survives else []
         lines.append(f"At {', '.join(at_chance)} nothing significant survives without token identity: there the "
                      "matches are explained by the current token.")
+    if above_lexical:
+        lines += ["", f"At {', '.join(above_lexical)} every metric's full score lies above what token identity alone "
+                      "gives (the lexical floor's interval)."]
+    if within_lexical:
+        lines += ["", f"At {', '.join(within_lexical)} some metrics' full scores are within reach of the lexical floor "
+                      "(the intervals overlap): token identity alone gives that much geometry."]
     if document_small and len(document_small) == n_cells:
         lines.append("")
         lines.append("The document does not explain the matches: removing each document's mean keeps at least "
@@ -361,16 +382,18 @@ class ExperimentTables:
     """{(model_a, model_b): its context-only scores beside the full ones} where the controls ran."""
     untrained: dict = field(default_factory=dict)
     """{(model_a, model_b): its untrained dictionaries' scores beside the full ones} where the controls ran."""
+    lexical: dict = field(default_factory=dict)
+    """{(model_a, model_b): its lexical floor's scores beside the full ones} where the controls ran."""
 
     @classmethod
     def read(cls, paths: dict, floors: dict | None = None) -> "ExperimentTables":
         """The tables from their files. `paths` maps scores, quality, ceilings, ceiling_summaries and, where
-        they ran, semantic, controls, context_only and untrained to the workflow's files; per-pair tables are keyed by
-        their model columns."""
+        they ran, semantic, controls, context_only, untrained and lexical to the workflow's files; per-pair tables
+        are keyed by their model columns."""
         return cls(_by_pair(paths["scores"]), pd.read_csv(paths["quality"], sep="\t"), read_tables(paths["ceilings"]),
                    read_tables(paths["ceiling_summaries"]), dict(floors or {}), _by_pair(paths.get("semantic", ())),
                    _by_pair(paths.get("controls", ())), _by_pair(paths.get("context_only", ())),
-                   _by_pair(paths.get("untrained", ())))
+                   _by_pair(paths.get("untrained", ())), _by_pair(paths.get("lexical", ())))
 
 
 def _by_pair(files) -> dict:
@@ -402,9 +425,10 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
         floor_key = floors.get((model_a, model_b))
         floor_scores = pair_scores.get(floor_key) if floor_key else None
         key = (model_a, model_b)
-        controls, context_only, untrained = tables.controls.get(key), tables.context_only.get(key), tables.untrained.get(key)
-        table = with_controls(pair_verdict(scores, floor_scores, significance), controls,
-                              {"context_only": context_only, "untrained": untrained})
+        controls = tables.controls.get(key)
+        variants = {"context_only": tables.context_only.get(key), "untrained": tables.untrained.get(key),
+                    "lexical": tables.lexical.get(key)}
+        table = with_controls(pair_verdict(scores, floor_scores, significance), controls, variants)
         rows_by_pair.append(table)
         n_cells = int(table["n_layer_pairs"].max()) if len(table) else 0
         significant = table[table["n_significant"] > 0]
@@ -458,8 +482,7 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
                     text += (f"; the re-randomized floor ({row.floor_model}) is at chance here ({floor}): a model "
                              "with redrawn weights does not produce this score")
             lines.append(text + ".")
-        control_text = control_paragraph(controls, {"context_only": context_only, "untrained": untrained},
-                                         significance, model_a, model_b)
+        control_text = control_paragraph(controls, variants, significance, model_a, model_b)
         if control_text:
             lines += ["", control_text]
         semantic_line = semantic_sentence(semantic.get((model_a, model_b)), significance)

@@ -12,7 +12,10 @@ Three tables per pair:
   full excess that survives;
 - `untrained_scores.tsv`: the same for untrained dictionaries of the SAEs' width and k
   in place of the SAEs (what SAE training adds); `controls.tsv` has their matching
-  counts as the control `untrained_dictionary`.
+  counts as the control `untrained_dictionary`;
+- `lexical_scores.tsv`: the same for the lexical floor, each model's activations
+  replaced by their per-token means and encoded by the same SAEs (what token identity
+  alone gives, matching/lexical.py); `controls.tsv` has its counts as `lexical_floor`.
 """
 
 from __future__ import annotations
@@ -60,32 +63,46 @@ class ControlInputs:
     """Matching summaries of the untrained dictionaries."""
     untrained: list
     """Scores of the pairs the untrained dictionaries keep."""
+    lexical_summaries: list
+    """Matching summaries of the lexical floor."""
+    lexical: list
+    """Scores of the pairs the lexical floor keeps."""
     full_scores: str | Path
     """The pair's long score table (scores.tsv), with its adjusted p."""
 
 
-def untrained_rows(summaries: pd.DataFrame) -> pd.DataFrame:
-    """Control rows ("untrained_dictionary") from the untrained dictionaries' matching summaries."""
+BASELINES = {
+    "untrained_dictionary": "an untrained dictionary of the same width and k in place of each SAE",
+    "lexical_floor": "each model's activations replaced by their per-token means, encoded by the same SAEs",
+}
+"""The baselines matched afresh in place of the real codes: control name -> what it is, in a phrase."""
+
+
+def baseline_rows(summaries: pd.DataFrame, control: str) -> pd.DataFrame:
+    """Control rows (`control`, one of BASELINES) from a baseline's matching summaries: the pairs it keeps."""
     return pd.DataFrame({**{column: summaries[column] for column in LAYER_PAIR},
-                         "control": "untrained_dictionary", "n_kept_full": np.nan,
+                         "control": control, "n_kept_full": np.nan,
                          "kept_full_mean_correlation": np.nan, "kept_full_above_threshold": np.nan,
                          "n_kept_rematched": summaries["n_after_threshold"],
                          "rematched_mean_correlation": summaries["mean_correlation_kept"],
-                         "what": "an untrained dictionary of the same width and k in place of each SAE"})
+                         "what": BASELINES[control]})
 
 
-def control_tables(inputs: ControlInputs, settings: SimilaritySettings, out_controls: str | Path,
-                   out_context_only: str | Path, out_untrained: str | Path) -> dict[str, pd.DataFrame]:
-    """Collect a pair's per-layer-pair controls into its tables: controls (with a row per layer pair for the
-    untrained dictionaries), the context-only scores and the untrained dictionaries' scores beside the full."""
+def control_tables(inputs: ControlInputs, settings: SimilaritySettings, outputs: dict) -> dict[str, pd.DataFrame]:
+    """Collect a pair's per-layer-pair controls into its tables: controls (with a row per layer pair for each
+    baseline), and the context-only, untrained-dictionary and lexical-floor scores beside the full.
+    `outputs` maps controls, context_only, untrained and lexical to their paths."""
     def read(paths):
         return pd.concat([pd.read_csv(path, sep="\t") for path in paths], ignore_index=True)
 
     full = pd.read_csv(inputs.full_scores, sep="\t")
-    controls = pd.concat([read(inputs.controls), untrained_rows(read(inputs.untrained_summaries))], ignore_index=True)
+    controls = pd.concat([read(inputs.controls),
+                          baseline_rows(read(inputs.untrained_summaries), "untrained_dictionary"),
+                          baseline_rows(read(inputs.lexical_summaries), "lexical_floor")], ignore_index=True)
     controls = controls.sort_values(LAYER_PAIR, kind="stable").reset_index(drop=True)
     tables = {"controls": controls, "context_only": beside_full(read(inputs.context_only), full, settings),
-              "untrained": beside_full(read(inputs.untrained), full, settings)}
-    for name, path in (("controls", out_controls), ("context_only", out_context_only), ("untrained", out_untrained)):
-        write_tsv(tables[name], path)
+              "untrained": beside_full(read(inputs.untrained), full, settings),
+              "lexical": beside_full(read(inputs.lexical), full, settings)}
+    for name, table in tables.items():
+        write_tsv(table, outputs[name])
     return tables
