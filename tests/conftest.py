@@ -165,6 +165,8 @@ def write_tiny_experiment(workdir: Path, model_folders: dict, floor: bool = Fals
             "train": {"expansion_factor": 2, "k": 4, "batch_size": 32, "epochs": 2, "checkpoint_every": 5, "aux_k": 8},
         },
         "similarity": {"n_permutations": 200, "random_subset_draws": 3, "min_pairs": 5, "bootstrap_draws": 20},
+        # The raw residual streams too (off by default): the tiny streams take no time.
+        "controls": {"residual_streams": True, "residual_draws": 4},
     }
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))

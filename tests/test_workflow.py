@@ -256,6 +256,25 @@ def test_the_lexical_floor_encodes_per_token_means_with_the_same_sae_and_is_scor
     assert "lexical_excess" in verdict.columns
 
 
+def test_the_raw_residual_streams_are_compared_at_every_layer_pair_with_a_float64_check(finished_run):
+    from sae_universality.similarity.cka import debiased_cka
+
+    table = pd.read_csv(finished_run / "results/similarity/neox--llama/residual_streams.tsv", sep="\t")
+    assert sorted(set(zip(table["layer_a"], table["layer_b"]))) == [(0, 1), (2, 1)]
+    assert set(table["comparison"]) == {"aligned", "token_means", "document_shifted"}
+    # The tiny corpus is smaller than the sample: every aligned position, and debiased CKA on them by Grams.
+    with h5py.File(finished_run / "results/alignment/neox--llama.h5", "r") as alignment:
+        rows_a, rows_b = alignment["rows_a"][:], alignment["rows_b"][:]
+    with h5py.File(finished_run / "results/activations/neox/layer2.h5", "r") as cache:
+        X = cache["activations"][:][rows_a].astype(np.float64)
+    with h5py.File(finished_run / "results/activations/llama/layer1.h5", "r") as cache:
+        Y = cache["activations"][:][rows_b].astype(np.float64)
+    row = table[(table["layer_a"] == 2) & (table["metric"] == "debiased_cka") & (table["comparison"] == "aligned")]
+    assert int(row["n_positions"].iloc[0]) == len(rows_a)
+    assert row["observed"].iloc[0] == pytest.approx(debiased_cka(X, Y), rel=1e-4, abs=1e-6)
+    assert "**Before any SAE.**" in (finished_run / "results/verdict.md").read_text()
+
+
 def assert_png_shows(path, figure):
     """The PNG at `path` is `figure` drawn at the report's resolution: same size and, pixel for pixel, the same
     picture up to a sliver (the figure here is drawn from the table's 6 significant digits, the PNG was drawn

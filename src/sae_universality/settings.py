@@ -222,6 +222,12 @@ class ControlSettings:
     """Run the controls for every real model pair."""
     min_bigram_count: int = 5
     """A (previous, current) token pair gets its own mean when this frequent in a half of the windows."""
+    residual_streams: bool = False
+    """Also compare the raw residual streams of every layer pair (similarity/residual.py)."""
+    residual_positions: int = 8192
+    """Aligned positions (whole windows, drawn at random) the residual streams are compared on."""
+    residual_draws: int = 10
+    """Half-samples of the windows behind each residual score's interval."""
 
 
 @dataclass(frozen=True)

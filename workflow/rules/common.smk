@@ -257,6 +257,25 @@ def pair_lexical_scores(wildcards):
     return pair_similarity_files(wildcards, "", folder="lexical/")
 
 
+def residual_inputs(wildcards):
+    # The raw residual streams at the aligned positions, and their per-token means (the lexical floor's caches).
+    a, b = wildcards.model_a, wildcards.model_b
+    return {"alignment": f"results/alignment/{a}--{b}.h5",
+            "cache_a": f"results/activations/{a}/layer{wildcards.layer_a}.h5",
+            "cache_b": f"results/activations/{b}/layer{wildcards.layer_b}.h5",
+            "lexical_a": f"results/activations/{a}/layer{wildcards.layer_a}.lexical.h5",
+            "lexical_b": f"results/activations/{b}/layer{wildcards.layer_b}.lexical.h5"}
+
+
+def pair_residual_files(wildcards):
+    return pair_similarity_files(wildcards, "", folder="residual/")
+
+
+def residual_pairs():
+    """The pairs whose raw residual streams are compared (controls.residual_streams)."""
+    return control_pairs() if config["controls"]["residual_streams"] else []
+
+
 def pair_control_files(wildcards):
     return pair_matching_files(wildcards, ".controls.tsv")
 
@@ -389,6 +408,7 @@ def similarity_targets():
     for a, b in control_pairs():
         targets += [f"results/similarity/{a}--{b}/{name}.tsv"
                     for name in ("controls", "context_only_scores", "untrained_scores", "lexical_scores")]
+    targets += [f"results/similarity/{a}--{b}/residual_streams.tsv" for a, b in residual_pairs()]
     return targets + ["results/similarity/all_scores.tsv"]
 
 
@@ -430,6 +450,7 @@ def verdict_inputs(wildcards):
         "context_only": [f"results/similarity/{a}--{b}/context_only_scores.tsv" for a, b in control_pairs()],
         "untrained": [f"results/similarity/{a}--{b}/untrained_scores.tsv" for a, b in control_pairs()],
         "lexical": [f"results/similarity/{a}--{b}/lexical_scores.tsv" for a, b in control_pairs()],
+        "residual": [f"results/similarity/{a}--{b}/residual_streams.tsv" for a, b in residual_pairs()],
     }
 
 

@@ -132,6 +132,45 @@ rule score_lexical:
         "../../scripts/score_kept_pairs.py"
 
 
+rule compare_residuals:
+    input:
+        unpack(residual_inputs),
+    output:
+        scores="results/similarity/{model_a}--{model_b}/residual/layer{layer_a}--layer{layer_b}.tsv",
+    log:
+        "logs/compare_residuals/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
+    benchmark:
+        "results/benchmarks/compare_residuals/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv"
+    params:
+        settings=similarity_settings,
+        controls=control_settings,
+        labels=matching_labels,
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/compare_residuals.py"
+
+
+rule residual_table:
+    input:
+        scores=pair_residual_files,
+    output:
+        table=report(
+            "results/similarity/{model_a}--{model_b}/residual_streams.tsv",
+            caption="../report/residual_streams.rst",
+            category="Controls",
+        ),
+    log:
+        "logs/residual_table/{model_a}--{model_b}.log",
+    benchmark:
+        "results/benchmarks/residual_table/{model_a}--{model_b}.tsv"
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/residual_table.py"
+
+
 rule similarity_tables:
     input:
         scores=pair_score_files,

@@ -134,6 +134,29 @@ def _significance_clause(scored: pd.DataFrame, significance: float) -> str:
     return text
 
 
+def residual_paragraph(residual: pd.DataFrame | None, model_b: str) -> str:
+    """The raw residual streams compared before any SAE, per layer pair and measure, from residual_streams.tsv."""
+    if residual is None or not len(residual):
+        return ""
+    names = {"debiased_cka": "debiased CKA", "heldout_svcca": "held-out SVCCA"}
+    n_positions = int(residual["n_positions"].max())
+    lines = [f"**Before any SAE.** The two residual streams compared position by position ({n_positions:,} aligned "
+             f"positions at most, whole windows): as they are, with each model's activations replaced by their "
+             f"per-token means, and with {model_b} rolled within documents (chance for this comparison).", ""]
+    for (layer_a, layer_b), here in residual.groupby(["layer_a", "layer_b"], sort=False):
+        parts = []
+        for metric, rows in here.groupby("metric", sort=False):
+            value = rows.set_index("comparison")
+            parts.append(f"{names.get(metric, metric)} "
+                         + ", ".join(f"{_number(value.loc[name, 'observed'])}"
+                                     f"{_interval(value.loc[name, 'ci_low'], value.loc[name, 'ci_high'])} {label}"
+                                     for name, label in (("aligned", "aligned"), ("token_means", "per-token means"),
+                                                         ("document_shifted", "rolled"))
+                                     if name in value.index))
+        lines.append(f"- {layer_a} / {layer_b}: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
 def control_paragraph(controls: pd.DataFrame | None, variants: dict, significance: float,
                       model_a: str, model_b: str) -> str:
     """What token identity, the document and SAE training explain, per layer pair, from the controls' tables.
@@ -384,16 +407,19 @@ class ExperimentTables:
     """{(model_a, model_b): its untrained dictionaries' scores beside the full ones} where the controls ran."""
     lexical: dict = field(default_factory=dict)
     """{(model_a, model_b): its lexical floor's scores beside the full ones} where the controls ran."""
+    residual: dict = field(default_factory=dict)
+    """{(model_a, model_b): its raw residual streams compared (similarity/residual.py)} where that ran."""
 
     @classmethod
     def read(cls, paths: dict, floors: dict | None = None) -> "ExperimentTables":
         """The tables from their files. `paths` maps scores, quality, ceilings, ceiling_summaries and, where
-        they ran, semantic, controls, context_only, untrained and lexical to the workflow's files; per-pair tables
-        are keyed by their model columns."""
+        they ran, semantic, controls, context_only, untrained, lexical and residual to the workflow's files;
+        per-pair tables are keyed by their model columns."""
         return cls(_by_pair(paths["scores"]), pd.read_csv(paths["quality"], sep="\t"), read_tables(paths["ceilings"]),
                    read_tables(paths["ceiling_summaries"]), dict(floors or {}), _by_pair(paths.get("semantic", ())),
                    _by_pair(paths.get("controls", ())), _by_pair(paths.get("context_only", ())),
-                   _by_pair(paths.get("untrained", ())), _by_pair(paths.get("lexical", ())))
+                   _by_pair(paths.get("untrained", ())), _by_pair(paths.get("lexical", ())),
+                   _by_pair(paths.get("residual", ())))
 
 
 def _by_pair(files) -> dict:
@@ -485,6 +511,9 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
         control_text = control_paragraph(controls, variants, significance, model_a, model_b)
         if control_text:
             lines += ["", control_text]
+        residual_text = residual_paragraph(tables.residual.get(key), model_b)
+        if residual_text:
+            lines += ["", residual_text]
         semantic_line = semantic_sentence(semantic.get((model_a, model_b)), significance)
         if semantic_line:
             lines += ["", semantic_line]

@@ -105,6 +105,16 @@ def heldout_folds(n_pairs: int, folds: int, seed: int = 0) -> np.ndarray:
     return labels
 
 
+def grouped_folds(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """(n,) fold label of each row with every group's rows in one fold: `heldout_folds` over the groups.
+
+    Rows of one group (the positions of one context window) share their context, so
+    splitting them between fit and held-out folds would leak it into the measurement.
+    """
+    distinct, group_of_row = np.unique(np.asarray(groups), return_inverse=True)
+    return heldout_folds(len(distinct), folds, seed)[group_of_row]
+
+
 def within_fold_permutation(permutation: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The permutation that shuffles rows only within their folds, derived from a global one.
 
@@ -197,9 +207,10 @@ class _HeldoutSvcca:
     and (k x k) SVDs, batched over permutations.
     """
 
-    def __init__(self, X: np.ndarray, Y: np.ndarray, components: int | None, folds: int, fold_seed: int):
+    def __init__(self, X: np.ndarray, Y: np.ndarray, components: int | None, folds: int, fold_seed: int,
+                 groups: np.ndarray | None = None):
         n = X.shape[0]
-        self.labels = heldout_folds(n, folds, fold_seed)
+        self.labels = heldout_folds(n, folds, fold_seed) if groups is None else grouped_folds(groups, folds, fold_seed)
         self.n_folds = int(self.labels.max()) + 1
         self.components = components
         if self.n_folds == 1:
@@ -306,7 +317,8 @@ def _too_few_to_hold_out(n: int, components: int | None, folds: int) -> bool:
     return folds > 1 and effective < (3 if components is None else 2)
 
 
-def heldout_svcca(X, Y, components: int | None = None, folds: int = 5, fold_seed: int = 0) -> float:
+def heldout_svcca(X, Y, components: int | None = None, folds: int = 5, fold_seed: int = 0,
+                  groups: np.ndarray | None = None) -> float:
     """SVCCA measured on pairs it was not fit on: about 0 on unrelated spaces for any n and d.
 
     The pairs are split into `folds` seeded random folds. For each fold, both SVD
@@ -328,15 +340,18 @@ def heldout_svcca(X, Y, components: int | None = None, folds: int = 5, fold_seed
         components: fixed components per side, or None to choose them on held-out folds.
         folds: number of folds (fewer when n < 3 * folds).
         fold_seed: seed of the fold split.
+        groups: (n,) optional group of each row (e.g. its context window): whole groups are held out together
+            (`grouped_folds`), so the folds need three groups each (NaN with too few); None splits the rows.
     Returns:
         Mean held-out canonical correlation in [-1, 1]; NaN when the pairs are too few to hold out
         (fewer than 9 for the nested choice, 6 with fixed components).
     """
     _check_heldout_options(components, folds)
     X, Y = _check_pair(X, Y, min_rows=3)
-    if _too_few_to_hold_out(X.shape[0], components, folds):
+    units = X.shape[0] if groups is None else len(np.unique(np.asarray(groups)))
+    if _too_few_to_hold_out(units, components, folds):
         return float("nan")
-    return float(_HeldoutSvcca(X, Y, components, folds, fold_seed).evaluate(np.arange(X.shape[0]))[0][0])
+    return float(_HeldoutSvcca(X, Y, components, folds, fold_seed, groups).evaluate(np.arange(X.shape[0]))[0][0])
 
 
 def heldout_svcca_choices(X, Y, components: int | None = None, folds: int = 5, fold_seed: int = 0
