@@ -430,6 +430,11 @@ def test_scaling_study_collects_a_finished_run(finished_run, tmp_path):
     np.testing.assert_allclose(series["excess_high"], expected["ci_high"] - expected["null_mean"], rtol=1e-12)
     assert series["significant"].tolist() == (expected["p_adjusted"] < 0.05).tolist()
     assert (series["excess_low"] <= series["excess_high"]).all()
+    # The collection computes each fraction of the ceiling again from the ceilings table: the run's own values.
+    drawn = drawn.sort_values(["layer_a", "layer_b"])
+    for column in ("normalized", "normalized_ci_low", "normalized_ci_high"):
+        np.testing.assert_allclose(drawn[column].astype(float), expected[column].astype(float), rtol=1e-4, atol=1e-5)
+    assert "Largest fraction of the seed-to-seed ceiling of any layer pair" in markdown
     plot_study(tables, tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").stat().st_size > 20_000
 

@@ -106,6 +106,101 @@ def seed_stability_block(folder: str) -> Callable[[], str]:
     return make
 
 
+METRIC_NAMES = {"rsa": "RSA", "debiased_cka": "debiased CKA", "mutual_knn": "mutual kNN", "procrustes": "Procrustes",
+                "heldout_svcca": "held-out SVCCA"}
+
+
+def _thousands(tokens: float) -> str:
+    return f"{tokens / 1000:.0f}k"
+
+
+def _series(values, digits: int = 2, percent: bool = False) -> str:
+    return ", ".join("n/a" if not np.isfinite(value) else f"{value:.{digits}%}" if percent else f"{value:.{digits}f}"
+                     for value in np.asarray(values, dtype=float))
+
+
+def _trend(values) -> str:
+    """How a sequence moves (its defined values), in a word a sentence can carry: rises, falls, or moves (neither)."""
+    values = np.asarray(values, dtype=float)
+    steps = np.diff(values[np.isfinite(values)])
+    return "rises" if (steps > 0).all() else "falls" if (steps < 0).all() else "moves"
+
+
+def _metrics_of(summary: pd.DataFrame) -> list[str]:
+    return [column.removeprefix("cross_").removesuffix("_significant") for column in summary
+            if column.startswith("cross_") and column.endswith("_significant")]
+
+
+def scaling_findings(prefix: str) -> Callable[[], str]:
+    """The scaling study's findings in words, every number from its committed tables at `prefix`
+    (`<prefix>.tsv`, `.cross.tsv`): the budgets of the narrowest SAEs in order, then the width comparison."""
+    def make() -> str:
+        summary = pd.read_csv(REPOSITORY / f"{prefix}.tsv", sep="\t")
+        cross = pd.read_csv(REPOSITORY / f"{prefix}.cross.tsv", sep="\t")
+        cross = cross[~cross["model_b"].str.endswith("-rerandomized")]
+        width = int(summary["d_sae"].min())
+        budgets = summary[summary["d_sae"] == width].sort_values("training_tokens").reset_index(drop=True)
+        metrics = _metrics_of(summary)
+        tokens = " to ".join(_thousands(value) for value in budgets["training_tokens"])
+        lines = [f"From {tokens} training tokens per SAE ({width:,} latents):"]
+        met = budgets[(budgets["loss_recovered_min"] >= 0.8) & (budgets["dead_fraction_max"] <= 0.1)]
+        lines.append(
+            f"- *SAE quality.* The worst loss recovered {_trend(budgets['loss_recovered_min'])}: "
+            f"{_series(budgets['loss_recovered_min'])} (median {_series(budgets['loss_recovered_median'])}); the worst "
+            f"FVU {_trend(budgets['fvu_max'])}: {_series(budgets['fvu_max'])}; the largest dead fraction is "
+            f"{_series(budgets['dead_fraction_max'], 1, percent=True)}. Issue 12's targets (loss recovered >= 0.8 at "
+            "every layer, dead <= 10%) are "
+            + (f"met from {_thousands(met['training_tokens'].iloc[0])} on." if len(met) else "met by no budget."))
+        agreement = budgets["seed_best_match_correlation"]
+        lines.append(f"- *Seed agreement.* A feature's best match in the SAE's second seed correlates "
+                     f"{_series(agreement)} on average ({_trend(agreement)} with the budget).")
+        above = "; ".join(f"{METRIC_NAMES.get(metric, metric)} {', '.join(budgets[f'ceiling_{metric}_above_chance'])}"
+                          for metric in metrics)
+        excess = "; ".join(f"{METRIC_NAMES.get(metric, metric)} {_trend(budgets[f'ceiling_{metric}_excess'])} "
+                           f"({_series(budgets[f'ceiling_{metric}_excess'], 3)})" for metric in metrics)
+        lines.append(f"- *The ceiling.* Layers whose two seeds agree above chance: {above}. The ceiling's excess over "
+                     f"chance, mean over layers: {excess}.")
+        largest = "; ".join(f"{METRIC_NAMES.get(metric, metric)} {_trend(budgets[f'cross_{metric}_best_excess'])} "
+                            f"({_series(budgets[f'cross_{metric}_best_excess'], 3)})" for metric in metrics)
+        significant = "; ".join(f"{METRIC_NAMES.get(metric, metric)} {', '.join(budgets[f'cross_{metric}_significant'])}"
+                                for metric in metrics)
+        lines.append(f"- *Across the two models.* The largest excess over chance of any layer pair: {largest}. Layer "
+                     f"pairs significant after adjustment: {significant}.")
+        fractions = "; ".join(f"{METRIC_NAMES.get(metric, metric)} {_trend(budgets[f'cross_{metric}_best_normalized'])} "
+                              f"({_series(budgets[f'cross_{metric}_best_normalized'])})" for metric in metrics)
+        last, before = budgets.iloc[-1], budgets.iloc[-2]
+        falls = [METRIC_NAMES.get(metric, metric) for metric in metrics
+                 if last[f"cross_{metric}_best_normalized"] < before[f"cross_{metric}_best_normalized"]]
+        svcca = cross[(cross["metric"] == "heldout_svcca") & (cross["d_sae"] == width)].dropna(subset=["normalized"])
+        best = svcca.loc[svcca["normalized"].idxmax()]
+        lines.append(
+            f"- *Against the ceiling.* The largest fraction of the seed-to-seed ceiling of any layer pair: {fractions}. "
+            f"From {_thousands(before['training_tokens'])} to {_thousands(last['training_tokens'])} the seeds agree "
+            f"more ({before['seed_best_match_correlation']:.2f} to {last['seed_best_match_correlation']:.2f}) while "
+            f"that fraction falls on {len(falls)} of {len(metrics)} metrics ({', '.join(falls) or 'none'}): the two "
+            + ("models do not keep up with the seeds." if len(falls) == len(metrics) else "models keep up on the rest.")
+            + f" The closest held-out SVCCA comes to its ceiling: {best['model_a']} {best['layer_a']} / {best['model_b']} "
+            f"{best['layer_b']} at {_thousands(best['training_tokens'])}, observed {best['observed']:.2f} "
+            f"[{best['ci_low']:.2f}, {best['ci_high']:.2f}], an excess over chance of {best['excess']:.2f}, and "
+            f"{best['normalized']:.2f} [{best['normalized_ci_low']:.2f}, {best['normalized_ci_high']:.2f}] of its "
+            "ceiling (the interval carries the ceiling's own).")
+        for row in summary[summary["d_sae"] != width].itertuples():
+            narrow = budgets.iloc[(budgets["training_tokens"] - row.training_tokens).abs().argmin()]
+            row = row._asdict()
+            compared = "; ".join(f"{METRIC_NAMES.get(metric, metric)} {row[f'cross_{metric}_best_excess']:.3f} against "
+                                 f"{narrow[f'cross_{metric}_best_excess']:.3f}" for metric in metrics)
+            lines += ["", f"**The width axis** ({row['d_sae']:,} latents at {_thousands(row['training_tokens'])} "
+                          f"training tokens, against {width:,} at {_thousands(narrow['training_tokens'])}): the worst "
+                          f"loss recovered {row['loss_recovered_min']:.2f} against {narrow['loss_recovered_min']:.2f} "
+                          f"(median {row['loss_recovered_median']:.2f} against {narrow['loss_recovered_median']:.2f}), "
+                          f"the worst FVU {row['fvu_max']:.2f} against {narrow['fvu_max']:.2f}, seed agreement "
+                          f"{row['seed_best_match_correlation']:.2f} against {narrow['seed_best_match_correlation']:.2f}; "
+                          f"the largest cross-model excesses: {compared}."]
+        return "\n".join(lines)
+
+    return make
+
+
 @dataclass(frozen=True)
 class Block:
     """A generated block: what makes it, and the tables it reads (for the error message)."""
@@ -121,6 +216,8 @@ def file_block(path: str) -> Callable[[], str]:
 
 BLOCKS = {
     "scaling-table": Block(file_block("docs/figures/scaling.md"), ("docs/figures/scaling.md",)),
+    "scaling-findings": Block(scaling_findings("docs/figures/scaling"),
+                              ("docs/figures/scaling.tsv", "docs/figures/scaling.cross.tsv")),
     "controls-default": Block(controls_block("docs/figures/default"),
                               ("docs/figures/default/controls.tsv", "docs/figures/default/context_only_scores.tsv")),
     "seed-stability-default": Block(seed_stability_block("docs/figures/default"),

@@ -195,8 +195,32 @@ def collect(root: Path, kept: dict[str, pd.DataFrame] | None = None) -> dict[str
             tables.setdefault(name, []).append(earlier)
     if not tables:
         raise UserError(f"{root}: no finished scaling variant (results/saes/quality.tsv) yet; run the study first")
-    return {name: pd.concat(frames, ignore_index=True).sort_values(["d_sae", "training_tokens"], kind="stable")
-            for name, frames in tables.items()}
+    collected = {name: pd.concat(frames, ignore_index=True).sort_values(["d_sae", "training_tokens"], kind="stable")
+                 for name, frames in tables.items()}
+    if "cross" in collected and "ceilings" in collected:
+        collected["cross"] = renormalized(collected["cross"].reset_index(drop=True), collected["ceilings"])
+    return collected
+
+
+CEILING_COLUMNS = ["ceiling", "ceiling_null_mean", "ceiling_se", "ceiling_p", "ceiling_valid", "normalized",
+                   "normalized_ci_low", "normalized_ci_high", "normalized_note"]
+
+
+def renormalized(cross: pd.DataFrame, ceilings: pd.DataFrame, significance: float = 0.05,
+                 level: float = 0.95) -> pd.DataFrame:
+    """The cross-model rows with their ceiling and normalized score computed again from the ceilings table,
+    variant by variant, as the similarity stage computes them now (`ceilings_of`, `with_normalized`): a
+    collection keeps the variants of earlier runs, and their intervals then carry the ceiling's own too."""
+    from ..similarity.stage import ceilings_of, with_normalized
+
+    parts = []
+    for variant, rows in cross.groupby("variant", sort=False):
+        rows = rows.drop(columns=[column for column in CEILING_COLUMNS if column in rows])
+        own = ceilings[ceilings["variant"] == variant] if len(ceilings) else ceilings
+        rows = pd.concat([rows, ceilings_of(rows, own, significance, level)], axis=1)
+        parts.append(with_normalized(rows, significance, level))
+    order = [column for column in cross.columns if column in parts[0].columns] if parts else list(cross.columns)
+    return pd.concat(parts)[[*order, *[c for c in CEILING_COLUMNS if c not in order]]] if parts else cross
 
 
 def collection_path(prefix: Path, name: str) -> Path:
@@ -246,6 +270,12 @@ def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             # The largest excess of any layer pair (the cell with the largest z can have a smaller one).
             row[f"cross_{metric}_best_excess"] = cells["excess"].max() if cells["excess"].notna().any() else np.nan
             row[f"cross_{metric}_significant"] = f"{int(cells['significant'].astype(bool).sum())}/{len(cells)}"
+            if "normalized" in cells and cells["normalized"].notna().any():
+                # The largest fraction of the seed-to-seed ceiling, with that cell's interval.
+                best = cells.loc[cells["normalized"].idxmax()]
+                row[f"cross_{metric}_best_normalized"] = best["normalized"]
+                row[f"cross_{metric}_best_normalized_ci_low"] = best["normalized_ci_low"]
+                row[f"cross_{metric}_best_normalized_ci_high"] = best["normalized_ci_high"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -268,6 +298,23 @@ def markdown_table(summary: pd.DataFrame) -> str:
             cells.append(f"{row.get(f'ceiling_{metric}_above_chance', '–')} / {row.get(f'cross_{metric}_significant', '–')}"
                          f" / {row.get(f'cross_{metric}_best_excess', float('nan')):.3g}")
         lines.append("| " + " | ".join(cells) + " |")
+    normalized = [metric for metric in metrics if f"cross_{metric}_best_normalized" in summary]
+    if normalized:
+        # The trend against the ceiling: the largest fraction of the seed-to-seed ceiling per metric, with the
+        # interval of that cell (Fieller's: it carries the ceiling's own uncertainty).
+        lines += ["", "Largest fraction of the seed-to-seed ceiling of any layer pair [95% interval]:", "",
+                  "| variant | training tokens per SAE | " + " | ".join(normalized) + " |",
+                  "|" + "---|" * (len(normalized) + 2)]
+        for row in summary.itertuples():
+            row = row._asdict()
+            cells = [row["variant"], f"{row['training_tokens']:,.0f}"]
+            for metric in normalized:
+                value = row.get(f"cross_{metric}_best_normalized", float("nan"))
+                low = row.get(f"cross_{metric}_best_normalized_ci_low", float("nan"))
+                high = row.get(f"cross_{metric}_best_normalized_ci_high", float("nan"))
+                interval = f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) and np.isfinite(high) else " [unbounded]"
+                cells.append("–" if not np.isfinite(value) else f"{value:.2f}{interval}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -285,10 +332,22 @@ def excess_series(cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return series.sort_values([*keys, "d_sae", "training_tokens"], kind="stable").reset_index(drop=True)
 
 
-def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
-    """Three rows of panels against training tokens: SAE quality, seed-to-seed ceiling, cross-model excess.
+def fraction_series(cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Like `excess_series`, the cross-model score as a fraction of the ceiling (columns named as there)."""
+    series = cells[[*keys, "d_sae", "training_tokens"]].copy()
+    series["excess"] = cells["normalized"]
+    series["excess_low"] = cells["normalized_ci_low"]
+    series["excess_high"] = cells["normalized_ci_high"]
+    series["significant"] = cells["significant"].astype(bool)
+    return series.sort_values([*keys, "d_sae", "training_tokens"], kind="stable").reset_index(drop=True)
 
-    Ceiling and cross-model excesses carry their 95% half-sample intervals as vertical bars."""
+
+def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
+    """Four rows of panels against training tokens: SAE quality, seed-to-seed ceiling, cross-model excess, and the
+    cross-model score as a fraction of the ceiling.
+
+    Excesses carry their 95% half-sample intervals as vertical bars, fractions their Fieller intervals (which
+    carry the ceiling's uncertainty too)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,7 +357,7 @@ def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
     matching = tables.get("ceiling_matching")
     metrics = list(dict.fromkeys(cross["metric"])) if cross is not None else []
     columns = max(4, len(metrics))
-    figure, axes = plt.subplots(3, columns, figsize=(3.3 * columns, 9.5), squeeze=False)
+    figure, axes = plt.subplots(4, columns, figsize=(3.3 * columns, 12.5), squeeze=False)
     for axis in axes.flat:
         axis.set_xscale("log")
         axis.xaxis.set_minor_formatter(plt.NullFormatter())  # labelled minor ticks overlap on a few decades
@@ -327,18 +386,23 @@ def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
         axis.axis("off")
     for column in range(columns):
         metric = metrics[column] if column < len(metrics) else None
-        for row, (table, title) in enumerate(((ceilings, "ceiling (seed vs seed)"), (cross, "cross-model"))):
+        for row, (table, title) in enumerate(((ceilings, "ceiling (seed vs seed)"), (cross, "cross-model"),
+                                              (cross, "cross / ceiling"))):
             axis = axes[row + 1, column]
-            if metric is None or table is None or not len(table):
+            if metric is None or table is None or not len(table) or (row == 2 and "normalized" not in table):
                 axis.axis("off")
                 continue
             cells = table[table["metric"] == metric]
-            if row == 1:
+            if row >= 1:
                 cells = cells[~cells["model_b"].str.endswith("-rerandomized")]
                 keys = ["layer_a", "layer_b"]
             else:
                 keys = ["model", "layer"]
-            series = list(excess_series(cells, keys).groupby([*keys, "d_sae"]))
+            series = excess_series(cells, keys)
+            if row == 2:
+                # The fraction of the ceiling in place of the excess, with its own interval.
+                series = fraction_series(cells, keys)
+            series = list(series.groupby([*keys, "d_sae"]))
             for index, (key, points) in enumerate(series):
                 # Each series nudged sideways (a few percent on the log axis) so the intervals stay apart.
                 tokens = points["training_tokens"] * 10 ** (0.02 * (index - (len(series) - 1) / 2))
@@ -350,17 +414,20 @@ def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
                 axis.scatter(tokens[significant], points["excess"][significant], s=40,
                              facecolors="none", edgecolors=line.get_color())
             axis.axhline(0.0, color="black", linewidth=0.6)
-            axis.set_title(f"{title}: {metric} excess", fontsize=9)
+            if row == 2:
+                axis.axhline(1.0, color="grey", linestyle=":", linewidth=0.8)
+            axis.set_title(f"{title}: {metric}" + (" fraction" if row == 2 else " excess"), fontsize=9)
             if column == 0:
                 axis.legend(fontsize=6)
     # One x range for every panel, wide enough that the nudged intervals of a single budget stay readable.
     tokens = quality["training_tokens"]
     for axis in axes.flat:
         axis.set_xlim(tokens.min() / 1.6, tokens.max() * 1.6)
-    for axis in axes[2]:
+    for axis in axes[3]:
         axis.set_xlabel("training tokens per SAE")
-    figure.suptitle("Scaling study: SAE quality, seed-to-seed ceiling and cross-model excess over chance vs training "
-                    "tokens (bars: 95% half-sample intervals; circled: significant)", fontsize=10)
+    figure.suptitle("Scaling study vs training tokens: SAE quality, seed-to-seed ceiling and cross-model excess over "
+                    "chance (bars: 95% half-sample intervals),\ncross-model fraction of the ceiling (bars: Fieller "
+                    "intervals; 1 = as alike as two seeds); circled: significant", fontsize=10)
     figure.tight_layout()
     with atomic_path(out_path, suffix=".png") as temporary:
         figure.savefig(temporary, dpi=110, format="png")
