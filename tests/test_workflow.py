@@ -196,6 +196,30 @@ def test_context_only_correlations_equal_a_float64_recomputation(finished_run):
     assert verdict["kept_correlation_full"].notna().all()
 
 
+def test_context_only_scores_are_set_against_the_context_only_codes_own_ceiling(finished_run):
+    """Two seeds' context-only codes matched and scored like the pair's: the context-only ceiling, and the
+    context-only scores' fraction of it, computed again here from the tables."""
+    ceiling_a = pd.read_csv(finished_run / "results/similarity/ceiling/neox/layer2.context_only.tsv", sep="\t")
+    ceiling_b = pd.read_csv(finished_run / "results/similarity/ceiling/llama/layer1.context_only.tsv", sep="\t")
+    pair = pd.read_csv(finished_run / "results/similarity/ceiling/neox/layer2/seed0--seed1.context_only.tsv", sep="\t")
+    assert ceiling_a["seed_pairs"].eq(1).all()
+    np.testing.assert_allclose(ceiling_a["observed"], pair["observed"], rtol=1e-6)
+    summary = pd.read_csv(finished_run / "results/similarity/ceiling/neox/layer2/seed0--seed1.controls.tsv", sep="\t")
+    assert summary["control"].tolist() == ["full", "context_only"]  # the ceiling needs no other control
+    matches = pd.read_csv(finished_run / "results/similarity/ceiling/neox/layer2/seed0--seed1.context_only.matches.tsv",
+                          sep="\t")
+    assert int(matches["kept"].sum()) == summary.set_index("control").loc["context_only", "n_kept_rematched"]
+    scores = pd.read_csv(finished_run / "results/similarity/neox--llama/context_only_scores.tsv", sep="\t")
+    cell = scores[(scores["layer_a"] == 2) & (scores["layer_b"] == 1)].set_index("metric")
+    for metric, row in cell.iterrows():
+        both = [ceiling_a.set_index("metric").loc[metric], ceiling_b.set_index("metric").loc[metric]]
+        span = np.mean([c["observed"] for c in both]) - np.mean([c["null_mean"] for c in both])
+        valid = all(c["p"] < 0.05 for c in both) and span > 0
+        assert bool(row["ceiling_valid"]) == valid, metric
+        if valid and np.isfinite(row["observed"]):
+            assert row["normalized"] == pytest.approx((row["observed"] - row["null_mean"]) / span, rel=1e-4, abs=1e-5)
+
+
 def test_untrained_dictionaries_are_random_unit_directions_centred_on_the_training_mean(finished_run):
     from safetensors.numpy import load_file
 

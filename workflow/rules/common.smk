@@ -355,6 +355,28 @@ def ceiling_score_inputs(wildcards):
     }
 
 
+def ceiling_control_inputs(wildcards):
+    # The ceiling's context-only codes follow the ceiling's own match table, as a pair's controls follow theirs.
+    return {**ceiling_match_inputs(wildcards),
+            "matches": f"results/similarity/ceiling/{wildcards.model}/layer{wildcards.layer}/"
+                       f"{wildcards.sae_a}--{wildcards.sae_b}.matches.tsv"}
+
+
+def ceiling_context_only_score_inputs(wildcards):
+    return {**ceiling_score_inputs(wildcards),
+            "matches": f"results/similarity/ceiling/{wildcards.model}/layer{wildcards.layer}/"
+                       f"{wildcards.sae_a}--{wildcards.sae_b}.context_only.matches.tsv"}
+
+
+def ceiling_seed_pair_context_only_scores(wildcards):
+    return ceiling_seed_pair_files(wildcards, ".context_only.tsv")
+
+
+def pair_context_only_ceiling_files(wildcards):
+    # Every layer's context-only ceiling of the pair's two models (where they have two seeds).
+    return [path.removesuffix(".tsv") + ".context_only.tsv" for path in pair_ceiling_files(wildcards)]
+
+
 def ceiling_labels(wildcards):
     return {"model": wildcards.model, "layer": int(wildcards.layer), "sae_a": wildcards.sae_a, "sae_b": wildcards.sae_b}
 

@@ -75,6 +75,61 @@ rule ceiling_of_layer:
         "../../scripts/ceiling_of_layer.py"
 
 
+rule match_ceiling_controls:
+    input:
+        unpack(ceiling_control_inputs),
+    output:
+        summary="results/similarity/ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.controls.tsv",
+        context_only="results/similarity/ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.context_only.matches.tsv",
+    log:
+        "logs/match_ceiling_controls/{model}/layer{layer}/{sae_a}--{sae_b}.log",
+    benchmark:
+        "results/benchmarks/match_ceiling_controls/{model}/layer{layer}/{sae_a}--{sae_b}.tsv"
+    params:
+        settings=matching_settings,
+        controls=control_settings,
+        labels=ceiling_pair_labels,
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/match_ceiling_controls.py"
+
+
+rule score_ceiling_context_only:
+    input:
+        unpack(ceiling_context_only_score_inputs),
+    output:
+        scores="results/similarity/ceiling/{model}/layer{layer}/{sae_a}--{sae_b}.context_only.tsv",
+    log:
+        "logs/score_ceiling_context_only/{model}/layer{layer}/{sae_a}--{sae_b}.log",
+    benchmark:
+        "results/benchmarks/score_ceiling_context_only/{model}/layer{layer}/{sae_a}--{sae_b}.tsv"
+    params:
+        settings=similarity_settings,
+        labels=ceiling_labels,
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/score_kept_pairs.py"
+
+
+rule context_only_ceiling_of_layer:
+    input:
+        scores=ceiling_seed_pair_context_only_scores,
+    output:
+        scores="results/similarity/ceiling/{model}/layer{layer}.context_only.tsv",
+    log:
+        "logs/context_only_ceiling_of_layer/{model}/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/context_only_ceiling_of_layer/{model}/layer{layer}.tsv"
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/ceiling_of_layer.py"
+
+
 rule score_context_only:
     input:
         unpack(context_only_score_inputs),
@@ -219,6 +274,7 @@ rule control_tables:
     input:
         controls=pair_control_files,
         context_only=pair_context_only_files,
+        context_only_ceilings=pair_context_only_ceiling_files,
         untrained_summaries=pair_untrained_summaries,
         untrained=pair_untrained_scores,
         lexical_summaries=pair_lexical_summaries,

@@ -149,6 +149,8 @@ class ControlOutputs:
     """One row per control (CONTROL_COLUMNS)."""
     context_only_table: Path
     """The match table of the context-only codes, as the full one (scored by the similarity stage)."""
+    controls: tuple[str, ...] = tuple(CONTROLS)[1:]
+    """The controls to compute beside the full row (the seed-to-seed ceiling needs only context_only)."""
 
 
 def _shifted_chunks(a: Side, b: Side, order: np.ndarray, chunk_rows: int):
@@ -194,7 +196,7 @@ def control_layer_pair(a: Side, b: Side, full_table: str | Path, outputs: Contro
     keys_a, keys_b = _side_keys(a), _side_keys(b)
     chunks = _aligned_chunks(a, b, settings.chunk_rows)
 
-    def fitted(side, keys):
+    def fitted(side, keys, wanted):
         # Means are fitted on one side's codes alone; the bigram means fall back to the token means fitted once.
         from ..saes.codes import iter_code_chunks
 
@@ -202,24 +204,29 @@ def control_layer_pair(a: Side, b: Side, full_table: str | Path, outputs: Contro
             return iter_code_chunks(side.codes, side.rows, settings.chunk_rows)
 
         token = fit_residualizer(blocks, keys, KEY_TOKEN)
-        return {KEY_TOKEN: token, KEY_BIGRAM: fit_residualizer(blocks, keys, KEY_BIGRAM, min_bigram_count, token),
-                KEY_DOCUMENT: fit_residualizer(blocks, keys, KEY_DOCUMENT)}
+        return {KEY_TOKEN: token,
+                KEY_BIGRAM: (fit_residualizer(blocks, keys, KEY_BIGRAM, min_bigram_count, token)
+                             if "context_only_bigram" in wanted else None),
+                KEY_DOCUMENT: fit_residualizer(blocks, keys, KEY_DOCUMENT) if "document_demeaned" in wanted else None}
 
-    fitted_a, fitted_b = fitted(a, keys_a), fitted(b, keys_b)
+    if set(outputs.controls) - set(CONTROLS):
+        raise ValueError(f"unknown controls {sorted(set(outputs.controls) - set(CONTROLS))}; known: {list(CONTROLS)}")
+    fitted_a, fitted_b = fitted(a, keys_a, outputs.controls), fitted(b, keys_b, outputs.controls)
     # Which codes each control reads, how it residualizes them, and whether the matching is rerun on them: the
     # dense controls cost a full pass of F_A x F_B products each, so only the context-only one (scored later)
     # and the cheap sparse shift are rematched. The full codes need no pass: the full table holds their result.
-    variants = {"context_only": (chunks, (fitted_a[KEY_TOKEN], fitted_b[KEY_TOKEN]), True),
-                "context_only_bigram": (chunks, (fitted_a[KEY_BIGRAM], fitted_b[KEY_BIGRAM]), False),
-                "document_demeaned": (chunks, (fitted_a[KEY_DOCUMENT], fitted_b[KEY_DOCUMENT]), False),
-                "document_shifted": (_shifted_chunks(a, b, within_document_roll(keys_b.document), settings.chunk_rows),
-                                     (None, None), True)}
+    variants = {"context_only": lambda: (chunks, (fitted_a[KEY_TOKEN], fitted_b[KEY_TOKEN]), True),
+                "context_only_bigram": lambda: (chunks, (fitted_a[KEY_BIGRAM], fitted_b[KEY_BIGRAM]), False),
+                "document_demeaned": lambda: (chunks, (fitted_a[KEY_DOCUMENT], fitted_b[KEY_DOCUMENT]), False),
+                "document_shifted": lambda: (_shifted_chunks(a, b, within_document_roll(keys_b.document),
+                                                             settings.chunk_rows), (None, None), True)}
     rows = [{**labels, "control": "full", "n_kept_full": len(features_a),
              "kept_full_mean_correlation": float(kept["final_correlation"].mean()) if len(kept) else np.nan,
              "kept_full_above_threshold": 1.0 if len(kept) else np.nan, "n_kept_rematched": len(kept),
              "rematched_mean_correlation": float(kept["final_correlation"].mean()) if len(kept) else np.nan,
              "what": CONTROLS["full"]}]
-    for control, (source, (residualizer_a, residualizer_b), rematch) in variants.items():
+    for control in (name for name in variants if name in outputs.controls):
+        source, (residualizer_a, residualizer_b), rematch = variants[control]()
         kept_columns = residual_chunks(source, residualizer_a, residualizer_b, features_a, features_b)
         correlation = paired_correlations(kept_columns, np.arange(len(features_a)), np.arange(len(features_b)))
         rematched = pd.Series(dtype=float)

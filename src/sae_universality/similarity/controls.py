@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..io import write_tsv
 from ..settings import SimilaritySettings, as_settings
-from .stage import with_adjusted_p
+from .stage import ceilings_of, with_adjusted_p, with_normalized
 
 LAYER_PAIR = ["model_a", "model_b", "layer_a", "layer_b"]
 FULL_COLUMNS = ["observed", "ci_low", "ci_high", "null_mean", "excess", "p_adjusted", "n_pairs"]
@@ -51,6 +51,15 @@ def beside_full(variant: pd.DataFrame, full: pd.DataFrame, settings: SimilarityS
     return table
 
 
+def with_ceiling(scores: pd.DataFrame, ceilings: pd.DataFrame, settings: SimilaritySettings) -> pd.DataFrame:
+    """`scores` with their ceiling and the fraction of it (`ceilings_of`, `with_normalized`), as the full table has."""
+    settings = as_settings(SimilaritySettings, settings)
+    scores = scores.drop(columns=[column for column in ("ceiling", "ceiling_null_mean", "ceiling_se", "ceiling_p",
+                                                        "ceiling_valid") if column in scores])
+    scores = pd.concat([scores, ceilings_of(scores, ceilings, settings.significance, settings.bootstrap_level)], axis=1)
+    return with_normalized(scores, settings.significance, settings.bootstrap_level)
+
+
 @dataclass(frozen=True)
 class ControlInputs:
     """The per-layer-pair files a pair's control tables collect."""
@@ -69,6 +78,8 @@ class ControlInputs:
     """Scores of the pairs the lexical floor keeps."""
     full_scores: str | Path
     """The pair's long score table (scores.tsv), with its adjusted p."""
+    context_only_ceilings: list = ()
+    """The seed-to-seed ceilings of the context-only codes, per model and layer (none: no fraction of it)."""
 
 
 BASELINES = {
@@ -100,7 +111,13 @@ def control_tables(inputs: ControlInputs, settings: SimilaritySettings, outputs:
                           baseline_rows(read(inputs.untrained_summaries), "untrained_dictionary"),
                           baseline_rows(read(inputs.lexical_summaries), "lexical_floor")], ignore_index=True)
     controls = controls.sort_values(LAYER_PAIR, kind="stable").reset_index(drop=True)
-    tables = {"controls": controls, "context_only": beside_full(read(inputs.context_only), full, settings),
+    context_only = beside_full(read(inputs.context_only), full, settings)
+    if len(context_only):
+        # Against the context-only codes' own ceiling: two seeds' context-only codes matched and scored alike.
+        context_only = with_ceiling(context_only, read(inputs.context_only_ceilings) if inputs.context_only_ceilings
+                                    else pd.DataFrame(columns=["model", "layer", "metric", "observed", "null_mean", "p"]),
+                                    settings)
+    tables = {"controls": controls, "context_only": context_only,
               "untrained": beside_full(read(inputs.untrained), full, settings),
               "lexical": beside_full(read(inputs.lexical), full, settings)}
     for name, table in tables.items():

@@ -161,7 +161,8 @@ def variant_rows(folder: Path) -> dict[str, pd.DataFrame]:
     tag = {"variant": folder.name, "d_sae": int(quality["d_sae"].iloc[0]),
            "training_tokens": float(np.median(list(tokens.values()))) if tokens else np.nan}
     ceilings = pd.concat([_read(path) for path in sorted((results / "similarity" / "ceiling").glob("*/layer*.tsv"))
-                          if not path.name.endswith((".matches.tsv", ".summary.tsv"))] or [pd.DataFrame()])
+                          if not path.name.endswith((".matches.tsv", ".summary.tsv", ".context_only.tsv"))]
+                         or [pd.DataFrame()])
     summaries = pd.concat([_read(path) for path in
                            sorted((results / "similarity" / "ceiling").glob("*/layer*.summary.tsv"))] or [pd.DataFrame()])
     if len(ceilings):
@@ -270,9 +271,10 @@ def summary_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             # The largest excess of any layer pair (the cell with the largest z can have a smaller one).
             row[f"cross_{metric}_best_excess"] = cells["excess"].max() if cells["excess"].notna().any() else np.nan
             row[f"cross_{metric}_significant"] = f"{int(cells['significant'].astype(bool).sum())}/{len(cells)}"
-            if "normalized" in cells and cells["normalized"].notna().any():
-                # The largest fraction of the seed-to-seed ceiling, with that cell's interval.
-                best = cells.loc[cells["normalized"].idxmax()]
+            if "normalized" in cells:
+                # The largest fraction of the seed-to-seed ceiling, with that cell's interval (NaN: no valid ceiling).
+                best = (cells.loc[cells["normalized"].idxmax()] if cells["normalized"].notna().any()
+                        else pd.Series(np.nan, index=["normalized", "normalized_ci_low", "normalized_ci_high"]))
                 row[f"cross_{metric}_best_normalized"] = best["normalized"]
                 row[f"cross_{metric}_best_normalized_ci_low"] = best["normalized_ci_low"]
                 row[f"cross_{metric}_best_normalized_ci_high"] = best["normalized_ci_high"]
