@@ -357,3 +357,15 @@ def test_the_ceiling_of_three_seeds_is_the_mean_over_their_three_pairs_with_its_
                                                   ci_high=lambda t: t["observed"] + 0.1)
     expected = np.sqrt((0.1 / 1.959964) ** 2 + np.var([0.3, 0.4, 0.8], ddof=1) / 3)
     assert ceiling_standard_errors(with_interval, 0.95)[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_verdict_gives_the_context_only_fraction_of_its_own_ceiling():
+    from sae_universality.report.verdict import control_paragraph
+
+    context_only = pd.DataFrame({"model_a": "a", "model_b": "b", "layer_a": 0, "layer_b": 5,
+                                 "metric": ["rsa", "procrustes"], "observed": [0.2, 0.1], "p_adjusted": [0.01, 0.02],
+                                 "excess_surviving": [0.4, 0.3], "normalized": [0.35, 0.8]})
+    text = control_paragraph(control_rows(0, 5, [0.3, 0.12, 0.1, 0.29, 0.01]), {"context_only": context_only},
+                             0.05, "a", "b")
+    assert ("times the full result's, metric by metric; against the context-only codes' own seed-to-seed ceiling "
+            "they reach 0.35 to 0.80 of it") in text

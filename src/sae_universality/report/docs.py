@@ -28,6 +28,9 @@ from .verdict import _number, _scored_cells, control_paragraph
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 RESULTS = REPOSITORY / "docs" / "results.md"
+README = REPOSITORY / "README.md"
+DOCUMENTS = (RESULTS, README)
+"""The files whose generated blocks `python -m sae_universality.report.docs` rewrites (or checks)."""
 SIGNIFICANCE = 0.05
 
 
@@ -36,12 +39,18 @@ def controls_table(controls: pd.DataFrame, variants: dict, significance: float =
     """A Markdown table: per layer pair, the kept pairs' mean correlation under every control, what the
     context-only codes give when matched and scored again, and what untrained dictionaries give (where the
     tables have them). `variants`: {"context_only": scores beside the full, "untrained": ...}."""
-    untrained = variants.get("untrained")
+    untrained, lexical = variants.get("untrained"), variants.get("lexical")
     header = ("| layer pair | kept pairs | full | context only (at threshold) | context only, bigram | "
               "document demeaned | document shifted | context-only pairs matched again | significant metrics "
               "(context only) | context-only excess / full excess, lowest and highest metric |")
+    with_ceiling = "normalized" in variants["context_only"]
+    if with_ceiling:
+        header += " context only: fraction of its own ceiling, lowest and highest metric |"
     if untrained is not None:
         header += " untrained dictionaries: pairs kept | significant metrics (untrained) |"
+    if lexical is not None:
+        header += (" lexical floor: pairs kept | significant metrics (lexical) | metrics whose full interval lies "
+                   "above the floor's |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (layer_a, layer_b), here in controls.groupby(["layer_a", "layer_b"], sort=True):
         here = here.set_index("control")
@@ -54,9 +63,17 @@ def controls_table(controls: pd.DataFrame, variants: dict, significance: float =
                  _number(kept["context_only_bigram"]), _number(kept["document_demeaned"]),
                  _number(kept["document_shifted"]), str(int(here.loc["context_only", "n_kept_rematched"])),
                  _significant_of(scored, significance), share]
+        if with_ceiling:
+            fraction = scored["normalized"].astype(float) if len(scored) else pd.Series(dtype=float)
+            cells.append(f"{fraction.min():.2f}-{fraction.max():.2f}" if np.isfinite(fraction).any() else "n/a")
         if untrained is not None:
             cells += [str(int(here.loc["untrained_dictionary", "n_kept_rematched"])),
                       _significant_of(_scored_cells(untrained, layer_a, layer_b), significance)]
+        if lexical is not None:
+            floor = _scored_cells(lexical, layer_a, layer_b)
+            apart = (floor["full_ci_low"].astype(float) > floor["ci_high"].astype(float)).sum() if len(floor) else 0
+            cells += [str(int(here.loc["lexical_floor", "n_kept_rematched"])), _significant_of(floor, significance),
+                      f"{int(apart)} of {len(floor)}" if len(floor) else "not scored"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -75,8 +92,9 @@ def controls_block(folder: str) -> Callable[[], str]:
         root = REPOSITORY / folder
         controls = pd.read_csv(root / "controls.tsv", sep="\t")
         variants = {"context_only": pd.read_csv(root / "context_only_scores.tsv", sep="\t")}
-        if (root / "untrained_scores.tsv").is_file():
-            variants["untrained"] = pd.read_csv(root / "untrained_scores.tsv", sep="\t")
+        for name in ("untrained", "lexical"):
+            if (root / f"{name}_scores.tsv").is_file():
+                variants[name] = pd.read_csv(root / f"{name}_scores.tsv", sep="\t")
         model_a, model_b = controls["model_a"].iloc[0], controls["model_b"].iloc[0]
         paragraph = control_paragraph(controls, variants, SIGNIFICANCE, model_a, model_b)
         return (controls_table(controls, variants) + "\n\nThe verdict's reading of these tables:\n\n"
@@ -201,6 +219,218 @@ def scaling_findings(prefix: str) -> Callable[[], str]:
     return make
 
 
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(round(seconds % 60))} s"
+
+
+def _range(values, digits: int = 2) -> str:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    low, high = f"{values.min():.{digits}f}", f"{values.max():.{digits}f}"
+    return low if low == high else f"{low}-{high}"
+
+
+def _ceilings_above_chance(folder: Path, significance: float = SIGNIFICANCE) -> tuple[int, int]:
+    """(layers whose two seeds agree above chance on every metric, layers)."""
+    ceilings = pd.read_csv(folder / "ceilings.tsv", sep="\t")
+    above = (ceilings["p"] < significance) & (ceilings["observed"] > ceilings["null_mean"])
+    per_layer = above.groupby([ceilings["model"], ceilings["layer"]]).all()
+    return int(per_layer.sum()), len(per_layer)
+
+
+def default_run_block(folder: str) -> Callable[[], str]:
+    """The default run's headline, from `folder` (docs/figures/default, written by `collect_default`): when and
+    how long it ran, its SAEs' quality, the verdict's opening and each metric's best layer pair, and what the
+    whole table says in numbers."""
+    def make() -> str:
+        root = REPOSITORY / folder
+        run = pd.read_csv(root / "run.tsv", sep="\t").iloc[0]
+        quality = pd.read_csv(root / "quality.tsv", sep="\t")
+        matching = pd.read_csv(root / "ceiling_matching.tsv", sep="\t")
+        scores = pd.read_csv(root / "scores.tsv", sep="\t")
+        verdict = pd.read_csv(root / "verdict.tsv", sep="\t")
+        timing = (f"`make run` on a fresh clone of commit {run['commit']} ({run['date']}, the 2-core VM, empty model "
+                  f"cache): **{_minutes(run['make_run_seconds'])}** including `make install` and the report, the "
+                  f"workflow itself {_minutes(run['workflow_seconds'])}." if np.isfinite(run["make_run_seconds"]) else
+                  f"The workflow of commit {run['commit']} ({run['date']}) ran {_minutes(run['workflow_seconds'])}.")
+        lines = [timing, "", "| model | layer | loss recovered (seed 0 / 1) | held-out tokens behind it | dead latents "
+                 "| FVU (seed 0 / 1) |", "|---|---|---|---|---|---|"]
+        for (model, layer), seeds in quality.groupby(["model", "layer"], sort=False):
+            seeds = seeds.sort_values("sae")
+            dead = " / ".join("0" if value == 0 else f"{value:.2%}" for value in seeds["dead_fraction"])
+            lines.append(f"| {model} | {layer} | {' / '.join(f'{v:.3f}' for v in seeds['fraction_recovered'])} | "
+                         f"{int(seeds['loss_tokens'].iloc[0]):,} | {dead} | "
+                         f"{' / '.join(f'{v:.3f}' for v in seeds['fvu'])} |")
+        agree, layers = _ceilings_above_chance(root)
+        lines += ["", f"At {agree} of {layers} layers the two seeds agree above chance on every metric; a feature's "
+                      f"best match in its second seed correlates {_range(matching['mean_max_correlation'])} on average. "
+                      "The verdict that opens the report:", ""]
+        opening = (root / "verdict.md").read_text(encoding="utf-8").split("\n\n")[1:3]
+        lines += ["> " + "\n>\n> ".join(opening), ""]
+        lines += ["| metric | layer pair | pairs | observed [95% interval] | chance (null mean) | excess | z | adjusted p | "
+                  "fraction of the seed-to-seed ceiling [95% interval] |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in verdict.itertuples():
+            cell = scores[(scores["metric"] == row.metric) & (scores["layer_a"] == row.best_layer_a)
+                          & (scores["layer_b"] == row.best_layer_b)].iloc[0]
+            fraction = (f"{row.normalized:.2f} [{row.normalized_ci_low:.2f}, {row.normalized_ci_high:.2f}]"
+                        if np.isfinite(row.normalized_ci_low) else _number(row.normalized, 2))
+            lines.append(f"| {METRIC_NAMES.get(row.metric, row.metric)} | {row.best_layer_a} / {row.best_layer_b} | "
+                         f"{int(cell['n_pairs'])} | {_number(row.observed)} [{_number(row.ci_low)}, {_number(row.ci_high)}] "
+                         f"| {_number(row.null_mean, 2)} | {_number(row.excess)} | {row.z:.1f} | {row.p_adjusted:.2g} | "
+                         f"{fraction} |")
+        significant = scores["p_adjusted"] < SIGNIFICANCE
+        cells = scores.groupby(["layer_a", "layer_b"]).ngroups
+        valid = scores[scores["ceiling_valid"].astype(bool)]
+        half_width = ((valid["normalized_ci_high"] - valid["normalized_ci_low"]) / 2).max()
+        best_pairs = verdict.groupby(["best_layer_a", "best_layer_b"]).size().sort_values(ascending=False)
+        (top_a, top_b), top_count = best_pairs.index[0], int(best_pairs.iloc[0])
+        lines += ["", f"Over the whole table ({cells} layer pairs, {scores['metric'].nunique()} metrics): "
+                      f"{int(significant.sum())} of {len(scores)} scores are significant after adjustment, with z "
+                      f"{scores['z'].min():.1f} to {scores['z'].max():.1f} and adjusted p down to "
+                      f"{scores['p_adjusted'].min():.2g}; the fractions of the seed-to-seed ceiling run "
+                      f"{_range(valid['normalized'])} ({len(valid)} scores with a valid ceiling), their intervals up to "
+                      f"±{half_width:.2f} wide; layers {top_a} / {top_b} are the best layer pair on {top_count} of "
+                      f"{len(verdict)} metrics."]
+        return "\n".join(lines)
+
+    return make
+
+
+def readme_default_block(folder: str) -> Callable[[], str]:
+    """The README's first claim about the default run, its numbers from `folder`."""
+    def make() -> str:
+        root = REPOSITORY / folder
+        quality = pd.read_csv(root / "quality.tsv", sep="\t")
+        scores = pd.read_csv(root / "scores.tsv", sep="\t")
+        agree, layers = _ceilings_above_chance(root)
+        per_cell = (scores["p_adjusted"] < SIGNIFICANCE).groupby([scores["layer_a"], scores["layer_b"]]).sum()
+        n_metrics = scores["metric"].nunique()
+        dead = quality["dead_fraction"].max()
+        return ("- It can show that the two models' SAE features are similar beyond chance at\n"
+                "  these layers, with SAEs good enough to trust the comparison: every SAE recovers\n"
+                f"  at least {quality['fraction_recovered'].min():.2f} of the downstream loss on about "
+                f"{int(quality['loss_tokens'].min()):,} held-out tokens,\n"
+                + ("  none has dead latents" if dead == 0 else f"  at most {dead:.2%} of latents are dead")
+                + f", at {agree} of {layers} layers the two seeds agree above chance on every metric,\n"
+                f"  and {int((per_cell == n_metrics).sum())} of {len(per_cell)} layer pairs are significant on all "
+                f"{n_metrics} metrics.")
+
+    return make
+
+
+def readme_effects_block(default: str, reference: str) -> Callable[[], str]:
+    """The README's bullets on the size of the effects: the default run's (`default`) and the reference
+    experiment's (`reference`, with its floor run in `reference`/floor)."""
+    def make() -> str:
+        root, large = REPOSITORY / default, REPOSITORY / reference
+        scores = pd.read_csv(root / "scores.tsv", sep="\t")
+        semantic = pd.read_csv(root / "semantic.tsv", sep="\t")
+        valid = scores[scores["ceiling_valid"].astype(bool)]
+        half_width = ((valid["normalized_ci_high"] - valid["normalized_ci_low"]) / 2).max()
+        rsa = scores[scores["metric"] == "rsa"]["observed"]
+        scored = semantic["observed"].notna().sum() if "observed" in semantic else 0
+        floor = pd.read_csv(large / "floor" / "matching.tsv", sep="\t")
+        rerandomized = floor["model_b"].str.endswith("-rerandomized")
+        quality = pd.read_csv(large / "quality.tsv", sep="\t")
+        table = pd.read_csv(large / "table.tsv", sep="\t")
+        metrics = [column.removesuffix("_p_adjusted") for column in table if column.endswith("_p_adjusted")]
+        everywhere = int((table[[f"{metric}_p_adjusted" for metric in metrics]] < SIGNIFICANCE).all(axis=1).sum())
+        at_ten = table[table["layer_b"] == 10]["heldout_svcca_normalized"]
+        return "\n".join([
+            f"- Its effects are small in absolute terms (RSA {_range(rsa)}) and its intervals",
+            f"  wide (fractions of the seed-to-seed ceiling of {_range(valid['normalized'], 1)}, give or take up to "
+            f"{half_width:.1f});",
+            "  its semantic categories hold too few pairs to score." if scored == 0 else
+            f"  {scored} semantic-category scores.",
+            "- The reference experiment (`presets/reference.yaml`: the whole Wikipedia sample,",
+            "  about 750k tokens, two seeds of 8,192-latent SAEs; about 4 CPU-hours) is the",
+            "  project's measured answer at a larger scale: every SAE recovers",
+            f"  {_range(quality['fraction_recovered'])} of the loss, {everywhere} of {len(table)} layer pairs are "
+            f"significant on all {len(metrics)} metrics,",
+            f"  and held-out SVCCA reaches {_range(at_ten)} of the seed-to-seed ceiling at Gemma-3 layer 10;",
+            "  its re-randomized floor keeps "
+            f"{_range(floor[rerandomized]['n_after_threshold'], 0)} matched pairs per layer pair against "
+            f"{_range(floor[~rerandomized]['n_after_threshold'], 0)}",
+            "  for the real pair (docs/results.md)."])
+
+    return make
+
+
+def readme_scaling_block(prefix: str) -> Callable[[], str]:
+    """The README's scaling paragraph, every number from the study's tables at `prefix`."""
+    def make() -> str:
+        summary = pd.read_csv(REPOSITORY / f"{prefix}.tsv", sep="\t")
+        quality = pd.read_csv(REPOSITORY / f"{prefix}.quality.tsv", sep="\t")
+        cross = pd.read_csv(REPOSITORY / f"{prefix}.cross.tsv", sep="\t")
+        ceilings = pd.read_csv(REPOSITORY / f"{prefix}.ceilings.tsv", sep="\t")
+        width = int(summary["d_sae"].min())
+        budgets = summary[summary["d_sae"] == width].sort_values("training_tokens").reset_index(drop=True)
+        metrics = _metrics_of(summary)
+
+        def about(tokens):
+            return f"{round(tokens, -3):,.0f}"
+
+        def recovered(row):
+            values = quality[quality["variant"] == row["variant"]]["fraction_recovered"]
+            return values.min(), values.max()
+
+        def ceilings_above(row):
+            own = ceilings[ceilings["variant"] == row["variant"]]
+            above = (own["p"] < SIGNIFICANCE) & (own["observed"] > own["null_mean"])
+            return f"{int(above.sum())} of {len(own)} seed-to-seed ceilings (layer and metric) are above chance"
+
+        def all_metrics(row):
+            own = cross[(cross["variant"] == row["variant"]) & ~cross["model_b"].str.endswith("-rerandomized")]
+            per_cell = (own["p_adjusted"] < SIGNIFICANCE).groupby([own["layer_a"], own["layer_b"]]).sum()
+            return (f"{int((per_cell == own['metric'].nunique()).sum())} of {len(per_cell)} layer pairs of the two "
+                    f"models are significantly similar on all {own['metric'].nunique()} metrics")
+
+        first, second, third, last = (budgets.iloc[index] for index in (0, 1, 2, -1))
+        low, high = recovered(first)
+        before = cross[cross["variant"] == third["variant"]].set_index(["metric", "layer_a", "layer_b"])
+        after = cross[cross["variant"] == last["variant"]].set_index(["metric", "layer_a", "layer_b"])
+        falls = int((after["excess"] < before["excess"].reindex(after.index)).sum())
+        fraction_falls = sum(last[f"cross_{metric}_best_normalized"] < third[f"cross_{metric}_best_normalized"]
+                             for metric in metrics)
+        agree = "more" if last["seed_best_match_correlation"] > third["seed_best_match_correlation"] else "less"
+        text = (f"With {width:,}-latent SAEs: at about {about(first['training_tokens'])} training tokens per SAE they "
+                f"recover {low:.2f}-{high:.2f} of the loss and {ceilings_above(first)}; at about "
+                f"{about(second['training_tokens'])} {ceilings_above(second)}, the worst SAE recovers "
+                f"{recovered(second)[0]:.2f} of the loss, and {all_metrics(second)}; at about "
+                f"{about(third['training_tokens'])} every SAE recovers at least {recovered(third)[0]:.2f} of the "
+                f"loss; on the whole Wikipedia sample ({about(last['training_tokens'])} per SAE) at least "
+                f"{recovered(last)[0]:.2f}. From {about(third['training_tokens'])} to {about(last['training_tokens'])} "
+                f"the two seeds agree {agree} (best-match correlation {third['seed_best_match_correlation']:.2f} to "
+                f"{last['seed_best_match_correlation']:.2f}), but the two models do not keep up: the excess over "
+                f"chance falls in {falls} of the {len(after)} cross-model cells, and the largest fraction of the "
+                f"seed-to-seed ceiling falls on {fraction_falls} of {len(metrics)} metrics "
+                "(docs/figures/scaling.cross.tsv).")
+        for row in summary[summary["d_sae"] != width].itertuples():
+            narrow = budgets.iloc[(budgets["training_tokens"] - row.training_tokens).abs().argmin()]
+            worse = row.loss_recovered_min < narrow["loss_recovered_min"]
+            times = {2: "Twice", 3: "Three times", 4: "Four times", 8: "Eight times"}.get(row.d_sae // width,
+                                                                                          f"{row.d_sae // width} times")
+            text += (f" {times} the latents at the same text ({row.d_sae:,}) make the SAEs "
+                     f"{'worse' if worse else 'better'} (worst loss recovered {row.loss_recovered_min:.2f} against "
+                     f"{narrow['loss_recovered_min']:.2f}).")
+        import textwrap
+
+        return "\n".join(textwrap.wrap(text, 80))
+
+    return make
+
+
+def readme_timing_block(folder: str) -> Callable[[], str]:
+    """The README's measured `make run`, from the default run's record (`collect_default`)."""
+    def make() -> str:
+        run = pd.read_csv(REPOSITORY / folder / "run.tsv", sep="\t").iloc[0]
+        return (f"`make run` on a fresh clone of commit {run['commit']} ({run['date']}, the 2-core VM, empty model "
+                f"cache): {_minutes(run['make_run_seconds'])} with `make install` and the report, the Snakemake run "
+                f"{_minutes(run['workflow_seconds'])}, every control of the default included.")
+
+    return make
+
+
 @dataclass(frozen=True)
 class Block:
     """A generated block: what makes it, and the tables it reads (for the error message)."""
@@ -215,6 +445,21 @@ def file_block(path: str) -> Callable[[], str]:
 
 
 BLOCKS = {
+    "default-run": Block(default_run_block("docs/figures/default"),
+                         tuple(f"docs/figures/default/{name}" for name in ("run.tsv", "quality.tsv", "ceilings.tsv",
+                                                                          "ceiling_matching.tsv", "verdict.md",
+                                                                          "verdict.tsv", "scores.tsv"))),
+    "readme-default": Block(readme_default_block("docs/figures/default"),
+                            tuple(f"docs/figures/default/{name}" for name in ("quality.tsv", "ceilings.tsv",
+                                                                             "scores.tsv"))),
+    "readme-effects": Block(readme_effects_block("docs/figures/default", "docs/figures/reference"),
+                            ("docs/figures/default/scores.tsv", "docs/figures/default/semantic.tsv",
+                             "docs/figures/reference/quality.tsv", "docs/figures/reference/table.tsv",
+                             "docs/figures/reference/floor/matching.tsv")),
+    "readme-scaling": Block(readme_scaling_block("docs/figures/scaling"),
+                            tuple(f"docs/figures/scaling{suffix}.tsv" for suffix in ("", ".quality", ".cross",
+                                                                                   ".ceilings"))),
+    "readme-timing": Block(readme_timing_block("docs/figures/default"), ("docs/figures/default/run.tsv",)),
     "scaling-table": Block(file_block("docs/figures/scaling.md"), ("docs/figures/scaling.md",)),
     "scaling-findings": Block(scaling_findings("docs/figures/scaling"),
                               ("docs/figures/scaling.tsv", "docs/figures/scaling.cross.tsv")),
@@ -248,21 +493,85 @@ def regenerate(text: str) -> str:
     return text
 
 
+DEFAULT_FOLDER = REPOSITORY / "docs" / "figures" / "default"
+PAIR = "smollm2--gemma3"
+RUN_FILES = {
+    "quality.tsv": "results/saes/quality.tsv",
+    "table.tsv": f"results/similarity/{PAIR}/table.tsv",
+    "scores.tsv": f"results/similarity/{PAIR}/scores.tsv",
+    "controls.tsv": f"results/similarity/{PAIR}/controls.tsv",
+    "context_only_scores.tsv": f"results/similarity/{PAIR}/context_only_scores.tsv",
+    "untrained_scores.tsv": f"results/similarity/{PAIR}/untrained_scores.tsv",
+    "lexical_scores.tsv": f"results/similarity/{PAIR}/lexical_scores.tsv",
+    "alignment.tsv": f"results/alignment/{PAIR}.tsv",
+    "heatmaps.png": f"results/similarity/{PAIR}/heatmaps.png",
+    "heatmaps_raw.png": f"results/similarity/{PAIR}/heatmaps_raw.png",
+    "semantic.tsv": f"results/similarity/{PAIR}/semantic.tsv",
+    "verdict.md": "results/verdict.md",
+    "verdict.tsv": "results/verdict.tsv",
+}
+"""What `collect_default` copies from a finished default run: docs file -> run file."""
+CEILING_FILES = {"ceilings.tsv": "layer*[0-9].tsv", "ceiling_matching.tsv": "layer*.summary.tsv",
+                 "context_only_ceilings.tsv": "layer*.context_only.tsv"}
+"""The ceiling tables, one per (model, layer) in the run, concatenated: docs file -> pattern."""
+
+
+def workflow_seconds(run: Path) -> float:
+    """Wall time of a run's workflow: from the first Snakemake log's first timestamp to the last log's last one."""
+    import datetime
+
+    stamps = []
+    for log in sorted((run / ".snakemake" / "log").glob("*.snakemake.log")):
+        found = re.findall(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", log.read_text(), re.M)
+        stamps += [datetime.datetime.strptime(stamp, "%a %b %d %H:%M:%S %Y") for stamp in found]
+    return (max(stamps) - min(stamps)).total_seconds() if stamps else float("nan")
+
+
+def collect_default(run: Path, make_seconds: float | None = None, folder: Path = DEFAULT_FOLDER) -> pd.DataFrame:
+    """Copy a finished default run's tables and figures into `folder` (docs/figures/default), with `run.tsv`:
+    the commit it ran (its git checkout's HEAD), the date, the workflow's wall time from its logs and, when
+    given, the whole `make run`'s (measured outside, e.g. with `time`)."""
+    import shutil
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in RUN_FILES.items():
+        shutil.copyfile(run / source, folder / name)
+    for name, pattern in CEILING_FILES.items():
+        tables = [pd.read_csv(path, sep="\t") for path in sorted((run / "results/similarity/ceiling").glob(f"*/{pattern}"))]
+        pd.concat(tables, ignore_index=True).to_csv(folder / name, sep="\t", index=False)
+    commit = subprocess.run(["git", "-C", str(run), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    log_dates = sorted((run / ".snakemake" / "log").glob("*.snakemake.log"))
+    record = pd.DataFrame([{"commit": commit, "date": log_dates[0].name[:10] if log_dates else "",
+                            "workflow_seconds": workflow_seconds(run),
+                            "make_run_seconds": np.nan if make_seconds is None else make_seconds}])
+    record.to_csv(folder / "run.tsv", sep="\t", index=False)
+    return record
+
+
 def docs_command(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sae_universality.report.docs", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report stale blocks (exit 1 if any)")
-    parser.add_argument("path", nargs="?", default=str(RESULTS))
+    parser.add_argument("--collect-default", type=Path, metavar="RUN",
+                        help="first copy a finished default run's tables into docs/figures/default")
+    parser.add_argument("--make-seconds", type=float, help="with --collect-default: the whole make run's wall time")
+    parser.add_argument("paths", nargs="*", default=[str(path) for path in DOCUMENTS])
     arguments = parser.parse_args(argv)
-    path = Path(arguments.path)
-    text = path.read_text(encoding="utf-8")
-    if arguments.check:
-        stale = stale_blocks(text)
-        for name in stale:
-            print(f"{path}: block {name} differs from {', '.join(BLOCKS[name].tables)}; "
-                  "run python -m sae_universality.report.docs", file=sys.stderr)
-        return 1 if stale else 0
-    path.write_text(regenerate(text), encoding="utf-8")
-    return 0
+    if arguments.collect_default:
+        print(collect_default(arguments.collect_default, arguments.make_seconds).to_string(index=False))
+    stale_anywhere = False
+    for path in map(Path, arguments.paths):
+        text = path.read_text(encoding="utf-8")
+        if arguments.check:
+            stale = stale_blocks(text)
+            for name in stale:
+                print(f"{path}: block {name} differs from {', '.join(BLOCKS[name].tables)}; "
+                      "run python -m sae_universality.report.docs", file=sys.stderr)
+            stale_anywhere = stale_anywhere or bool(stale)
+        else:
+            path.write_text(regenerate(text), encoding="utf-8")
+    return 1 if stale_anywhere else 0
 
 
 if __name__ == "__main__":

@@ -189,6 +189,10 @@ def control_paragraph(controls: pd.DataFrame | None, variants: dict, significanc
         scored = _scored_cells(context_only, layer_a, layer_b)
         if len(scored):
             text += _significance_clause(scored, significance)
+            fraction = scored["normalized"].astype(float) if "normalized" in scored else pd.Series(dtype=float)
+            if np.isfinite(fraction).any():
+                text += (f"; against the context-only codes' own seed-to-seed ceiling they reach "
+                         f"{np.nanmin(fraction):.2f} to {np.nanmax(fraction):.2f} of it")
             significant = (scored["p_adjusted"].astype(float) < significance).any()
             (survives if significant else at_chance).append(f"{layer_a} / {layer_b}")
         else:
