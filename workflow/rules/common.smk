@@ -246,7 +246,9 @@ def lexical_score_inputs(wildcards):
     full = match_outputs_of_pair(wildcards)
     return {"matches": f"results/matching/{wildcards.model_a}--{wildcards.model_b}/lexical/"
                        f"layer{wildcards.layer_a}--layer{wildcards.layer_b}.tsv",
-            "sae_a": full["sae_a"], "sae_b": full["sae_b"]}
+            "sae_a": full["sae_a"], "sae_b": full["sae_b"],
+            # Scored on as many pairs as the full result keeps: like for like, at the same cost.
+            "full_matches": full["matches"]}
 
 
 def pair_lexical_summaries(wildcards):

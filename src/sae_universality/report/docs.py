@@ -543,7 +543,14 @@ def collect_default(run: Path, make_seconds: float | None = None, folder: Path =
     commit = subprocess.run(["git", "-C", str(run), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     log_dates = sorted((run / ".snakemake" / "log").glob("*.snakemake.log"))
+    import yaml
+
+    epochs = yaml.safe_load((run / "config.yaml").read_text())["saes"]["train"]["epochs"]
+    # Positions each SAE trained on per epoch (its curve's last count over the epochs), the median over SAEs.
+    per_epoch = [pd.read_csv(curve, sep="\t")["tokens"].iloc[-1] / epochs
+                 for curve in (run / "results" / "saes").glob("*/layer*/seed*.curve.tsv")]
     record = pd.DataFrame([{"commit": commit, "date": log_dates[0].name[:10] if log_dates else "",
+                            "training_tokens": float(np.median(per_epoch)) if per_epoch else np.nan,
                             "workflow_seconds": workflow_seconds(run),
                             "make_run_seconds": np.nan if make_seconds is None else make_seconds}])
     record.to_csv(folder / "run.tsv", sep="\t", index=False)

@@ -216,6 +216,8 @@ def control_paragraph(controls: pd.DataFrame | None, variants: dict, significanc
                      f"same SAEs keep {int(floor['n_kept_rematched'])} pairs (mean correlation "
                      f"{_number(float(floor['rematched_mean_correlation']))})")
             scored = _scored_cells(lexical, layer_a, layer_b)
+            if len(scored) and "n_pairs" in scored and int(scored["n_pairs"].iloc[0]) < int(floor["n_kept_rematched"]):
+                text += f", scored on a random {int(scored['n_pairs'].iloc[0])} of them (as many as the full result)"
             if len(scored):
                 text += _significance_clause(scored, significance)
                 apart = scored["full_ci_low"].astype(float) > scored["ci_high"].astype(float)

@@ -104,9 +104,19 @@ def kept_pairs_of(matches_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return kept["final_a"].to_numpy(), kept["feature_b"].to_numpy()
 
 
-def score_layer_pair(matches_path, sae_a, sae_b, out_path, *, settings: SimilaritySettings, labels: dict) -> pd.DataFrame:
-    """Scores of one (pair, layer_a, layer_b) -> a long table (one row per metric)."""
+def score_layer_pair(matches_path, sae_a, sae_b, out_path, *, settings: SimilaritySettings, labels: dict,
+                     at_most: int | None = None) -> pd.DataFrame:
+    """Scores of one (pair, layer_a, layer_b) -> a long table (one row per metric).
+
+    `at_most`: score a seeded random subset of that many kept pairs where there are
+    more (the lexical floor keeps about twice the full result's pairs; scored on as
+    many as the full result, the two compare like for like, and at the cost of one).
+    """
+    settings = as_settings(SimilaritySettings, settings)
     feature_a, feature_b = kept_pairs_of(matches_path)
+    if at_most is not None and len(feature_a) > at_most:
+        chosen = np.sort(np.random.default_rng(settings.seed).choice(len(feature_a), at_most, replace=False))
+        feature_a, feature_b = feature_a[chosen], feature_b[chosen]
     scores = score_pairs(decoder_rows(sae_a), decoder_rows(sae_b), feature_a, feature_b, settings)
     scores = pd.concat([pd.DataFrame([labels] * len(scores)), scores], axis=1)
     write_tsv(scores, out_path)
