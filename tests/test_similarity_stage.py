@@ -242,15 +242,21 @@ def test_verdict_sets_each_layer_pair_beside_its_lexical_floor():
                             "metric": ["rsa", "procrustes"] * 2, "observed": [0.05, 0.02, 0.3, 0.02],
                             "ci_low": [0.0, 0.0, 0.2, 0.0], "ci_high": [0.1, 0.04, 0.45, 0.04],
                             "p_adjusted": [0.2, 0.3, 0.001, 0.3], "excess_surviving": [0.1, 0.05, 0.6, 0.05],
-                            "full_ci_low": [0.3, 0.1, 0.4, 0.1]})
+                            "null_mean": 0.0, "full_ci_low": [0.3, 0.1, 0.4, 0.1], "full_null_mean": 0.0})
     text = control_paragraph(pd.concat([controls, floor_rows]), {"lexical": lexical}, 0.05, "a", "b")
     assert ("With each model's activations replaced by their per-token means (the lexical floor), the same SAEs keep "
             "30 pairs (mean correlation 0.4), significant on 0 of 2 metrics after adjustment; their excess over "
-            "chance is 0.05 to 0.10 times the full result's, metric by metric; the full score's interval lies above "
-            "the lexical floor's on 2 of 2 metrics.") in text
+            "chance is 0.05 to 0.10 times the full result's, metric by metric; the full result's excess over chance lies "
+            "above the lexical floor's (their intervals apart) on 2 of 2 metrics.") in text
     assert "on 1 of 2 metrics." in text  # layer 1: rsa's intervals overlap (0.4 <= 0.45)
-    assert "At 0 / 5 every metric's full score lies above what token identity alone gives" in text
-    assert "At 1 / 5 some metrics' full scores are within reach of the lexical floor" in text
+    assert "At 0 / 5 every metric's excess over chance lies above what token identity alone gives" in text
+    assert "At 1 / 5 some metrics' excess over chance is within reach of the lexical floor's" in text
+    # Excesses, not raw scores: the default's Procrustes at 9 / 10, where the floor's pairs have a higher chance
+    # level (0.806 against 0.797) and so a higher raw score, but a smaller excess than the full result.
+    from sae_universality.report.verdict import excess_intervals_apart
+    procrustes = pd.DataFrame({"ci_high": [0.8134], "null_mean": [0.8058], "full_ci_low": [0.8062],
+                               "full_null_mean": [0.7974]})
+    assert excess_intervals_apart(procrustes).tolist() == [True]
 
 
 def test_verdict_reports_seed_stability_in_the_literatures_terms(tmp_path):

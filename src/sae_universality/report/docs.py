@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .verdict import _number, _scored_cells, control_paragraph
+from .verdict import _number, _scored_cells, control_paragraph, excess_intervals_apart
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 RESULTS = REPOSITORY / "docs" / "results.md"
@@ -49,8 +49,8 @@ def controls_table(controls: pd.DataFrame, variants: dict, significance: float =
     if untrained is not None:
         header += " untrained dictionaries: pairs kept | significant metrics (untrained) |"
     if lexical is not None:
-        header += (" lexical floor: pairs kept | significant metrics (lexical) | metrics whose full interval lies "
-                   "above the floor's |")
+        header += (" lexical floor: pairs kept | significant metrics (lexical) | metrics whose full excess lies "
+                   "above the floor's (intervals apart) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (layer_a, layer_b), here in controls.groupby(["layer_a", "layer_b"], sort=True):
         here = here.set_index("control")
@@ -71,7 +71,7 @@ def controls_table(controls: pd.DataFrame, variants: dict, significance: float =
                       _significant_of(_scored_cells(untrained, layer_a, layer_b), significance)]
         if lexical is not None:
             floor = _scored_cells(lexical, layer_a, layer_b)
-            apart = (floor["full_ci_low"].astype(float) > floor["ci_high"].astype(float)).sum() if len(floor) else 0
+            apart = excess_intervals_apart(floor).sum() if len(floor) else 0
             cells += [str(int(here.loc["lexical_floor", "n_kept_rematched"])), _significant_of(floor, significance),
                       f"{int(apart)} of {len(floor)}" if len(floor) else "not scored"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -276,7 +276,7 @@ def default_run_block(folder: str) -> Callable[[], str]:
                         if np.isfinite(row.normalized_ci_low) else _number(row.normalized, 2))
             lines.append(f"| {METRIC_NAMES.get(row.metric, row.metric)} | {row.best_layer_a} / {row.best_layer_b} | "
                          f"{int(cell['n_pairs'])} | {_number(row.observed)} [{_number(row.ci_low)}, {_number(row.ci_high)}] "
-                         f"| {_number(row.null_mean, 2)} | {_number(row.excess)} | {row.z:.1f} | {row.p_adjusted:.2g} | "
+                         f"| {_number(row.null_mean, 3)} | {_number(row.excess)} | {row.z:.1f} | {row.p_adjusted:.2g} | "
                          f"{fraction} |")
         significant = scores["p_adjusted"] < SIGNIFICANCE
         cells = scores.groupby(["layer_a", "layer_b"]).ngroups
@@ -308,7 +308,7 @@ def readme_default_block(folder: str) -> Callable[[], str]:
         dead = quality["dead_fraction"].max()
         return ("- It can show that the two models' SAE features are similar beyond chance at\n"
                 "  these layers, with SAEs good enough to trust the comparison: every SAE recovers\n"
-                f"  at least {quality['fraction_recovered'].min():.2f} of the downstream loss on about "
+                f"  at least {quality['fraction_recovered'].min():.2f} of the downstream loss on at least "
                 f"{int(quality['loss_tokens'].min()):,} held-out tokens,\n"
                 + ("  none has dead latents" if dead == 0 else f"  at most {dead:.2%} of latents are dead")
                 + f", at {agree} of {layers} layers the two seeds agree above chance on every metric,\n"

@@ -157,6 +157,16 @@ def residual_paragraph(residual: pd.DataFrame | None, model_b: str) -> str:
     return "\n".join(lines)
 
 
+def excess_intervals_apart(scored: pd.DataFrame) -> pd.Series:
+    """Per row of a baseline's scores beside the full ones: is the full excess's interval above the baseline's?
+
+    Excesses, not raw scores: the two sets of pairs have their own chance levels (a
+    Procrustes null mean differs with the pairs), so only excesses compare.
+    """
+    full_low = scored["full_ci_low"].astype(float) - scored["full_null_mean"].astype(float)
+    return full_low > scored["ci_high"].astype(float) - scored["null_mean"].astype(float)
+
+
 def control_paragraph(controls: pd.DataFrame | None, variants: dict, significance: float,
                       model_a: str, model_b: str) -> str:
     """What token identity, the document and SAE training explain, per layer pair, from the controls' tables.
@@ -220,9 +230,9 @@ def control_paragraph(controls: pd.DataFrame | None, variants: dict, significanc
                 text += f", scored on a random {int(scored['n_pairs'].iloc[0])} of them (as many as the full result)"
             if len(scored):
                 text += _significance_clause(scored, significance)
-                apart = scored["full_ci_low"].astype(float) > scored["ci_high"].astype(float)
-                text += (f"; the full score's interval lies above the lexical floor's on {int(apart.sum())} of "
-                         f"{len(scored)} metrics")
+                apart = excess_intervals_apart(scored)
+                text += (f"; the full result's excess over chance lies above the lexical floor's (their intervals "
+                         f"apart) on {int(apart.sum())} of {len(scored)} metrics")
                 (above_lexical if apart.all() else within_lexical).append(f"{layer_a} / {layer_b}")
         if abs(kept["document_shifted"]) < 0.1 * abs(kept["full"]) and kept["document_demeaned"] >= 0.9 * kept["full"]:
             document_small.append(f"{layer_a} / {layer_b}")
@@ -238,11 +248,11 @@ def control_paragraph(controls: pd.DataFrame | None, variants: dict, significanc
         lines.append(f"At {', '.join(at_chance)} nothing significant survives without token identity: there the "
                      "matches are explained by the current token.")
     if above_lexical:
-        lines += ["", f"At {', '.join(above_lexical)} every metric's full score lies above what token identity alone "
-                      "gives (the lexical floor's interval)."]
+        lines += ["", f"At {', '.join(above_lexical)} every metric's excess over chance lies above what token identity "
+                      "alone gives (the lexical floor's, intervals apart)."]
     if within_lexical:
-        lines += ["", f"At {', '.join(within_lexical)} some metrics' full scores are within reach of the lexical floor "
-                      "(the intervals overlap): token identity alone gives that much geometry."]
+        lines += ["", f"At {', '.join(within_lexical)} some metrics' excess over chance is within reach of the lexical "
+                      "floor's (the intervals overlap): token identity alone gives that much geometry."]
     if document_small and len(document_small) == n_cells:
         lines.append("")
         lines.append("The document does not explain the matches: removing each document's mean keeps at least "
