@@ -129,3 +129,19 @@ def test_gguf_metadata_is_parsed_once_per_file(tmp_path):
         assert gguf.GGUFReader(str(path)) is first
         assert len(first.tensors) > 100
     assert gguf.GGUFReader is original
+
+
+@pytest.mark.parametrize("name", sorted(EMBEDDED))
+def test_each_embedded_model_says_what_it_is_as_its_file_says(name, tmp_path):
+    """The description the verdict prints beside the results names the quantization the GGUF file declares."""
+    from gguf import GGUFReader, LlamaFileType
+
+    from sae_universality.models.sources import SOURCES
+
+    reader = GGUFReader(str(EMBEDDED[name].locate_gguf(tmp_path)))
+    field = reader.fields["general.file_type"]
+    quantization = LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_")
+    description = SOURCES["embedded"].describe(name, {"embedded": name})
+    assert description == EMBEDDED[name].description and f"({quantization})" in description
+    assert ("instruction-tuned" in description) == ("instruct" in name)
+    assert "dequantized to float32" in description

@@ -402,3 +402,19 @@ def test_the_lexical_floor_is_scored_on_as_many_pairs_as_the_full_result(tmp_pat
                              settings=settings, labels={"layer_a": 1})
     assert once["n_pairs"].tolist() == [20] and every["n_pairs"].tolist() == [50]
     assert once["observed"].tolist() == again["observed"].tolist() != every["observed"].tolist()
+
+
+def test_verdict_says_what_the_models_are_beside_their_results(tmp_path):
+    manifests = []
+    for name, description in (("a", "Model A (the instruction-tuned one), a 4-bit GGUF"), ("b", "")):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"name": name, "source": "path", "location": f"/models/{name}",
+                                    **({"description": description} if description else {})}))
+        manifests.append(path)
+    from sae_universality.report.verdict import model_descriptions
+
+    models = model_descriptions(manifests)
+    assert models == {"a": "Model A (the instruction-tuned one), a 4-bit GGUF", "b": "path: /models/b"}
+    text = write_verdict(ExperimentTables({("a", "b"): verdict_inputs([0.001, 0.5, 0.9])}, quality(), models=models),
+                         SETTINGS, tmp_path / "v.md", tmp_path / "v.tsv")
+    assert "*The models.* a: Model A (the instruction-tuned one), a 4-bit GGUF. b: path: /models/b." in text

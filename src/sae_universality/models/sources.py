@@ -67,6 +67,10 @@ class ModelSource:
         """Number of blocks, when it can be known without loading weights or reaching the network."""
         return None
 
+    def describe(self, location: str, entry: dict) -> str:
+        """What the model is, in words, for the verdict beside its results (the manifest's `description`)."""
+        return f"{self.key}: {location}"
+
     def prepare(self, name: str, location: str, entry: dict, out_dir: Path, source_manifest) -> dict:
         """Make the model loadable offline (files in `out_dir`); return its manifest after name, source, location."""
         raise NotImplementedError
@@ -88,6 +92,9 @@ class HubSource(_TransformersSource):
     key = "hf"
     owns = ("revision",)
 
+    def describe(self, location, entry):
+        return f"{location} from the Hugging Face hub (revision {entry.get('revision') or 'main'}), as published"
+
     def n_layers(self, location, entry, models):
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -104,6 +111,9 @@ class PathSource(_TransformersSource):
     """`path: <dir>`: a local Hugging Face model folder."""
 
     key = "path"
+
+    def describe(self, location, entry):
+        return f"the local model folder {location}, as it is"
 
     def check(self, name, location, models):
         if not Path(location).is_dir():
@@ -144,6 +154,9 @@ class EmbeddedSource(_GgufSource):
 
     key = "embedded"
 
+    def describe(self, location, entry):
+        return EMBEDDED[location].description if location in EMBEDDED else super().describe(location, entry)
+
     def check(self, name, location, models):
         if location not in EMBEDDED:
             raise UserError(f"models.{name}.embedded: '{location}' is unknown; use one of {', '.join(EMBEDDED)}")
@@ -165,6 +178,9 @@ class GgufSource(_GgufSource):
     """`gguf: <file>`: any local GGUF file."""
 
     key = "gguf"
+
+    def describe(self, location, entry):
+        return f"the GGUF file {Path(location).name}, dequantized to float32"
 
     def check(self, name, location, models):
         if not Path(location).is_file():
@@ -191,6 +207,12 @@ class RerandomizedSource(ModelSource):
 
     def location(self, value):
         return str(value.get("from", "")) if isinstance(value, dict) else str(value)
+
+    def describe(self, location, entry):
+        settings = entry.get(self.key, {}) if isinstance(entry.get(self.key), dict) else {}
+        kept = "embeddings, tied head and normalization layers" if settings.get("keep_norms") else "embeddings and tied head"
+        return (f"{location} with every other weight redrawn from its own mean and standard deviation (seed "
+                f"{settings.get('seed', 0)}; {kept} kept): the floor control, a model that does not work")
 
     def identity(self, value):
         # keep_norms came later: left out while false, so that existing floor models are not prepared again.
@@ -333,6 +355,7 @@ def prepare_model(name: str, entry: dict, out_dir: str | Path, source_manifest: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"name": name, "source": kind, "location": location,
+                "description": SOURCES[kind].describe(location, entry),
                 **SOURCES[kind].prepare(name, location, entry, out_dir, source_manifest)}
     with atomic_path(out_dir / MANIFEST) as temporary:
         temporary.write_text(json.dumps(manifest, indent=2) + "\n")

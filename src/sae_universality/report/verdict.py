@@ -425,6 +425,8 @@ class ExperimentTables:
     """{(model_a, model_b): its lexical floor's scores beside the full ones} where the controls ran."""
     residual: dict = field(default_factory=dict)
     """{(model_a, model_b): its raw residual streams compared (similarity/residual.py)} where that ran."""
+    models: dict = field(default_factory=dict)
+    """{model id: what it is, in words (its manifest's description)}."""
 
     @classmethod
     def read(cls, paths: dict, floors: dict | None = None) -> "ExperimentTables":
@@ -435,7 +437,18 @@ class ExperimentTables:
                    read_tables(paths["ceiling_summaries"]), dict(floors or {}), _by_pair(paths.get("semantic", ())),
                    _by_pair(paths.get("controls", ())), _by_pair(paths.get("context_only", ())),
                    _by_pair(paths.get("untrained", ())), _by_pair(paths.get("lexical", ())),
-                   _by_pair(paths.get("residual", ())))
+                   _by_pair(paths.get("residual", ())), model_descriptions(paths.get("manifests", ())))
+
+
+def model_descriptions(manifest_paths) -> dict:
+    """{model id: its manifest's description} (source and location for a manifest written before descriptions)."""
+    import json
+
+    described = {}
+    for path in manifest_paths:
+        manifest = json.loads(Path(path).read_text())
+        described[manifest["name"]] = manifest.get("description") or f"{manifest['source']}: {manifest['location']}"
+    return described
 
 
 def _by_pair(files) -> dict:
@@ -476,6 +489,8 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
         significant = table[table["n_significant"] > 0]
         lines = [f"**{model_a} vs {model_b}** ({n_cells} layer pairs; p adjusted with {method} across the layer "
                  f"pairs, per metric; significant means adjusted p < {significance:g})."]
+        if model_a in tables.models and model_b in tables.models:
+            lines += ["", f"*The models.* {model_a}: {tables.models[model_a]}. {model_b}: {tables.models[model_b]}."]
         floor_note = permutation_floor_note(scores, settings)
         if floor_note:
             lines += ["", floor_note]
