@@ -284,6 +284,23 @@ def test_pair_table_adjusts_p_and_normalizes_by_the_mean_of_both_layers_ceilings
         (2, "procrustes"): dict(ceiling=0.9, ceiling_null_mean=0.4, ceiling_p=0.001, ceiling_valid=True,
                                 normalized=-0.05 / 0.5, normalized_ci_low=-0.15 / 0.5, normalized_ci_high=0.05 / 0.5),
     }
+    # The intervals are Fieller's: each score's interval is +-0.1 and so is each ceiling layer's, so the excess has
+    # standard error 0.1 / z and a ceiling of two layers sqrt(2) (0.1 / z) / 2 (one layer alone: 0.1 / z).
+    z = 1.959963984540054
+    for key, values in expected.items():
+        if not values["ceiling_valid"]:
+            continue
+        ceiling_layers = 1 if key[0] == 2 else 2  # layer_a 2 has no ceiling of its own: b's alone
+        span = values["ceiling"] - values["ceiling_null_mean"]
+        excess = values["normalized"] * span
+        se_excess, se_span = 0.1 / z, np.sqrt(ceiling_layers) * (0.1 / z) / ceiling_layers
+        leading = span ** 2 - z ** 2 * se_span ** 2
+        root = np.sqrt(z ** 2 * (excess ** 2 * se_span ** 2 + span ** 2 * se_excess ** 2 - z ** 2 * se_excess ** 2 * se_span ** 2))
+        mapped = (values["normalized_ci_low"], values["normalized_ci_high"])
+        values["normalized_ci_low"], values["normalized_ci_high"] = (excess * span - root) / leading, (excess * span + root) / leading
+        # Wider than the score's interval mapped by the ceiling alone, which ignored the ceiling's own uncertainty.
+        assert values["normalized_ci_low"] < mapped[0] and values["normalized_ci_high"] > mapped[1]
+        values["ceiling_se"] = se_span
     for key, values in expected.items():
         for column, value in values.items():
             if isinstance(value, bool):
