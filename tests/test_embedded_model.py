@@ -1,6 +1,7 @@
 """The real embedded model: SmolLM2-135M-Instruct from its PyPI package, GGUF -> model folder -> cache."""
 
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -136,9 +137,16 @@ def test_each_embedded_model_says_what_it_is_as_its_file_says(name, tmp_path):
     """The description the verdict prints beside the results names the quantization the GGUF file declares."""
     from gguf import GGUFReader, LlamaFileType
 
+    from sae_universality.errors import UserError
     from sae_universality.models.sources import SOURCES
 
-    reader = GGUFReader(str(EMBEDDED[name].locate_gguf(tmp_path)))
+    try:
+        path = EMBEDDED[name].locate_gguf(tmp_path)
+    except UserError as missing:  # the atlas's models come with `make install-atlas`, which CI runs
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            raise
+        pytest.skip(str(missing))
+    reader = GGUFReader(str(path))
     field = reader.fields["general.file_type"]
     quantization = LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_")
     description = SOURCES["embedded"].describe(name, {"embedded": name})

