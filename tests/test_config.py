@@ -85,6 +85,10 @@ def test_every_schema_key_has_a_description_and_a_default():
         ({"models.gemma3.path": "/nonexistent/model"}, r"give exactly one of"),
         ({"pairs": [{"a": "smollm2", "b": "gemma9"}]}, r"pairs\[0\].b: model 'gemma9' is not defined; use one of smollm2, gemma3"),
         ({"pairs": [{"a": "smollm2"}]}, r"pairs\[0\]: 'b' is a required property"),
+        ({"pairs": "some"}, r"^config: pairs: 'some' is not one of \['all'\] \(pairs: Model pairs to compare"),
+        ({"pairs": 3}, r"^config: pairs: 3 is not of type 'string' \(pairs: Model pairs to compare.* or \"all\""),
+        ({"models": {"smollm2": DEFAULT["models"]["smollm2"]}, "pairs": "all"},
+         r"^pairs: all needs at least two models, and models has 1 \(smollm2\); add a model under models or list"),
         ({"pairs": [{"a": "smollm2", "b": "gemma3"}] * 2}, r"pairs\[1\]: smollm2 vs gemma3 is listed twice"),
         ({"models.bad/name": {"embedded": "gemma3-270m", "layers": [1]}}, r"id 'bad/name' is not safe in file names"),
         ({"models.a--b": {"embedded": "gemma3-270m", "layers": [1]}}, r"id 'a--b' is not safe in file names"),
@@ -104,6 +108,15 @@ def test_user_mistakes_give_one_clear_line(changes, message):
     with pytest.raises(UserError, match=message) as raised:
         checked(changes)
     assert "\n" not in str(raised.value)
+
+
+def test_pairs_all_is_every_unordered_pair_in_the_order_of_the_models():
+    config = copy.deepcopy(DEFAULT)
+    config["models"]["third"] = copy.deepcopy(config["models"]["gemma3"])
+    config["models"]["gemma3-rerandomized"] = {"rerandomized": {"from": "gemma3"}, "layers": [10]}
+    config["pairs"] = "all"
+    pairs = [(pair["a"], pair["b"]) for pair in check_config(config, SCHEMA)["pairs"]]
+    assert pairs == [("smollm2", "gemma3"), ("smollm2", "third"), ("gemma3", "third")]  # no floor model in them
 
 
 def test_missing_source_and_missing_path(tmp_path):

@@ -30,6 +30,8 @@ def check_config(config: dict, schema: str | Path = SCHEMA,
     workflow passes `models.sources.check_model_entries`.
     """
     _validate_schema(config, Path(schema))
+    if config["pairs"] == "all":
+        config["pairs"] = every_pair(config["models"])
     _check_pairs(config["pairs"], config["models"])
     if _add_floor_controls(config):
         _validate_schema(config, Path(schema))  # fills the defaults of the added models
@@ -60,6 +62,19 @@ def _validate_schema(config: dict, schema: Path) -> None:
 
 def describe_validation_error(error) -> str:
     """One line: where in the config, what is wrong, what the key is for."""
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        # A key with alternatives (pairs: a list, or "all"): say what is wrong in the alternative of the value's kind.
+        from jsonschema.exceptions import best_match
+
+        kinds = {list: "array", str: "string", dict: "object", bool: "boolean", int: "integer", float: "number"}
+        kind = kinds.get(type(error.instance))
+        alternatives = error.validator_value
+        same_kind = [sub for sub in error.context
+                     if alternatives[sub.relative_schema_path[0]].get("type") == kind] or list(error.context)
+        described = describe_validation_error(best_match(same_kind))
+        hint = error.schema.get("description", "").strip()
+        where = _key_path(error.absolute_path) or "config"
+        return described if described.endswith(")") or not hint else f"{described} ({where}: {hint})"
     where = _key_path(error.absolute_path) or "config"
     if error.validator == "additionalProperties":
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
@@ -78,6 +93,17 @@ def _key_path(parts) -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+def every_pair(models: dict) -> list[dict]:
+    """`pairs: all`: every unordered pair of the models, in their order (re-randomized floor models excepted)."""
+    import itertools
+
+    real = [name for name, entry in models.items() if "rerandomized" not in entry]
+    if len(real) < 2:
+        raise UserError(f"pairs: all needs at least two models, and models has {len(real)} ({', '.join(real)}); "
+                        "add a model under models or list the pairs")
+    return [{"a": a, "b": b, "floor": False} for a, b in itertools.combinations(real, 2)]
 
 
 def _check_pairs(pairs: list[dict], models: dict) -> None:

@@ -1,0 +1,58 @@
+"""`pairs: all` (issue 22): three real (tiny) models, every pair compared, each model's stages run once."""
+
+import itertools
+import re
+from collections import Counter
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import write_tiny_experiment
+from test_workflow import snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def three_model_run(tiny_models, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("three")
+    config_path = write_tiny_experiment(workdir, tiny_models)
+    config = yaml.safe_load(config_path.read_text())
+    config["models"]["gemma"] = {"path": str(tiny_models["gemma"]), "layers": [1]}
+    config["pairs"] = "all"
+    # Only what the sharing needs: one seed (no ceiling), no controls, no semantic rematch.
+    config["saes"]["seeds"] = [0]
+    config["controls"] = {"enabled": False}
+    config["semantic"] = {"enabled": False}
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))  # the models in their order: neox, llama, gemma
+    snakemake(workdir)
+    return workdir, list(config["models"])
+
+
+def jobs_run(workdir) -> Counter:
+    """{rule: jobs run} from the run's Snakemake log."""
+    log = max((workdir / ".snakemake" / "log").glob("*.snakemake.log")).read_text()
+    return Counter(re.findall(r"^(?:local)?rule (\w+):$", log, re.M))
+
+
+def test_every_pair_of_three_models_is_compared_and_each_model_runs_once(three_model_run):
+    workdir, models = three_model_run
+    pairs = list(itertools.combinations(models, 2))  # every unordered pair, in the order the models are listed
+    assert len(pairs) == 3
+    jobs = jobs_run(workdir)
+    # One preparation per model, one SAE per (model, layer): neox 0 and 2, llama 1, gemma 1.
+    assert jobs["prepare_model"] == 3 and jobs["train_sae"] == 4 and jobs["merge_activations"] == 4
+    assert jobs["encode_features"] == 4 and jobs["evaluate_saes"] == 4
+    # One alignment per pair (three tokenizer pairings), one table per pair.
+    assert jobs["align_positions"] == 3 and jobs["similarity_tables"] == 3
+    for a, b in pairs:
+        table = pd.read_csv(workdir / f"results/similarity/{a}--{b}/table.tsv", sep="\t")
+        layers = {"neox": [0, 2], "llama": [1], "gemma": [1]}
+        assert sorted(zip(table["layer_a"], table["layer_b"])) == list(itertools.product(layers[a], layers[b]))
+        assert set(table["model_a"]) == {a} and set(table["model_b"]) == {b}
+        assert table["n_pairs"].ge(0).all()
+    tidy = pd.read_csv(workdir / "results/similarity/all_scores.tsv", sep="\t")
+    assert set(zip(tidy["model_a"], tidy["model_b"])) == set(pairs)
+    verdict = (workdir / "results/verdict.md").read_text()
+    assert all(f"**{a} vs {b}**" in verdict for a, b in pairs)
