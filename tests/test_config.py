@@ -160,7 +160,7 @@ def test_snakemake_stops_with_one_line_and_no_traceback(tmp_path, mistake, line)
 
 # ---------------------------------------------------------------- the registry of model sources
 
-NOT_SOURCE_KEYS = {"layers", "batch_size", "sae"}  # what a model entry says besides where the model comes from
+NOT_SOURCE_KEYS = {"layers", "batch_size", "sae", "family"}  # what a model entry says besides where the model comes from
 
 
 def model_entry_schema() -> dict:

@@ -4,6 +4,7 @@ import itertools
 import re
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -21,6 +22,9 @@ def three_model_run(tiny_models, tmp_path_factory):
     config = yaml.safe_load(config_path.read_text())
     config["models"]["gemma"] = {"path": str(tiny_models["gemma"]), "layers": [1]}
     config["pairs"] = "all"
+    # Families for the atlas: neox and gemma one family (they share a tokenizer here), llama another.
+    for model, family in (("neox", "fam-x"), ("gemma", "fam-x"), ("llama", "fam-y")):
+        config["models"][model]["family"] = family
     # Only what the sharing needs: one seed (no ceiling), no controls, no semantic rematch.
     config["saes"]["seeds"] = [0]
     config["controls"] = {"enabled": False}
@@ -56,3 +60,21 @@ def test_every_pair_of_three_models_is_compared_and_each_model_runs_once(three_m
     assert set(zip(tidy["model_a"], tidy["model_b"])) == set(pairs)
     verdict = (workdir / "results/verdict.md").read_text()
     assert all(f"**{a} vs {b}**" in verdict for a, b in pairs)
+
+
+def test_the_atlas_sets_every_pair_side_by_side_and_marks_the_same_family(three_model_run):
+    workdir, models = three_model_run
+    atlas = pd.read_csv(workdir / "results/atlas/atlas.tsv", sep="\t")
+    pairs = list(itertools.combinations(models, 2))
+    scores = pd.concat([pd.read_csv(workdir / f"results/similarity/{a}--{b}/scores.tsv", sep="\t") for a, b in pairs])
+    assert len(atlas) == len(scores)
+    merged = atlas.merge(scores, on=["model_a", "model_b", "layer_a", "layer_b", "metric"], suffixes=("", "_scores"))
+    assert len(merged) == len(scores)
+    np.testing.assert_allclose(merged["excess"], merged["observed"] - merged["null_mean"], rtol=2e-5, atol=1e-6)  # 6 digits
+    np.testing.assert_allclose(merged["excess_ci_low"], merged["ci_low"] - merged["null_mean"], rtol=2e-5, atol=1e-6)
+    same = {tuple(sorted(pair)) for pair in zip(atlas.loc[atlas["same_family"], "model_a"],
+                                                 atlas.loc[atlas["same_family"], "model_b"])}
+    assert same == {("gemma", "neox")}
+    assert atlas["same_family"].iloc[0]  # the same-family pair leads the table
+    assert atlas["context_only_excess"].isna().all()  # the controls were off in this run
+    assert (workdir / "results/atlas/atlas.png").stat().st_size > 20_000

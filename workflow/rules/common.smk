@@ -433,6 +433,8 @@ def similarity_targets():
         targets += [f"results/similarity/{a}--{b}/{name}.tsv"
                     for name in ("controls", "context_only_scores", "untrained_scores", "lexical_scores")]
     targets += [f"results/similarity/{a}--{b}/residual_streams.tsv" for a, b in residual_pairs()]
+    if atlas_pairs():
+        targets += ["results/atlas/atlas.tsv", "results/atlas/atlas.png"]
     return targets + ["results/similarity/all_scores.tsv"]
 
 
@@ -461,6 +463,31 @@ def all_ceiling_summaries(wildcards):
 def floor_table(wildcards):
     # Plain data for the verdict script: which pair is the floor control of which.
     return [[*real, *floor] for real, floor in FLOORS.items()]
+
+
+def atlas_pairs():
+    """The real model pairs (floor controls excepted) when there are several: the atlas sets them side by side."""
+    floors = set(FLOORS.values())
+    real = [pair for pair in PAIRS if pair not in floors]
+    return real if len(real) > 1 else []
+
+
+def atlas_score_tables(wildcards):
+    return [f"results/similarity/{a}--{b}/scores.tsv" for a, b in atlas_pairs()]
+
+
+def atlas_context_only_tables(wildcards):
+    return [f"results/similarity/{a}--{b}/context_only_scores.tsv" for a, b in atlas_pairs()
+            if (a, b) in control_pairs()]
+
+
+def model_families(wildcards):
+    # The config's family, else the embedded model's own; "" when unknown.
+    from sae_universality.models.embedded import EMBEDDED
+
+    return {model: entry.get("family") or (EMBEDDED[entry["embedded"]].family if entry.get("embedded") in EMBEDDED
+                                           else "")
+            for model, entry in MODELS.items()}
 
 
 def verdict_inputs(wildcards):

@@ -333,6 +333,25 @@ rule all_scores:
         "../../scripts/all_scores.py"
 
 
+rule atlas:
+    input:
+        scores=atlas_score_tables,
+        context_only=atlas_context_only_tables,
+    output:
+        table=report("results/atlas/atlas.tsv", caption="../report/atlas.rst", category="Atlas"),
+        figure=report("results/atlas/atlas.png", caption="../report/atlas.rst", category="Atlas"),
+    log:
+        "logs/atlas.log",
+    benchmark:
+        "results/benchmarks/atlas.tsv"
+    params:
+        families=model_families,
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/atlas.py"
+
+
 rule verdict:
     input:
         unpack(verdict_inputs),

