@@ -336,7 +336,21 @@ def readme_effects_block(default: str, reference: str) -> Callable[[], str]:
         metrics = [column.removesuffix("_p_adjusted") for column in table if column.endswith("_p_adjusted")]
         everywhere = int((table[[f"{metric}_p_adjusted" for metric in metrics]] < SIGNIFICANCE).all(axis=1).sum())
         at_ten = table[table["layer_b"] == 10]["heldout_svcca_normalized"]
+        lexical = pd.read_csv(root / "lexical_scores.tsv", sep="\t")
+        context = pd.read_csv(root / "context_only_scores.tsv", sep="\t")
+        clear = int(excess_intervals_apart(lexical).sum())
+        surviving = context.groupby(["layer_a", "layer_b"])["significant"].any()
+        share = float(lexical["excess_surviving"].median())
+        # The words follow the median share of the full excess that token identity alone gives.
+        much = "Most of it" if share >= 0.5 else "A good part of it" if share >= 0.2 else "Little of it"
         return "\n".join([
+            f"- {much} is token identity: with each model's activations replaced by",
+            f"  their per-token means (the lexical floor), {int(lexical['significant'].sum())} of {len(lexical)} "
+            f"scores are still above chance, at",
+            f"  {_range(lexical['excess_surviving'])} of the full excess, and the full excess stands clear of the "
+            f"floor's in {clear} of {len(lexical)};",
+            f"  with the token taken out of the codes, {int(surviving.sum())} of {len(surviving)} layer pairs "
+            "still match significantly (docs/results.md).",
             f"- Its effects are small in absolute terms (RSA {_range(rsa)}) and its intervals",
             f"  wide (fractions of the seed-to-seed ceiling of {_range(valid['normalized'], 1)}, give or take up to "
             f"{half_width:.1f});",
@@ -454,6 +468,7 @@ BLOCKS = {
                                                                              "scores.tsv"))),
     "readme-effects": Block(readme_effects_block("docs/figures/default", "docs/figures/reference"),
                             ("docs/figures/default/scores.tsv", "docs/figures/default/semantic.tsv",
+                             "docs/figures/default/lexical_scores.tsv", "docs/figures/default/context_only_scores.tsv",
                              "docs/figures/reference/quality.tsv", "docs/figures/reference/table.tsv",
                              "docs/figures/reference/floor/matching.tsv")),
     "readme-scaling": Block(readme_scaling_block("docs/figures/scaling"),
