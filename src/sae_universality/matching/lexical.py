@@ -26,10 +26,15 @@ from .controls import group_means
 CHUNK_ROWS = 16_384
 
 
+def fit_token_means(blocks, token_ids: np.ndarray, fold: np.ndarray):
+    """(the per-fold token means of the activations in `blocks`, each position's token group, distinct tokens)."""
+    groups, group = np.unique(np.asarray(token_ids, np.int64), return_inverse=True)
+    return group_means(blocks, group, fold, len(groups)), group, len(groups)
+
+
 def token_mean_activations(activations: np.ndarray, token_ids: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """(n, d) float32: each position's activation replaced by the other fold's mean activation of its token."""
-    groups, group = np.unique(np.asarray(token_ids, np.int64), return_inverse=True)
-    means = group_means([np.asarray(activations)], group, fold, len(groups))
+    means, group, _ = fit_token_means([np.asarray(activations)], token_ids, fold)
     return means.removed(np.asarray(fold), group).astype(np.float32)
 
 
@@ -44,9 +49,8 @@ def write_lexical_cache(cache_path: str | Path, out_path: str | Path, chunk_rows
         n_positions, width = activations.shape
         token_ids = source["token_ids"][:]
         fold = (source["window_index"][:] % 2).astype(np.int8)
-        groups, group = np.unique(token_ids, return_inverse=True)
         chunks = (activations[start:start + chunk_rows] for start in range(0, n_positions, chunk_rows))
-        means = group_means(chunks, group, fold, len(groups))
+        means, group, distinct = fit_token_means(chunks, token_ids, fold)
         with atomic_path(out_path, suffix=".h5") as temporary, h5py.File(temporary, "w") as out:
             for name, dataset in source.items():
                 if name != "activations":
@@ -57,4 +61,4 @@ def write_lexical_cache(cache_path: str | Path, out_path: str | Path, chunk_rows
                 stop = min(start + chunk_rows, n_positions)
                 lexical[start:stop] = means.removed(fold[start:stop], group[start:stop])
             out.attrs.update(dict(source.attrs))
-            out.attrs.update(lexical_floor_of=str(cache_path), distinct_tokens=len(groups))
+            out.attrs.update(lexical_floor_of=str(cache_path), distinct_tokens=distinct)

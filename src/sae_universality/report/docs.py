@@ -149,6 +149,30 @@ def _metrics_of(summary: pd.DataFrame) -> list[str]:
             if column.startswith("cross_") and column.endswith("_significant")]
 
 
+def _budgets(summary: pd.DataFrame) -> tuple[int, pd.DataFrame]:
+    """(the study's narrowest SAE width, its variants in order of training tokens): the budget axis."""
+    width = int(summary["d_sae"].min())
+    return width, summary[summary["d_sae"] == width].sort_values("training_tokens").reset_index(drop=True)
+
+
+def _same_text(budgets: pd.DataFrame, tokens: float) -> pd.Series:
+    """The budget whose training tokens are closest to `tokens`: what a wider variant is compared with."""
+    return budgets.iloc[(budgets["training_tokens"] - tokens).abs().argmin()]
+
+
+def _fraction_falls(before: pd.Series, after: pd.Series, metrics: list[str]) -> list[str]:
+    """The metrics whose largest fraction of the seed-to-seed ceiling is smaller `after` than `before`."""
+    return [metric for metric in metrics
+            if after[f"cross_{metric}_best_normalized"] < before[f"cross_{metric}_best_normalized"]]
+
+
+def _keeping_up(falls: list, metrics: list) -> str:
+    """Whether the two models keep up with the seeds, in the words the tables allow."""
+    if len(falls) == len(metrics):
+        return "the two models do not keep up with the seeds"
+    return f"the two models keep up on {len(metrics) - len(falls)} of {len(metrics)} metrics"
+
+
 def scaling_findings(prefix: str) -> Callable[[], str]:
     """The scaling study's findings in words, every number from its committed tables at `prefix`
     (`<prefix>.tsv`, `.cross.tsv`): the budgets of the narrowest SAEs in order, then the width comparison."""
@@ -156,8 +180,7 @@ def scaling_findings(prefix: str) -> Callable[[], str]:
         summary = pd.read_csv(REPOSITORY / f"{prefix}.tsv", sep="\t")
         cross = pd.read_csv(REPOSITORY / f"{prefix}.cross.tsv", sep="\t")
         cross = cross[~cross["model_b"].str.endswith("-rerandomized")]
-        width = int(summary["d_sae"].min())
-        budgets = summary[summary["d_sae"] == width].sort_values("training_tokens").reset_index(drop=True)
+        width, budgets = _budgets(summary)
         metrics = _metrics_of(summary)
         tokens = " to ".join(_thousands(value) for value in budgets["training_tokens"])
         lines = [f"From {tokens} training tokens per SAE ({width:,} latents):"]
@@ -187,23 +210,21 @@ def scaling_findings(prefix: str) -> Callable[[], str]:
         fractions = "; ".join(f"{METRIC_NAMES.get(metric, metric)} {_trend(budgets[f'cross_{metric}_best_normalized'])} "
                               f"({_series(budgets[f'cross_{metric}_best_normalized'])})" for metric in metrics)
         last, before = budgets.iloc[-1], budgets.iloc[-2]
-        falls = [METRIC_NAMES.get(metric, metric) for metric in metrics
-                 if last[f"cross_{metric}_best_normalized"] < before[f"cross_{metric}_best_normalized"]]
+        falls = [METRIC_NAMES.get(metric, metric) for metric in _fraction_falls(before, last, metrics)]
         svcca = cross[(cross["metric"] == "heldout_svcca") & (cross["d_sae"] == width)].dropna(subset=["normalized"])
         best = svcca.loc[svcca["normalized"].idxmax()]
         lines.append(
             f"- *Against the ceiling.* The largest fraction of the seed-to-seed ceiling of any layer pair: {fractions}. "
             f"From {_thousands(before['training_tokens'])} to {_thousands(last['training_tokens'])} the seeds agree "
             f"more ({before['seed_best_match_correlation']:.2f} to {last['seed_best_match_correlation']:.2f}) while "
-            f"that fraction falls on {len(falls)} of {len(metrics)} metrics ({', '.join(falls) or 'none'}): the two "
-            + ("models do not keep up with the seeds." if len(falls) == len(metrics) else "models keep up on the rest.")
-            + f" The closest held-out SVCCA comes to its ceiling: {best['model_a']} {best['layer_a']} / {best['model_b']} "
+            f"that fraction falls on {len(falls)} of {len(metrics)} metrics ({', '.join(falls) or 'none'}): "
+            f"{_keeping_up(falls, metrics)}. The closest held-out SVCCA comes to its ceiling: {best['model_a']} {best['layer_a']} / {best['model_b']} "
             f"{best['layer_b']} at {_thousands(best['training_tokens'])}, observed {best['observed']:.2f} "
             f"[{best['ci_low']:.2f}, {best['ci_high']:.2f}], an excess over chance of {best['excess']:.2f}, and "
             f"{best['normalized']:.2f} [{best['normalized_ci_low']:.2f}, {best['normalized_ci_high']:.2f}] of its "
             "ceiling (the interval carries the ceiling's own).")
         for row in summary[summary["d_sae"] != width].itertuples():
-            narrow = budgets.iloc[(budgets["training_tokens"] - row.training_tokens).abs().argmin()]
+            narrow = _same_text(budgets, row.training_tokens)
             row = row._asdict()
             compared = "; ".join(f"{METRIC_NAMES.get(metric, metric)} {row[f'cross_{metric}_best_excess']:.3f} against "
                                  f"{narrow[f'cross_{metric}_best_excess']:.3f}" for metric in metrics)
@@ -377,8 +398,7 @@ def readme_scaling_block(prefix: str) -> Callable[[], str]:
         quality = pd.read_csv(REPOSITORY / f"{prefix}.quality.tsv", sep="\t")
         cross = pd.read_csv(REPOSITORY / f"{prefix}.cross.tsv", sep="\t")
         ceilings = pd.read_csv(REPOSITORY / f"{prefix}.ceilings.tsv", sep="\t")
-        width = int(summary["d_sae"].min())
-        budgets = summary[summary["d_sae"] == width].sort_values("training_tokens").reset_index(drop=True)
+        width, budgets = _budgets(summary)
         metrics = _metrics_of(summary)
 
         def about(tokens):
@@ -404,8 +424,7 @@ def readme_scaling_block(prefix: str) -> Callable[[], str]:
         before = cross[cross["variant"] == third["variant"]].set_index(["metric", "layer_a", "layer_b"])
         after = cross[cross["variant"] == last["variant"]].set_index(["metric", "layer_a", "layer_b"])
         falls = int((after["excess"] < before["excess"].reindex(after.index)).sum())
-        fraction_falls = sum(last[f"cross_{metric}_best_normalized"] < third[f"cross_{metric}_best_normalized"]
-                             for metric in metrics)
+        fraction_falls = _fraction_falls(third, last, metrics)
         agree = "more" if last["seed_best_match_correlation"] > third["seed_best_match_correlation"] else "less"
         text = (f"With {width:,}-latent SAEs: at about {about(first['training_tokens'])} training tokens per SAE they "
                 f"recover {low:.2f}-{high:.2f} of the loss and {ceilings_above(first)}; at about "
@@ -415,12 +434,12 @@ def readme_scaling_block(prefix: str) -> Callable[[], str]:
                 f"loss; on the whole Wikipedia sample ({about(last['training_tokens'])} per SAE) at least "
                 f"{recovered(last)[0]:.2f}. From {about(third['training_tokens'])} to {about(last['training_tokens'])} "
                 f"the two seeds agree {agree} (best-match correlation {third['seed_best_match_correlation']:.2f} to "
-                f"{last['seed_best_match_correlation']:.2f}), but the two models do not keep up: the excess over "
-                f"chance falls in {falls} of the {len(after)} cross-model cells, and the largest fraction of the "
-                f"seed-to-seed ceiling falls on {fraction_falls} of {len(metrics)} metrics "
+                f"{last['seed_best_match_correlation']:.2f}), and {_keeping_up(fraction_falls, metrics)}: the excess "
+                f"over chance falls in {falls} of the {len(after)} cross-model cells, and the largest fraction of the "
+                f"seed-to-seed ceiling falls on {len(fraction_falls)} of {len(metrics)} metrics "
                 "(docs/figures/scaling.cross.tsv).")
         for row in summary[summary["d_sae"] != width].itertuples():
-            narrow = budgets.iloc[(budgets["training_tokens"] - row.training_tokens).abs().argmin()]
+            narrow = _same_text(budgets, row.training_tokens)
             worse = row.loss_recovered_min < narrow["loss_recovered_min"]
             times = {2: "Twice", 3: "Three times", 4: "Four times", 8: "Eight times"}.get(row.d_sae // width,
                                                                                           f"{row.d_sae // width} times")

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..io import write_tsv
 from ..settings import SimilaritySettings, as_settings
-from .stage import ceilings_of, with_adjusted_p, with_normalized
+from .stage import with_adjusted_p, with_ceiling
 
 LAYER_PAIR = ["model_a", "model_b", "layer_a", "layer_b"]
 FULL_COLUMNS = ["observed", "ci_low", "ci_high", "null_mean", "excess", "p_adjusted", "n_pairs"]
@@ -49,15 +49,6 @@ def beside_full(variant: pd.DataFrame, full: pd.DataFrame, settings: SimilarityS
     full_excess = table["full_excess"].astype(float)
     table["excess_surviving"] = np.where(full_excess > 0, table["excess"].astype(float) / full_excess, np.nan)
     return table
-
-
-def with_ceiling(scores: pd.DataFrame, ceilings: pd.DataFrame, settings: SimilaritySettings) -> pd.DataFrame:
-    """`scores` with their ceiling and the fraction of it (`ceilings_of`, `with_normalized`), as the full table has."""
-    settings = as_settings(SimilaritySettings, settings)
-    scores = scores.drop(columns=[column for column in ("ceiling", "ceiling_null_mean", "ceiling_se", "ceiling_p",
-                                                        "ceiling_valid") if column in scores])
-    scores = pd.concat([scores, ceilings_of(scores, ceilings, settings.significance, settings.bootstrap_level)], axis=1)
-    return with_normalized(scores, settings.significance, settings.bootstrap_level)
 
 
 @dataclass(frozen=True)
@@ -106,6 +97,7 @@ def control_tables(inputs: ControlInputs, settings: SimilaritySettings, outputs:
     def read(paths):
         return pd.concat([pd.read_csv(path, sep="\t") for path in paths], ignore_index=True)
 
+    settings = as_settings(SimilaritySettings, settings)
     full = pd.read_csv(inputs.full_scores, sep="\t")
     controls = pd.concat([read(inputs.controls),
                           baseline_rows(read(inputs.untrained_summaries), "untrained_dictionary"),
@@ -115,8 +107,7 @@ def control_tables(inputs: ControlInputs, settings: SimilaritySettings, outputs:
     if len(context_only):
         # Against the context-only codes' own ceiling: two seeds' context-only codes matched and scored alike.
         context_only = with_ceiling(context_only, read(inputs.context_only_ceilings) if inputs.context_only_ceilings
-                                    else pd.DataFrame(columns=["model", "layer", "metric", "observed", "null_mean", "p"]),
-                                    settings)
+                                    else None, settings.significance, settings.bootstrap_level)
     tables = {"controls": controls, "context_only": context_only,
               "untrained": beside_full(read(inputs.untrained), full, settings),
               "lexical": beside_full(read(inputs.lexical), full, settings)}

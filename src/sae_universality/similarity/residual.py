@@ -35,7 +35,11 @@ from .cca import heldout_svcca
 from .cka import debiased_cka_of_features
 
 COMPARISONS = ("aligned", "token_means", "document_shifted")
-RESIDUAL_METRICS = {"debiased_cka": debiased_cka_of_features, "heldout_svcca": None}
+RESIDUAL_METRICS = {
+    "debiased_cka": lambda X, Y, window, seed: debiased_cka_of_features(X, Y),
+    "heldout_svcca": lambda X, Y, window, seed: heldout_svcca(X, Y, fold_seed=seed, groups=window),
+}
+"""Measure name -> score(X, Y, window of each row, seed): the windows are held out whole where it holds out."""
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,6 @@ def whole_window_sample(window: np.ndarray, positions: int, seed: int) -> np.nda
     return np.isin(window, chosen)
 
 
-def _score(metric: str, X: np.ndarray, Y: np.ndarray, window: np.ndarray, seed: int) -> float:
-    if metric == "heldout_svcca":
-        return heldout_svcca(X, Y, fold_seed=seed, groups=window)
-    return RESIDUAL_METRICS[metric](X, Y)
-
-
 def residual_scores(positions: ResidualPositions, draws: int, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """One row per (metric, comparison): observed, its half-sample interval, and n_positions, n_windows.
 
@@ -92,7 +90,7 @@ def residual_scores(positions: ResidualPositions, draws: int, level: float = 0.9
         values = []
         for _ in range(draws):
             keep = np.isin(window, generator.choice(windows, len(windows) // 2, replace=False))
-            values.append(_score(metric, X[keep], Y[keep], window[keep], seed))
+            values.append(RESIDUAL_METRICS[metric](X[keep], Y[keep], window[keep], seed))
         values = np.asarray(values, dtype=np.float64)
         values = values[np.isfinite(values)]
         if values.size < 2 or not np.isfinite(observed):
@@ -108,7 +106,7 @@ def residual_scores(positions: ResidualPositions, draws: int, level: float = 0.9
     for metric in RESIDUAL_METRICS:
         for comparison in COMPARISONS:
             X, Y = versions[comparison]
-            observed = _score(metric, X, Y, window, seed)
+            observed = RESIDUAL_METRICS[metric](X, Y, window, seed)
             low, high = interval(metric, X, Y, observed) if draws else (np.nan, np.nan)
             rows.append({"metric": metric, "comparison": comparison, "observed": observed, "ci_low": low,
                          "ci_high": high, "n_positions": len(X), "n_windows": len(windows)})

@@ -238,6 +238,22 @@ def with_normalized(scores: pd.DataFrame, significance: float, level: float = 0.
     return scores
 
 
+CEILING_COLUMNS = ["ceiling", "ceiling_null_mean", "ceiling_se", "ceiling_p", "ceiling_valid", "normalized",
+                   "normalized_ci_low", "normalized_ci_high", "normalized_note"]
+"""What `with_ceiling` adds to a score table."""
+
+
+def with_ceiling(scores: pd.DataFrame, ceilings: pd.DataFrame | None, significance: float,
+                 level: float = 0.95) -> pd.DataFrame:
+    """`scores` with their ceiling (`ceilings_of`) and the fraction of it (`with_normalized`), computed anew:
+    any CEILING_COLUMNS the table had are replaced. `ceilings` None: there is none (one seed)."""
+    if ceilings is None:
+        ceilings = pd.DataFrame(columns=["model", "layer", "metric", "observed", "null_mean", "p"])
+    scores = scores.drop(columns=[column for column in CEILING_COLUMNS if column in scores])
+    scores = pd.concat([scores, ceilings_of(scores, ceilings, significance, level)], axis=1)
+    return with_normalized(scores, significance, level)
+
+
 WIDE_VALUES = ["observed", "ci_low", "ci_high", "null_mean", "excess", "z", "p", "p_adjusted", "normalized",
                "normalized_ci_low", "normalized_ci_high", "normalized_note", "random_subset_mean"]
 
@@ -256,10 +272,9 @@ def pair_table(score_files: list, ceiling_files: list, out_wide: str | Path, out
     significance = settings.significance
     scores = pd.concat([pd.read_csv(path, sep="\t") for path in score_files], ignore_index=True)
     ceilings = (pd.concat([pd.read_csv(path, sep="\t") for path in ceiling_files], ignore_index=True)
-                if ceiling_files else pd.DataFrame(columns=["model", "layer", "metric", "observed", "null_mean", "p"]))
+                if ceiling_files else None)
     scores = with_adjusted_p(scores, settings.p_adjust, ["metric"])
-    scores = pd.concat([scores, ceilings_of(scores, ceilings, significance, settings.bootstrap_level)], axis=1)
-    scores = with_normalized(scores, significance, settings.bootstrap_level)
+    scores = with_ceiling(scores, ceilings, significance, settings.bootstrap_level)
     scores["significant"] = scores["p_adjusted"] < significance
     keys = ["model_a", "model_b", "layer_a", "layer_b"]
     wide = scores.pivot_table(index=keys, columns="metric", values=WIDE_VALUES, aggfunc="first", dropna=False)

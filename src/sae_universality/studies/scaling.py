@@ -203,23 +203,17 @@ def collect(root: Path, kept: dict[str, pd.DataFrame] | None = None) -> dict[str
     return collected
 
 
-CEILING_COLUMNS = ["ceiling", "ceiling_null_mean", "ceiling_se", "ceiling_p", "ceiling_valid", "normalized",
-                   "normalized_ci_low", "normalized_ci_high", "normalized_note"]
-
-
 def renormalized(cross: pd.DataFrame, ceilings: pd.DataFrame, significance: float = 0.05,
                  level: float = 0.95) -> pd.DataFrame:
     """The cross-model rows with their ceiling and normalized score computed again from the ceilings table,
-    variant by variant, as the similarity stage computes them now (`ceilings_of`, `with_normalized`): a
-    collection keeps the variants of earlier runs, and their intervals then carry the ceiling's own too."""
-    from ..similarity.stage import ceilings_of, with_normalized
+    variant by variant, as the similarity stage computes them now (`with_ceiling`): a collection keeps the
+    variants of earlier runs, and their intervals then carry the ceiling's own too."""
+    from ..similarity.stage import CEILING_COLUMNS, with_ceiling
 
     parts = []
     for variant, rows in cross.groupby("variant", sort=False):
-        rows = rows.drop(columns=[column for column in CEILING_COLUMNS if column in rows])
-        own = ceilings[ceilings["variant"] == variant] if len(ceilings) else ceilings
-        rows = pd.concat([rows, ceilings_of(rows, own, significance, level)], axis=1)
-        parts.append(with_normalized(rows, significance, level))
+        own = ceilings[ceilings["variant"] == variant] if len(ceilings) else None
+        parts.append(with_ceiling(rows, own, significance, level))
     order = [column for column in cross.columns if column in parts[0].columns] if parts else list(cross.columns)
     return pd.concat(parts)[[*order, *[c for c in CEILING_COLUMNS if c not in order]]] if parts else cross
 
@@ -320,28 +314,28 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sorted_series(cells: pd.DataFrame, keys: list[str], value, low, high) -> pd.DataFrame:
+    """Per (cell key, width), sorted by training tokens: `value` with its interval [low, high] (named excess,
+    excess_low, excess_high, as the figure reads them) and the table's own `significant` mark."""
+    series = cells[[*keys, "d_sae", "training_tokens"]].copy()
+    series["excess"], series["excess_low"], series["excess_high"] = value, low, high
+    series["significant"] = cells["significant"].astype(bool)
+    return series.sort_values([*keys, "d_sae", "training_tokens"], kind="stable").reset_index(drop=True)
+
+
 def excess_series(cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per (cell key, width), sorted by training tokens: the excess over chance and its 95% interval.
 
     The interval is the observed score's half-sample interval shifted by the same null mean, so it is the
     uncertainty of the excess given the null; `significant` is the table's own mark (adjusted p or
-    above_chance)."""
-    series = cells[[*keys, "d_sae", "training_tokens"]].copy()
-    series["excess"] = cells["observed"] - cells["null_mean"]  # the tables round their excess column; this matches the interval
-    series["excess_low"] = cells["ci_low"] - cells["null_mean"]
-    series["excess_high"] = cells["ci_high"] - cells["null_mean"]
-    series["significant"] = cells["significant"].astype(bool)
-    return series.sort_values([*keys, "d_sae", "training_tokens"], kind="stable").reset_index(drop=True)
+    above_chance). The tables round their excess column; observed - null matches the interval."""
+    null = cells["null_mean"]
+    return _sorted_series(cells, keys, cells["observed"] - null, cells["ci_low"] - null, cells["ci_high"] - null)
 
 
 def fraction_series(cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Like `excess_series`, the cross-model score as a fraction of the ceiling (columns named as there)."""
-    series = cells[[*keys, "d_sae", "training_tokens"]].copy()
-    series["excess"] = cells["normalized"]
-    series["excess_low"] = cells["normalized_ci_low"]
-    series["excess_high"] = cells["normalized_ci_high"]
-    series["significant"] = cells["significant"].astype(bool)
-    return series.sort_values([*keys, "d_sae", "training_tokens"], kind="stable").reset_index(drop=True)
+    """Like `excess_series`, the cross-model score as a fraction of the ceiling, with its (Fieller) interval."""
+    return _sorted_series(cells, keys, cells["normalized"], cells["normalized_ci_low"], cells["normalized_ci_high"])
 
 
 def plot_study(tables: dict[str, pd.DataFrame], out_path: Path) -> None:
