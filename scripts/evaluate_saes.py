@@ -9,10 +9,10 @@ from sae_universality.settings import SaeSettings
 def main(snakemake):
     evaluate_layer(
         EvaluationInputs({Path(sae).name: sae for sae in snakemake.input.saes}, snakemake.input.cache,
-                         snakemake.input.manifest, snakemake.input.windows),
+                         snakemake.input.downstream),
         snakemake.output.quality,
         ModelLayer(snakemake.wildcards.model, int(snakemake.wildcards.layer)),
-        SaeSettings(held_out_every=snakemake.params.held_out_every, loss_windows=snakemake.params.loss_windows),
+        SaeSettings(held_out_every=snakemake.params.held_out_every),
     )
 
 

@@ -119,6 +119,22 @@ def test_pairs_all_is_every_unordered_pair_in_the_order_of_the_models():
     assert pairs == [("smollm2", "gemma3"), ("smollm2", "third"), ("gemma3", "third")]  # no floor model in them
 
 
+def test_a_pair_may_compare_a_subset_of_each_models_layers():
+    from sae_universality.config import pair_layers
+
+    config = copy.deepcopy(DEFAULT)
+    config["models"]["third"] = copy.deepcopy(config["models"]["gemma3"])
+    config["pairs"] = [{"a": "smollm2", "b": "gemma3", "layers_b": [14]}, {"a": "gemma3", "b": "third"}]
+    layers = pair_layers(check_config(config, SCHEMA))
+    assert layers[("smollm2", "gemma3")] == (sorted(DEFAULT["models"]["smollm2"]["layers"]), [14])
+    assert layers[("gemma3", "third")] == (sorted(DEFAULT["models"]["gemma3"]["layers"]),) * 2
+    config = copy.deepcopy(DEFAULT)
+    config["pairs"] = [{"a": "smollm2", "b": "gemma3", "layers_a": [9, 4, 5]}]
+    with pytest.raises(UserError, match=r"^pairs\[0\]\.layers_a: layer\(s\) 4, 5 of smollm2 are not in "
+                                        r"models\.smollm2\.layers \(9, 15\); add them there or remove them here$"):
+        check_config(config, SCHEMA)
+
+
 def test_missing_source_and_missing_path(tmp_path):
     with pytest.raises(UserError, match=r"models.gemma3: give exactly one of hf, path, embedded, gguf, rerandomized \(found none\)"):
         checked(remove=("models.gemma3.embedded",))

@@ -48,6 +48,7 @@ def test_every_pair_of_three_models_is_compared_and_each_model_runs_once(three_m
     # One preparation per model, one SAE per (model, layer): neox 0 and 2, llama 1, gemma 1.
     assert jobs["prepare_model"] == 3 and jobs["train_sae"] == 4 and jobs["merge_activations"] == 4
     assert jobs["encode_features"] == 4 and jobs["evaluate_saes"] == 4
+    assert jobs["downstream_loss"] == 3, "one downstream-loss job per model: its clean pass serves all its layers"
     # One alignment per pair (three tokenizer pairings), one table per pair.
     assert jobs["align_positions"] == 3 and jobs["similarity_tables"] == 3
     for a, b in pairs:

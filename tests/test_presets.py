@@ -12,6 +12,7 @@ layer pair is what the dry runs show.
 """
 
 import http.server
+import itertools
 import json
 import os
 import re
@@ -77,7 +78,7 @@ def fresh_workdir(path: Path) -> Path:
 
 def test_presets_folder_holds_both_variants_of_both_experiments_and_own_saes():
     # Besides the paper's experiments: the scaling study's base config and the reference experiment (issue 12).
-    assert sorted(path.stem for path in PRESETS.glob("*.yaml")) == sorted([*NAMES, "scaling", "reference"])
+    assert sorted(path.stem for path in PRESETS.glob("*.yaml")) == sorted([*NAMES, "scaling", "reference", "atlas"])
 
 
 def test_scaling_preset_and_every_study_variant_are_valid_configs():
@@ -370,6 +371,33 @@ def test_dry_run_lists_every_layer_pair_without_the_hub(dry_runs, name):
         # Published SAEs are loaded; only the floor's are trained (one per seed, the schema's default [0]).
         assert counts.get("train_sae", 0) == (len(layers_b) if floor else 0)
     assert "smollm2" not in output and "gemma3" not in output, "the preset replaces config.yaml"
+
+
+def test_the_atlas_dry_run_lists_every_job_of_four_models_and_six_pairs_without_the_hub(tmp_path):
+    """presets/atlas.yaml: each model's work once for all its pairs, the depth grid on the Qwen pair only."""
+    preset, output = load_preset("atlas"), dry_run("atlas", tmp_path)
+    models = preset["models"]
+    assert len(models) == 4 and len(preset["pairs"]) == 6
+    assert {frozenset((pair["a"], pair["b"])) for pair in preset["pairs"]} == {
+        frozenset(pair) for pair in itertools.combinations(models, 2)}, "every unordered pair of the four"
+    counts = job_counts(output)
+    layers = {model: entry["layers"] for model, entry in models.items()}
+    model_layers = sum(map(len, layers.values()))
+    n_layer_pairs = 0
+    for pair in preset["pairs"]:
+        a, b = pair["a"], pair["b"]
+        expected = set(product(pair.get("layers_a", layers[a]), pair.get("layers_b", layers[b])))
+        assert layer_pairs_listed(output, f"{a}--{b}") == expected, (a, b)
+        n_layer_pairs += len(expected)
+    assert len(layers["qwen05"]) >= 6 and len(layers["qwen15"]) >= 6
+    assert n_layer_pairs == 36 + 4 + 4
+    assert counts["prepare_model"] == 4 and counts["align_positions"] == 6 and counts["build_corpus"] == 1
+    assert counts["cache_activations"] == 4 * preset["activations"]["shards"]
+    assert counts["train_sae"] == 2 * model_layers and counts["downstream_loss"] == 4
+    for rule in ("match_features", "match_controls", "score_matches", "score_context_only"):
+        assert counts[rule] == n_layer_pairs, rule
+    assert counts["depth_profile"] == 1 and "results/similarity/qwen05--qwen15/depth.png" in output
+    assert counts["atlas"] == 1 and counts["similarity_tables"] == 6
 
 
 # ---------------------------------------------------------------- runs on the stand-in hub

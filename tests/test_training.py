@@ -480,3 +480,86 @@ def test_seed_stability_is_the_best_one_to_one_assignment_of_decoder_cosines():
     assert found["fraction_shared"] == pytest.approx((assigned >= 0.7).mean())
     assert seed_stability(W_a, W_a[order])["fraction_shared"] == 1.0  # the same dictionary, reordered
     assert seed_stability(W_a, W_a)["decoder_cosine_mean"] == pytest.approx(1.0)
+
+
+def four_architectures():
+    """Tiny random Llama, GPT-NeoX, Gemma-3 (sliding and global layers, soft-capped logits) and Qwen2 models."""
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
+                              LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+    torch.manual_seed(3)
+    shape = dict(vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+                 max_position_embeddings=32)
+    models = {
+        "llama": LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **shape)),
+        "gpt_neox": GPTNeoXForCausalLM(GPTNeoXConfig(**shape)),
+        "gemma3": Gemma3ForCausalLM(Gemma3TextConfig(num_key_value_heads=1, head_dim=8, sliding_window=4,
+                                                     layer_types=["sliding_attention", "full_attention"] * 2,
+                                                     final_logit_softcapping=3.0, **shape)),
+        "qwen2": Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=1, **shape)),
+    }
+    return {name: model.eval() for name, model in models.items()}
+
+
+def reference_spliced_loss(model, input_ids, attention_mask, layer, replace):
+    """Float64 next-token loss from the model's own full logits, block `layer`'s output replaced by replace(output)."""
+    from sae_universality.models.loading import decoder_layers
+
+    def hook(module, inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = replace(hidden)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook) if replace is not None else None
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.double()
+    finally:
+        if handle is not None:
+            handle.remove()
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, input_ids[:, 1:, None])[..., 0]
+    counted = (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
+    return float(-log_probs[counted].sum() / counted.sum())
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt_neox", "gemma3", "qwen2"])
+def test_layers_evaluated_from_one_clean_pass_equal_full_passes_with_full_logits(architecture):
+    """Replayed block outputs and the chunked head give the losses of full forward passes, on every architecture."""
+    from sae_universality.saes.evaluation import downstream_losses_of_layers, next_token_loss_sum
+
+    model = four_architectures()[architecture]
+    input_ids = torch.randint(0, 60, (5, 12), generator=torch.Generator().manual_seed(4))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[3, 7:] = 0  # a shorter window, padded
+    splice_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    splice_mask[:, :2] = False
+    noisy = identity_sae(16)
+    with torch.no_grad():
+        noisy.W_dec.mul_(0.4)
+    saes_by_layer = {0: [noisy], 2: [identity_sae(16), noisy]}
+    results = downstream_losses_of_layers(model, input_ids, saes_by_layer, attention_mask, splice_mask,
+                                          windows_per_pass=2)
+
+    def splice(value):
+        return lambda hidden: torch.where(splice_mask[..., None], value(hidden).to(hidden.dtype), hidden)
+
+    clean = reference_spliced_loss(model, input_ids, attention_mask, 0, None)
+    for layer, saes in saes_by_layer.items():
+        zero = reference_spliced_loss(model, input_ids, attention_mask, layer, splice(torch.zeros_like))
+        assert abs(zero - clean) > 1e-3
+        for sae, row in zip(saes, results[layer]):
+            expected = reference_spliced_loss(model, input_ids, attention_mask, layer, splice(lambda h, s=sae: s(h.float())))
+            assert row["ce_clean"] == pytest.approx(clean, rel=1e-5)
+            assert row["ce_zero"] == pytest.approx(zero, rel=1e-5)
+            assert row["ce_sae"] == pytest.approx(expected, rel=1e-5)
+            assert row["loss_tokens"] == 5 * 11 - 5
+    assert results[2][0]["fraction_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert results[0][0]["ce_sae"] != results[2][1]["ce_sae"]
+    # Chunking the head changes nothing but the memory it takes.
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    whole, tokens = next_token_loss_sum(model, hidden, input_ids, attention_mask)
+    chunked, _ = next_token_loss_sum(model, hidden, input_ids, attention_mask, chunk_positions=7)
+    assert whole / tokens == pytest.approx(clean, rel=1e-5) and chunked == pytest.approx(whole, rel=1e-6)
+    # The blocks are the model's own again afterwards.
+    from sae_universality.models.loading import decoder_layers
+    assert not any(type(block).__name__ == "_Replay" for block in decoder_layers(model))

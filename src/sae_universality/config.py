@@ -114,6 +114,13 @@ def _check_pairs(pairs: list[dict], models: dict) -> None:
                 raise UserError(
                     f"pairs[{index}].{side}: model '{pair[side]}' is not defined; use one of {', '.join(models)} or add it under models"
                 )
+        for side in ("a", "b"):
+            chosen, available = pair.get(f"layers_{side}"), models[pair[side]].get("layers", [])
+            outside = sorted(set(chosen or []) - set(available))
+            if outside:
+                raise UserError(f"pairs[{index}].layers_{side}: layer(s) {', '.join(map(str, outside))} of "
+                                f"{pair[side]} are not in models.{pair[side]}.layers ({', '.join(map(str, available))}); "
+                                "add them there or remove them here")
         key = (pair["a"], pair["b"])
         if key in seen:
             raise UserError(f"pairs[{index}]: {pair['a']} vs {pair['b']} is listed twice; remove one")
@@ -146,9 +153,19 @@ def _add_floor_controls(config: dict) -> bool:
             raise UserError(f"models.{floor}: the floor control of pairs[{index}] needs this id for a re-randomized "
                             f"copy of {pair['b']}; rename that model")
         if not any(other["a"] == pair["a"] and other["b"] == floor for other in config["pairs"]):
-            config["pairs"].append({"a": pair["a"], "b": floor, "floor": False})
+            config["pairs"].append({"a": pair["a"], "b": floor, "floor": False,
+                                    **{key: pair[key] for key in ("layers_a", "layers_b") if key in pair}})
         added = True
     return added
+
+
+def pair_layers(config: dict) -> dict[tuple[str, str], tuple[list[int], list[int]]]:
+    """{(a, b): (layers of a, layers of b)} compared in each pair (after check_config): the pair's
+    `layers_a`/`layers_b` where set, else all of the model's layers; sorted."""
+    models = config["models"]
+    return {(pair["a"], pair["b"]): (sorted(pair.get("layers_a") or models[pair["a"]]["layers"]),
+                                     sorted(pair.get("layers_b") or models[pair["b"]]["layers"]))
+            for pair in config["pairs"]}
 
 
 def floor_controls(config: dict) -> dict[tuple[str, str], tuple[str, str]]:

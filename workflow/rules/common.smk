@@ -2,7 +2,7 @@
 import functools
 import sys
 
-from sae_universality.config import check_config, floor_controls, sae_names
+from sae_universality.config import check_config, floor_controls, pair_layers, sae_names
 from sae_universality.errors import UserError
 from sae_universality.models.sources import check_model_entries, source_entry
 from sae_universality.saes.stage import sae_settings
@@ -17,6 +17,8 @@ MODELS = config["models"]
 # Real pairs and their floor controls alike (a pair with `floor: true` adds one: see config.py).
 PAIRS = [(pair["a"], pair["b"]) for pair in config["pairs"]]
 FLOORS = floor_controls(config)
+# The layers each pair compares: all of each model's, unless the pair names a subset (layers_a, layers_b).
+PAIR_LAYERS = pair_layers(config)
 N_SHARDS = config["activations"]["shards"]
 
 
@@ -123,8 +125,14 @@ def sae_targets():
 
 
 def saes_of_layer(wildcards):
-    # Every SAE of one (model, layer) is evaluated in one job: the model's clean and zero-ablation passes are shared.
+    # Every SAE of one (model, layer) is evaluated in one job: the held-out positions are read once.
     return [f"results/saes/{wildcards.model}/layer{wildcards.layer}/{sae}" for sae in saes_of(wildcards.model)]
+
+
+def saes_of_model(wildcards):
+    # The downstream loss of every SAE of a model in one job: its clean pass serves every layer.
+    model = wildcards.model
+    return [f"results/saes/{model}/layer{layer}/{sae}" for layer in sorted(MODELS[model]["layers"]) for sae in saes_of(model)]
 
 
 def quality_rows(wildcards):
@@ -143,7 +151,8 @@ def code_targets():
 
 
 def layer_pairs(model_a, model_b):
-    return [(la, lb) for la in sorted(MODELS[model_a]["layers"]) for lb in sorted(MODELS[model_b]["layers"])]
+    layers_a, layers_b = PAIR_LAYERS[(model_a, model_b)]
+    return [(la, lb) for la in layers_a for lb in layers_b]
 
 
 def matching_inputs(wildcards):
@@ -417,9 +426,10 @@ def context_only_score_inputs(wildcards):
 
 def pair_ceiling_files(wildcards):
     files = []
-    for model in (wildcards.model_a, wildcards.model_b):
+    layers = PAIR_LAYERS[(wildcards.model_a, wildcards.model_b)]
+    for model, compared in zip((wildcards.model_a, wildcards.model_b), layers):
         if has_ceiling(model):
-            files += [f"results/similarity/ceiling/{model}/layer{layer}.tsv" for layer in sorted(MODELS[model]["layers"])]
+            files += [f"results/similarity/ceiling/{model}/layer{layer}.tsv" for layer in compared]
     return sorted(set(files))
 
 
@@ -435,6 +445,8 @@ def similarity_targets():
     targets += [f"results/similarity/{a}--{b}/residual_streams.tsv" for a, b in residual_pairs()]
     if atlas_pairs():
         targets += ["results/atlas/atlas.tsv", "results/atlas/atlas.png"]
+    targets += [f"results/similarity/{a}--{b}/{name}" for a, b in depth_pairs()
+                for name in ("depth.tsv", "depth_trend.tsv", "depth.png")]
     return targets + ["results/similarity/all_scores.tsv"]
 
 
@@ -470,6 +482,13 @@ def atlas_pairs():
     floors = set(FLOORS.values())
     real = [pair for pair in PAIRS if pair not in floors]
     return real if len(real) > 1 else []
+
+
+def depth_pairs():
+    """The pairs that compare enough layers of each model to read similarity over depth."""
+    from sae_universality.report.depth import MIN_LAYERS
+
+    return [pair for pair in PAIRS if min(map(len, PAIR_LAYERS[pair])) >= MIN_LAYERS]
 
 
 def atlas_score_tables(wildcards):

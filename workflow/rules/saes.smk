@@ -62,12 +62,32 @@ rule untrained_sae:
         "../../scripts/untrained_sae.py"
 
 
+rule downstream_loss:
+    input:
+        saes=saes_of_model,
+        manifest="resources/models/{model}/manifest.json",
+        windows="resources/corpus/windows.jsonl",
+    output:
+        table="results/saes/{model}/downstream.tsv",
+    log:
+        "logs/downstream_loss/{model}.log",
+    benchmark:
+        "results/benchmarks/downstream_loss/{model}.tsv"
+    params:
+        held_out_every=config["saes"]["held_out_every"],
+        loss_windows=config["saes"]["loss_windows"],
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/downstream_loss.py"
+
+
 rule evaluate_saes:
     input:
         saes=saes_of_layer,
         cache="results/activations/{model}/layer{layer}.h5",
-        manifest="resources/models/{model}/manifest.json",
-        windows="resources/corpus/windows.jsonl",
+        downstream="results/saes/{model}/downstream.tsv",
     output:
         quality="results/saes/{model}/layer{layer}/quality.tsv",
     log:
@@ -76,7 +96,6 @@ rule evaluate_saes:
         "results/benchmarks/evaluate_saes/{model}/layer{layer}.tsv"
     params:
         held_out_every=config["saes"]["held_out_every"],
-        loss_windows=config["saes"]["loss_windows"],
     threads: 1
     conda:
         "../../envs/workflow.yaml"

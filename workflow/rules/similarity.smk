@@ -352,6 +352,28 @@ rule atlas:
         "../../scripts/atlas.py"
 
 
+rule depth_profile:
+    input:
+        scores="results/similarity/{model_a}--{model_b}/scores.tsv",
+        manifest_a="resources/models/{model_a}/manifest.json",
+        manifest_b="resources/models/{model_b}/manifest.json",
+    output:
+        profile=report("results/similarity/{model_a}--{model_b}/depth.tsv", caption="../report/depth.rst",
+                       category="Depth"),
+        trend=report("results/similarity/{model_a}--{model_b}/depth_trend.tsv", caption="../report/depth.rst",
+                     category="Depth"),
+        figure=report("results/similarity/{model_a}--{model_b}/depth.png", caption="../report/depth.rst",
+                      category="Depth"),
+    log:
+        "logs/depth_profile/{model_a}--{model_b}.log",
+    benchmark:
+        "results/benchmarks/depth_profile/{model_a}--{model_b}.tsv"
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/depth_profile.py"
+
+
 rule verdict:
     input:
         unpack(verdict_inputs),

@@ -64,10 +64,20 @@ class EvaluationInputs:
     """SAE name (seed0, pretrained, ...) -> saved SAE."""
     cache_path: str | Path
     """The layer's activation cache."""
+    downstream_path: str | Path
+    """The model's downstream-loss table (`downstream_of_model`), whose rows for this layer are joined."""
+
+
+@dataclass(frozen=True)
+class DownstreamInputs:
+    """What the downstream loss of every SAE of one model reads."""
+
+    sae_dirs: Mapping[int, Mapping[str, str | Path]]
+    """Layer -> SAE name -> saved SAE."""
     manifest_path: str | Path
-    """The model's manifest (to load it for the downstream loss)."""
+    """The model's manifest (to load it)."""
     windows_path: str | Path
-    """The corpus windows (the held-out text of the downstream loss)."""
+    """The corpus windows (the held-out text of the loss)."""
 
 
 def held_out_mask(window_index: np.ndarray, held_out_every: int) -> np.ndarray:
@@ -163,35 +173,89 @@ def cache_width(cache_path: str | Path) -> int:
         return int(cache["activations"].shape[1])
 
 
+DOWNSTREAM_COLUMNS = ("ce_clean", "ce_sae", "ce_zero", "fraction_recovered", "loss_tokens", "uniform_loss")
+
+
+def sae_dirs_by_layer(paths) -> dict[int, dict[str, str]]:
+    """results/saes/{model}/layer{L}/{sae} paths -> {L: {sae: path}}, in the order given."""
+    grouped: dict[int, dict[str, str]] = {}
+    for path in map(Path, paths):
+        grouped.setdefault(int(path.parent.name.removeprefix("layer")), {})[path.name] = str(path)
+    return grouped
+
+
+def downstream_of_model(inputs: DownstreamInputs, out_path: str | Path, model_name: str,
+                        settings: SaeSettings) -> pd.DataFrame:
+    """Downstream loss of every SAE of one model -> a TSV with a row per (layer, SAE).
+
+    Over the first `settings.loss_windows` held-out windows: the clean loss, the
+    loss with the SAE's reconstruction spliced in at its layer, with the layer
+    zero-ablated, the fraction recovered, loss_tokens (how many predicted tokens)
+    and uniform_loss (log of the vocabulary: a working model lies far below it).
+    The model is loaded once and its clean pass serves every layer and SAE
+    (`evaluation.downstream_losses_of_layers`). With loss_windows 0 the rows are
+    NaN and the model is not loaded.
+    """
+    rows = [{"model": model_name, "layer": layer, "sae": name}
+            for layer, dirs in inputs.sae_dirs.items() for name in dirs]
+    if settings.loss_windows <= 0:
+        table = pd.DataFrame([{**row, **dict.fromkeys(DOWNSTREAM_COLUMNS, np.nan), "loss_tokens": 0} for row in rows])
+        write_tsv(table, out_path)
+        return table
+    import torch
+
+    from ..activations.cache import prepare_tokenizer, tokenize_windows
+    from ..devices import torch_device
+    from ..models.sources import load_model
+    from ..text.corpus import read_windows
+    from .evaluation import downstream_losses_of_layers
+    from .formats import load_sae
+
+    device = torch_device()
+    model, tokenizer, _ = load_model(inputs.manifest_path, device=device)
+    windows = [w for w in read_windows(inputs.windows_path)
+               if held_out_mask(w.window_index, settings.held_out_every)][:settings.loss_windows]
+    if not windows:
+        raise UserError(f"{model_name}: no held-out windows for the downstream loss; raise corpus.token_budget "
+                        "or lower saes.held_out_every")
+    prepare_tokenizer(tokenizer)
+    batch = tokenize_windows(tokenizer, windows)
+    saes = {layer: [load_sae("saelens", path=path).to(device) for path in dirs.values()]
+            for layer, dirs in inputs.sae_dirs.items()}
+    losses = downstream_losses_of_layers(model, batch.input_ids.to(device), saes,
+                                         attention_mask=batch.attention_mask.to(device),
+                                         splice_mask=torch.from_numpy(batch.keep).to(device))
+    # A working model's clean loss lies far below a uniform guess over its vocabulary; a broken one's not.
+    uniform = float(np.log(model.get_output_embeddings().weight.shape[0]))
+    table = pd.DataFrame([{"model": model_name, "layer": layer, "sae": name, **loss, "uniform_loss": uniform}
+                          for layer, dirs in inputs.sae_dirs.items()
+                          for name, loss in zip(dirs, losses[layer])])
+    write_tsv(table, out_path)
+    print(table.to_string(), file=sys.stderr)
+    return table
+
+
 def evaluate_layer(inputs: EvaluationInputs, out_path: str | Path, model_layer: ModelLayer, settings: SaeSettings,
                    batch_size: int = 4096) -> pd.DataFrame:
     """Quality of the SAEs of one (model, layer) on held-out positions -> a TSV with a row per SAE.
 
     Per SAE of `inputs.sae_dirs`: fvu, explained_variance, mean_l0, dead_fraction
-    over every held-out position; downstream loss (clean, SAE spliced in at the
-    layer, zero ablation, fraction recovered, and loss_tokens: how many predicted
-    tokens) over the first `settings.loss_windows` held-out windows. The model is
-    loaded once and its clean and zero-ablation passes are shared by the SAEs.
-    Every SAE after the first also gets its seed stability against the first
+    over every held-out position, then the downstream-loss columns of this layer's
+    rows of `inputs.downstream_path` (`downstream_of_model`). Every SAE after the
+    first also gets its seed stability against the first
     (`evaluation.seed_stability`: decoder_cosine_mean, fraction_shared; NaN on the
     first row). `settings.held_out_every` must equal training's, or the SAE would be judged on
     text it was trained on. Rows are labelled with `model_layer`; batch_size: held-out
     positions per batch.
     """
-    import torch
-
-    from ..text.corpus import read_windows
-    from ..devices import torch_device
-    from ..models.sources import load_model
-    from .formats import load_sae
     from ..activations.batches import read_rows
-    from .evaluation import downstream_losses, evaluate_saes, seed_stability
+    from .evaluation import evaluate_saes, seed_stability
+    from .formats import load_sae
 
     sae_dirs, cache_path = inputs.sae_dirs, inputs.cache_path
     model_name, layer = model_layer.model_name, model_layer.layer
-    held_out_every, loss_windows = settings.held_out_every, settings.loss_windows
     saes = {name: load_sae("saelens", path=path) for name, path in sae_dirs.items()}
-    _, held_out_rows = split_rows(cache_path, held_out_every)
+    _, held_out_rows = split_rows(cache_path, settings.held_out_every)
     if len(held_out_rows) == 0:
         raise UserError(f"{model_name} layer {layer}: no held-out positions; raise corpus.token_budget or lower saes.held_out_every")
 
@@ -204,25 +268,14 @@ def evaluate_layer(inputs: EvaluationInputs, out_path: str | Path, model_layer: 
     rows = [{"model": model_name, "layer": layer, "sae": name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
              "architecture": sae.cfg.architecture, "k": sae.cfg.k, **reconstruction}
             for (name, sae), reconstruction in zip(saes.items(), evaluate_saes(list(saes.values()), held_out_batches()))]
-    no_loss = {"ce_clean": np.nan, "ce_sae": np.nan, "ce_zero": np.nan, "fraction_recovered": np.nan, "loss_tokens": 0,
-               "uniform_loss": np.nan}
-    losses = [no_loss] * len(rows)
-    if loss_windows > 0:
-        device = torch_device()
-        model, tokenizer, _ = load_model(inputs.manifest_path, device=device)
-        windows = [w for w in read_windows(inputs.windows_path) if held_out_mask(w.window_index, held_out_every)][:loss_windows]
-        from ..activations.cache import prepare_tokenizer, tokenize_windows
-
-        prepare_tokenizer(tokenizer)
-        batch = tokenize_windows(tokenizer, windows)
-        losses = downstream_losses(
-            model, batch.input_ids.to(device), layer, [sae.to(device) for sae in saes.values()],
-            attention_mask=batch.attention_mask.to(device), splice_mask=torch.from_numpy(batch.keep).to(device),
-        )
-        # A working model's clean loss lies far below a uniform guess over its vocabulary; a broken one's not.
-        uniform = float(np.log(model.get_output_embeddings().weight.shape[0]))
-        losses = [{**loss, "uniform_loss": uniform} for loss in losses]
-    table = pd.DataFrame([{**quality, **loss} for quality, loss in zip(rows, losses)])
+    downstream = pd.read_csv(inputs.downstream_path, sep="\t")
+    downstream = downstream[downstream["layer"] == layer].set_index("sae")
+    missing = [name for name in saes if name not in downstream.index]
+    if missing:
+        raise UserError(f"{inputs.downstream_path} has no downstream loss for {model_name} layer {layer} "
+                        f"SAE(s) {', '.join(missing)}; rerun its downstream_loss job")
+    table = pd.DataFrame([{**row, **downstream.loc[row["sae"], list(DOWNSTREAM_COLUMNS)].to_dict()} for row in rows])
+    table["loss_tokens"] = table["loss_tokens"].astype(int)
     # Every SAE after the first against the first: the seeds' agreement as the literature reports it.
     first = next(iter(saes.values()))
     stability = [{"decoder_cosine_mean": np.nan, "fraction_shared": np.nan}] + [
