@@ -563,3 +563,20 @@ def test_layers_evaluated_from_one_clean_pass_equal_full_passes_with_full_logits
     # The blocks are the model's own again afterwards.
     from sae_universality.models.loading import decoder_layers
     assert not any(type(block).__name__ == "_Replay" for block in decoder_layers(model))
+
+
+def test_downstream_rows_are_grouped_by_layer_and_skipped_without_loading_a_model(tmp_path):
+    import pandas as pd
+
+    from sae_universality.saes.stage import DownstreamInputs, downstream_of_model, sae_dirs_by_layer
+    from sae_universality.settings import SaeSettings
+
+    paths = ["results/saes/m/layer9/seed0", "results/saes/m/layer9/seed1", "results/saes/m/layer15/seed0"]
+    grouped = sae_dirs_by_layer(paths)
+    assert grouped == {9: {"seed0": paths[0], "seed1": paths[1]}, 15: {"seed0": paths[2]}}
+    # loss_windows 0: NaN rows, and the model is never loaded (its manifest does not exist).
+    table = downstream_of_model(DownstreamInputs(grouped, tmp_path / "missing.json", tmp_path / "missing.jsonl"),
+                                tmp_path / "downstream.tsv", "m", SaeSettings(loss_windows=0))
+    written = pd.read_csv(tmp_path / "downstream.tsv", sep="\t")
+    assert list(zip(written["layer"], written["sae"])) == [(9, "seed0"), (9, "seed1"), (15, "seed0")]
+    assert written["ce_sae"].isna().all() and (written["loss_tokens"] == 0).all() and len(table) == 3
