@@ -5,7 +5,7 @@ from sae_universality.report.atlas import write_atlas
 
 def main(snakemake):
     write_atlas(snakemake.input.scores, snakemake.input.context_only, snakemake.params.families,
-                snakemake.output.table, snakemake.output.figure)
+                snakemake.output.table, snakemake.output.figure, snakemake.input.manifests)
 
 
 run_script(snakemake, main)

@@ -1,6 +1,7 @@
 """`pairs: all` (issue 22): three real (tiny) models, every pair compared, each model's stages run once."""
 
 import itertools
+import json
 import re
 from collections import Counter
 
@@ -77,5 +78,11 @@ def test_the_atlas_sets_every_pair_side_by_side_and_marks_the_same_family(three_
                                                  atlas.loc[atlas["same_family"], "model_b"])}
     assert same == {("gemma", "neox")}
     assert atlas["same_family"].iloc[0]  # the same-family pair leads the table
+    # Relative depth from each model's manifest: block L of an N-block model at (L + 1) / N.
+    for side in ("a", "b"):
+        blocks = atlas[f"model_{side}"].map(
+            lambda model: json.loads((workdir / f"resources/models/{model}/manifest.json").read_text())["n_layers"])
+        np.testing.assert_allclose(atlas[f"relative_depth_{side}"], (atlas[f"layer_{side}"] + 1) / blocks)
+    assert atlas["relative_depth_a"].between(0, 1, inclusive="right").all()
     assert atlas["context_only_excess"].isna().all()  # the controls were off in this run
     assert (workdir / "results/atlas/atlas.png").stat().st_size > 20_000

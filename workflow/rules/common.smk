@@ -495,6 +495,10 @@ def atlas_score_tables(wildcards):
     return [f"results/similarity/{a}--{b}/scores.tsv" for a, b in atlas_pairs()]
 
 
+def atlas_manifests(wildcards):
+    return sorted({f"resources/models/{model}/manifest.json" for pair in atlas_pairs() for model in pair})
+
+
 def atlas_context_only_tables(wildcards):
     return [f"results/similarity/{a}--{b}/context_only_scores.tsv" for a, b in atlas_pairs()
             if (a, b) in control_pairs()]

@@ -337,6 +337,7 @@ rule atlas:
     input:
         scores=atlas_score_tables,
         context_only=atlas_context_only_tables,
+        manifests=atlas_manifests,
     output:
         table=report("results/atlas/atlas.tsv", caption="../report/atlas.rst", category="Atlas"),
         figure=report("results/atlas/atlas.png", caption="../report/atlas.rst", category="Atlas"),

@@ -33,9 +33,11 @@ def _values(scores: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def atlas_table(scores: list[pd.DataFrame], context_only: list[pd.DataFrame], families: dict) -> pd.DataFrame:
+def atlas_table(scores: list[pd.DataFrame], context_only: list[pd.DataFrame], families: dict,
+                n_layers: dict | None = None) -> pd.DataFrame:
     """One row per (model pair, layer pair, metric): VALUES of the full scores, `context_only_*` of the
-    context-only scores where they exist, each model's family and `same_family` (both known and equal)."""
+    context-only scores where they exist, each model's family and `same_family` (both known and equal), and
+    each layer's relative depth ((layer + 1) / blocks, from `n_layers`: model -> blocks; NaN where unknown)."""
     table = pd.concat([_values(frame) for frame in scores if len(frame)], ignore_index=True)
     controlled = [_values(frame) for frame in context_only if len(frame)]
     if controlled:
@@ -48,6 +50,11 @@ def atlas_table(scores: list[pd.DataFrame], context_only: list[pd.DataFrame], fa
     table.insert(2, "family_a", table["model_a"].map(lambda model: families.get(model) or ""))
     table.insert(3, "family_b", table["model_b"].map(lambda model: families.get(model) or ""))
     table.insert(4, "same_family", (table["family_a"] != "") & (table["family_a"] == table["family_b"]))
+    n_layers = n_layers or {}
+    for side in ("a", "b"):
+        blocks = table[f"model_{side}"].map(lambda model: n_layers.get(model, np.nan)).astype(float)
+        table.insert(table.columns.get_loc(f"layer_{side}") + 1, f"relative_depth_{side}",
+                     (table[f"layer_{side}"] + 1) / blocks)
     return table.sort_values(["same_family", "model_a", "model_b", "layer_a", "layer_b", "metric"],
                              ascending=[False, True, True, True, True, True], kind="stable").reset_index(drop=True)
 
@@ -95,10 +102,17 @@ def atlas_figure(table: pd.DataFrame, out_path: str | Path) -> None:
 
 
 def write_atlas(score_files: list, context_only_files: list, families: dict, out_table: str | Path,
-                out_figure: str | Path) -> pd.DataFrame:
-    """The atlas's table and figure from every pair's long score table (and context-only scores)."""
+                out_figure: str | Path, manifests: list = ()) -> pd.DataFrame:
+    """The atlas's table and figure from every pair's long score table (and context-only scores); the models'
+    manifests give their depths."""
+    import json
+
+    n_layers = {}
+    for path in manifests:
+        manifest = json.loads(Path(path).read_text())
+        n_layers[manifest["name"]] = int(manifest["n_layers"])
     table = atlas_table([pd.read_csv(path, sep="\t") for path in score_files],
-                        [pd.read_csv(path, sep="\t") for path in context_only_files], families)
+                        [pd.read_csv(path, sep="\t") for path in context_only_files], families, n_layers)
     write_tsv(table, out_table)
     atlas_figure(table, out_figure)
     return table
