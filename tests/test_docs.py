@@ -168,10 +168,50 @@ def test_the_readme_states_the_scaling_trend_its_table_shows():
 
 
 # Which committed tables (and config) each section of docs/results.md quotes from.
+def test_the_whole_sample_prose_claims_only_what_its_tables_show():
+    """docs/results.md, "The controls on the whole sample": each sentence after the tables, against them."""
+    section = " ".join(RESULTS[RESULTS.index("## The controls on the whole sample"):
+                               RESULTS.index("## Seed stability")].split())
+    whole, default = ROOT / "docs/figures/whole", ROOT / "docs/figures/default"
+
+    def read(folder, name):
+        return pd.read_csv(folder / name, sep="\t")
+
+    # "with ten times the training text the SAEs are better (loss recovered and FVU)"
+    assert "ten times the training text" in section
+    tokens = [read(folder, "run.tsv")["training_tokens"].iloc[0] for folder in (default, whole)]
+    assert 9.5 <= tokens[1] / tokens[0] <= 10.5
+    keys = ["model", "layer", "sae"]
+    quality = read(default, "quality.tsv").merge(read(whole, "quality.tsv"), on=keys, suffixes=("_default", "_whole"))
+    assert len(quality) == 8
+    assert (quality["fraction_recovered_whole"] > quality["fraction_recovered_default"]).all()
+    assert (quality["fvu_whole"] < quality["fvu_default"]).all()
+    # "they keep more pairs"
+    kept = {name: read(folder, "controls.tsv").query("control == 'full'")["n_kept_full"]
+            for name, folder in (("default", default), ("whole", whole))}
+    assert kept["whole"].min() > kept["default"].max()
+    # "every layer pair is still significant on every metric, with and without the current token"
+    assert "every layer pair is still significant on every metric, with and without the current token" in section
+    for name in ("scores.tsv", "context_only_scores.tsv"):
+        assert (read(whole, name)["p_adjusted"] < 0.05).all(), name
+    # "the full result stands clear of it in fewer cells than at the default size"
+    assert "the full result stands clear of it in fewer cells than at the default size" in section
+    from sae_universality.report.verdict import excess_intervals_apart
+    clear = {name: int(excess_intervals_apart(read(folder, "lexical_scores.tsv")).sum())
+             for name, folder in (("default", default), ("whole", whole))}
+    assert clear["whole"] < clear["default"]
+    # "the per-token means of the two models' residual streams are more alike than the streams themselves"
+    assert "the per-token means of the two models' residual streams are more alike than the streams themselves" in section
+    residual = read(whole, "residual_streams.tsv").pivot_table(index=["layer_a", "layer_b", "metric"],
+                                                               columns="comparison", values="observed")
+    assert (residual["token_means"] > residual["aligned"]).all()
+
+
 SECTION_SOURCES = {
     "## The default experiment": ("docs/figures/default", "config.yaml"),
     "## Shared features or shared tokens?": ("docs/figures/default", "config.yaml"),
     "## Seed stability as the literature reports it": ("docs/figures/default", "config.yaml"),
+    "## The controls on the whole sample": ("docs/figures/whole", "presets/scaling.yaml"),
     "## The scaling study": ("docs/figures/scaling", "presets/scaling.yaml"),
     "## The reference experiment": ("docs/figures/reference", "presets/reference.yaml"),
 }

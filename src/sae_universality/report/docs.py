@@ -103,6 +103,99 @@ def controls_block(folder: str) -> Callable[[], str]:
     return make
 
 
+RESIDUAL_COMPARISONS = (("aligned", "aligned"), ("token_means", "per-token means"),
+                        ("document_shifted", "B rolled within documents"))
+
+
+def residual_block(folder: str) -> Callable[[], str]:
+    """The raw residual streams compared before any SAE, per layer pair and measure, from `folder`'s
+    residual_streams.tsv: each comparison's score with its half-sample interval."""
+
+    def make() -> str:
+        residual = pd.read_csv(REPOSITORY / folder / "residual_streams.tsv", sep="\t")
+        header = "| layer pair | measure | " + " | ".join(label for _, label in RESIDUAL_COMPARISONS) + " |"
+        lines = [f"{int(residual['n_positions'].max()):,} aligned positions at most per layer pair "
+                 f"({int(residual['n_windows'].max()):,} whole windows), each score with its 95% half-sample interval "
+                 "over windows:", "", header, "|" + "---|" * (2 + len(RESIDUAL_COMPARISONS))]
+        for (layer_a, layer_b, metric), here in residual.groupby(["layer_a", "layer_b", "metric"], sort=False):
+            value = here.set_index("comparison")
+            cells = [f"{_number(value.loc[name, 'observed'])} [{_number(value.loc[name, 'ci_low'])}, "
+                     f"{_number(value.loc[name, 'ci_high'])}]" if name in value.index else "n/a"
+                     for name, _ in RESIDUAL_COMPARISONS]
+            lines.append(f"| {layer_a} / {layer_b} | {METRIC_NAMES.get(metric, metric)} | " + " | ".join(cells) + " |")
+        wide = residual.pivot_table(index=["layer_a", "layer_b", "metric"], columns="comparison", values="observed")
+        higher = int((wide["token_means"] > wide["aligned"]).sum())
+        reading = (": what each model's activation is on average for the current token is more alike across the "
+                   "models than the activations themselves." if higher == len(wide) else ".")
+        lines += ["", f"In {higher} of {len(wide)} cells the per-token means alone score higher than the aligned "
+                      f"streams{reading}"]
+        for metric, rolled in wide["document_shifted"].groupby(level="metric"):
+            lines[-1] += (f" With B rolled within documents {METRIC_NAMES.get(metric, metric)} gives "
+                          f"{_range(rolled, 3)}.")
+        return "\n".join(lines)
+
+    return make
+
+
+def _control_summary(folder: Path) -> dict:
+    """What the controls' tables of one run say in a few numbers, for comparing runs."""
+    controls = pd.read_csv(folder / "controls.tsv", sep="\t")
+    context_only = pd.read_csv(folder / "context_only_scores.tsv", sep="\t")
+    lexical = pd.read_csv(folder / "lexical_scores.tsv", sep="\t")
+    run = pd.read_csv(folder / "run.tsv", sep="\t").iloc[0]
+    full = controls[controls["control"] == "full"].set_index(["layer_a", "layer_b"])
+    token = controls[controls["control"] == "context_only"].set_index(["layer_a", "layer_b"])
+    significant_cells = (context_only["p_adjusted"] < SIGNIFICANCE).groupby(
+        [context_only["layer_a"], context_only["layer_b"]]).any()
+    return {"tokens": float(run["training_tokens"]),
+            "kept": full["n_kept_full"].astype(int),
+            "left": token["kept_full_mean_correlation"] / full["kept_full_mean_correlation"],
+            "context_significant": int(significant_cells.sum()), "layer_pairs": len(significant_cells),
+            "context_fraction": context_only["normalized"].astype(float),
+            "lexical_share": lexical["excess_surviving"].astype(float),
+            "lexical_significant": int((lexical["p_adjusted"] < SIGNIFICANCE).sum()), "lexical_scores": len(lexical),
+            "clear": int(excess_intervals_apart(lexical).sum())}
+
+
+def _moves(before, after) -> str:
+    """'rise', 'fall' or 'stay' for two ranges: rise when after's lowest is above before's highest, and so on."""
+    before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if np.nanmin(after) > np.nanmax(before):
+        return "rise"
+    if np.nanmax(after) < np.nanmin(before):
+        return "fall"
+    return "overlap"
+
+
+def controls_comparison_block(default: str, whole: str) -> Callable[[], str]:
+    """The controls at the default size against the whole sample, in bullets whose words follow the numbers."""
+
+    def make() -> str:
+        small, large = _control_summary(REPOSITORY / default), _control_summary(REPOSITORY / whole)
+        sizes = f"{_thousands(small['tokens'])} and {_thousands(large['tokens'])} training tokens per SAE"
+        kept_move = {"rise": "more", "fall": "fewer", "overlap": "about as many"}[_moves(small["kept"], large["kept"])]
+        left_move = {"rise": "a larger share", "fall": "a smaller share", "overlap": "a share in the same range"}[
+            _moves(small["left"], large["left"])]
+        lines = [
+            f"- Kept pairs ({sizes}): {_range(small['kept'], 0)} at the default size, {_range(large['kept'], 0)} on "
+            f"the whole sample: {kept_move}.",
+            f"- Without the current token the kept pairs keep {_range(small['left'])} of their mean correlation at "
+            f"the default size and {_range(large['left'])} on the whole sample: {left_move}.",
+            f"- Matched again, the context-only codes are significant at {small['context_significant']} of "
+            f"{small['layer_pairs']} layer pairs at the default size and {large['context_significant']} of "
+            f"{large['layer_pairs']} on the whole sample; they reach {_range(small['context_fraction'])} of their own "
+            f"seed-to-seed ceiling at the default size and {_range(large['context_fraction'])} on the whole sample.",
+            f"- The lexical floor is significant in {small['lexical_significant']} of {small['lexical_scores']} scores "
+            f"at the default size and {large['lexical_significant']} of {large['lexical_scores']} on the whole "
+            f"sample, with an excess of {_range(small['lexical_share'])} and {_range(large['lexical_share'])} of the "
+            f"full result's; the full result's excess stands clear of the floor's (intervals apart) in "
+            f"{small['clear']} of {small['lexical_scores']} and {large['clear']} of {large['lexical_scores']} scores.",
+        ]
+        return "\n".join(lines)
+
+    return make
+
+
 def seed_stability_block(folder: str) -> Callable[[], str]:
     """The block of a run's seed stability: per (model, layer), the second seed against the first by activation
     and by decoder direction, from `folder`'s quality.tsv and ceiling_matching.tsv."""
@@ -273,7 +366,11 @@ def default_run_block(folder: str) -> Callable[[], str]:
         timing = (f"`make run` on a fresh clone of commit {run['commit']} ({run['date']}, the 2-core VM, empty model "
                   f"cache): **{_minutes(run['make_run_seconds'])}** including `make install` and the report, the "
                   f"workflow itself {_minutes(run['workflow_seconds'])}." if np.isfinite(run["make_run_seconds"]) else
-                  f"The workflow of commit {run['commit']} ({run['date']}) ran {_minutes(run['workflow_seconds'])}.")
+                  f"The workflow of commit {run['commit']} ({run['date']}) ran {_minutes(run['workflow_seconds'])}."
+                  if np.isfinite(run["workflow_seconds"]) else
+                  f"The workflow of commit {run['commit']} (finished {run['date']}, the 2-core VM) ran in stages over "
+                  f"several sessions: {run['job_cpu_seconds'] / 3600:.1f} hours of job CPU, of which the forward passes "
+                  f"{run['forward_cpu_seconds'] / 3600:.1f}.")
         lines = [timing, "", "| model | layer | loss recovered (seed 0 / 1) | held-out tokens behind it | dead latents "
                  "| FVU (seed 0 / 1) |", "|---|---|---|---|---|---|"]
         for (model, layer), seeds in quality.groupby(["model", "layer"], sort=False):
@@ -317,6 +414,111 @@ def default_run_block(folder: str) -> Callable[[], str]:
     return make
 
 
+def middle_cells(atlas: pd.DataFrame) -> pd.DataFrame:
+    """Per model pair, the rows of its layer pair nearest the middle of both models (relative depth 0.5)."""
+    distance = (atlas["relative_depth_a"] - 0.5).abs() + (atlas["relative_depth_b"] - 0.5).abs()
+    chosen = (atlas.assign(distance=distance).groupby(["model_a", "model_b"], sort=False)["distance"].transform("min"))
+    return atlas[distance == chosen].drop_duplicates(["model_a", "model_b", "metric"])
+
+
+def _fraction_cell(row, prefix: str = "") -> str:
+    value, low, high = (float(row[f"{prefix}normalized{suffix}"]) for suffix in ("", "_ci_low", "_ci_high"))
+    if not np.isfinite(value):
+        return "n/a"
+    star = "*" if float(row[f"{prefix}p_adjusted"]) < SIGNIFICANCE else ""
+    bounds = f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) and np.isfinite(high) else " [unbounded]"
+    return f"{value:.2f}{star}{bounds}"
+
+
+def atlas_pairs_block(folder: str) -> Callable[[], str]:
+    """The atlas's model pairs side by side at their middle layers: the fraction of the seed-to-seed ceiling per
+    metric (full codes, then context-only codes), and how the within-family pair stands among them."""
+
+    def make() -> str:
+        atlas = pd.read_csv(REPOSITORY / folder / "atlas.tsv", sep="\t")
+        cells = middle_cells(atlas)
+        metrics = list(dict.fromkeys(cells["metric"]))
+        pairs = list(dict.fromkeys(zip(cells["model_a"], cells["model_b"])))
+        lines = []
+        for prefix, title in (("", "Fraction of the seed-to-seed ceiling [95% interval], * significant after "
+                                    "adjustment:"),
+                              ("context_only_", "The same for the context-only codes (token identity taken out):")):
+            lines += [title, "", "| model pair | families | layers (relative depth) | "
+                      + " | ".join(METRIC_NAMES.get(metric, metric) for metric in metrics) + " |",
+                      "|" + "---|" * (3 + len(metrics))]
+            for a, b in pairs:
+                here = cells[(cells["model_a"] == a) & (cells["model_b"] == b)].set_index("metric")
+                first = here.iloc[0]
+                families = f"{first['family_a']} / {first['family_b']}" + (" (same)" if first["same_family"] else "")
+                lines.append(f"| {a} / {b} | {families} | {int(first['layer_a'])} / {int(first['layer_b'])} "
+                             f"({first['relative_depth_a']:.2f} / {first['relative_depth_b']:.2f}) | "
+                             + " | ".join(_fraction_cell(here.loc[metric], prefix) if metric in here.index else "n/a"
+                                          for metric in metrics) + " |")
+            lines.append("")
+        same = cells[cells["same_family"].astype(bool)]
+        if len(same):
+            largest = apart = 0
+            for metric in metrics:
+                rows = cells[cells["metric"] == metric]
+                within = rows[rows["same_family"].astype(bool)].iloc[0]
+                others = rows[~rows["same_family"].astype(bool)]
+                largest += int(within["normalized"] >= others["normalized"].max())
+                apart += int((within["normalized_ci_low"] > others["normalized_ci_high"]).all())
+            pair = f"{same['model_a'].iloc[0]} / {same['model_b'].iloc[0]}"
+            lines.append(f"The within-family pair ({pair}) has the largest fraction of its ceiling of the "
+                         f"{len(pairs)} pairs on {largest} of {len(metrics)} metrics; its interval lies above every "
+                         f"cross-family pair's on {apart} of {len(metrics)}.")
+        return "\n".join(lines).rstrip()
+
+    return make
+
+
+def atlas_depth_block(folder: str) -> Callable[[], str]:
+    """The depth profile of the atlas's depth pair: per metric the rank trend and the best layers, in a table."""
+
+    def make() -> str:
+        root = REPOSITORY / folder
+        trend = pd.read_csv(root / "depth_trend.tsv", sep="\t")
+        profile = pd.read_csv(root / "depth.tsv", sep="\t")
+        a, b = trend["model_a"].iloc[0], trend["model_b"].iloc[0]
+        lines = [f"| metric | best layer of {b} for each layer of {a} | Spearman (depth of {a}, depth of best {b}) "
+                 "| one-sided p (exact) | mean distance in relative depth |", "|---|---|---|---|---|"]
+        for row in trend.itertuples():
+            best = profile[profile["metric"] == row.metric].sort_values("layer_a")
+            chosen = ", ".join(f"{int(r.layer_a)}→{int(r.best_layer_b)}" for r in best.itertuples())
+            lines.append(f"| {METRIC_NAMES.get(row.metric, row.metric)} | {chosen} | {_number(row.spearman, 2)} | "
+                         f"{row.p_one_sided:.2g} | {row.mean_abs_offset:.2f} |")
+        following = trend[(trend["p_one_sided"] < SIGNIFICANCE) & (trend["spearman"] > 0)]
+        lines += ["", f"On {len(following)} of {len(trend)} metrics the most similar layer of {b} goes deeper as "
+                      f"{a}'s layer does (one-sided p < {SIGNIFICANCE:g} over orderings of its "
+                      f"{int(trend['n_layers_a'].max())} layers)."]
+        return "\n".join(lines)
+
+    return make
+
+
+def atlas_run_block(folder: str) -> Callable[[], str]:
+    """The atlas run's record: commit, CPU in all and of the forward passes, and each model's SAE quality."""
+
+    def make() -> str:
+        root = REPOSITORY / folder
+        run = pd.read_csv(root / "run.tsv", sep="\t").iloc[0]
+        quality = pd.read_csv(root / "quality.tsv", sep="\t")
+        ratio = run["job_cpu_seconds"] / run["forward_cpu_seconds"]
+        lines = [f"Commit {run['commit']} (finished {run['date']}, the 2-core VM), run in stages: "
+                 f"{run['job_cpu_seconds'] / 3600:.1f} hours of job CPU, of which the forward passes "
+                 f"{run['forward_cpu_seconds'] / 3600:.1f}: a ratio of {ratio:.2f} "
+                 f"(goal 2: {'met' if ratio <= 2 else 'not met'}).", "",
+                 "| model | layers | latents | loss recovered | FVU | dead latents (largest) |", "|---|---|---|---|---|---|"]
+        for model, rows in quality.groupby("model", sort=False):
+            lines.append(f"| {model} | {', '.join(str(layer) for layer in sorted(set(rows['layer'])))} | "
+                         f"{int(rows['d_sae'].iloc[0]):,} | {_range(rows['fraction_recovered'])} | "
+                         f"{_range(rows['fvu'])} | {rows['dead_fraction'].max():.2%} |")
+        return "\n".join(lines)
+
+    return make
+
+
 def readme_default_block(folder: str) -> Callable[[], str]:
     """The README's first claim about the default run, its numbers from `folder`."""
     def make() -> str:
@@ -339,9 +541,24 @@ def readme_default_block(folder: str) -> Callable[[], str]:
     return make
 
 
-def readme_effects_block(default: str, reference: str) -> Callable[[], str]:
-    """The README's bullets on the size of the effects: the default run's (`default`) and the reference
-    experiment's (`reference`, with its floor run in `reference`/floor)."""
+def _whole_sample_bullet(folder: Path) -> list[str]:
+    """The README's lines on the controls run on the whole sample."""
+    summary = _control_summary(folder)
+    residual = pd.read_csv(folder / "residual_streams.tsv", sep="\t").pivot_table(
+        index=["layer_a", "layer_b", "metric"], columns="comparison", values="observed")
+    higher = int((residual["token_means"] > residual["aligned"]).sum())
+    return [f"- On the whole sample ({_thousands(summary['tokens'])} training tokens per SAE, the default's SAE size) "
+            "the same controls give:",
+            f"  the lexical floor is above chance in {summary['lexical_significant']} of {summary['lexical_scores']} "
+            f"scores and the full excess clear of it in {summary['clear']} of {summary['lexical_scores']}; without "
+            f"the token, {summary['context_significant']} of {summary['layer_pairs']} layer pairs",
+            f"  still match significantly; and before any SAE, the per-token means of the two residual streams are "
+            f"more alike than the streams in {higher} of {len(residual)} cells (docs/results.md)."]
+
+
+def readme_effects_block(default: str, reference: str, whole: str) -> Callable[[], str]:
+    """The README's bullets on the size of the effects: the default run's (`default`), the controls on the whole
+    sample (`whole`) and the reference experiment's (`reference`, with its floor run in `reference`/floor)."""
     def make() -> str:
         root, large = REPOSITORY / default, REPOSITORY / reference
         scores = pd.read_csv(root / "scores.tsv", sep="\t")
@@ -377,6 +594,7 @@ def readme_effects_block(default: str, reference: str) -> Callable[[], str]:
             f"{half_width:.1f});",
             "  its semantic categories hold too few pairs to score." if scored == 0 else
             f"  {scored} semantic-category scores.",
+            *_whole_sample_bullet(REPOSITORY / whole),
             "- The reference experiment (`presets/reference.yaml`: the whole Wikipedia sample,",
             "  about 750k tokens, two seeds of 8,192-latent SAEs; about 4 CPU-hours) is the",
             "  project's measured answer at a larger scale: every SAE recovers",
@@ -485,8 +703,10 @@ BLOCKS = {
     "readme-default": Block(readme_default_block("docs/figures/default"),
                             tuple(f"docs/figures/default/{name}" for name in ("quality.tsv", "ceilings.tsv",
                                                                              "scores.tsv"))),
-    "readme-effects": Block(readme_effects_block("docs/figures/default", "docs/figures/reference"),
+    "readme-effects": Block(readme_effects_block("docs/figures/default", "docs/figures/reference",
+                                                 "docs/figures/whole"),
                             ("docs/figures/default/scores.tsv", "docs/figures/default/semantic.tsv",
+                             "docs/figures/whole/lexical_scores.tsv", "docs/figures/whole/residual_streams.tsv",
                              "docs/figures/default/lexical_scores.tsv", "docs/figures/default/context_only_scores.tsv",
                              "docs/figures/reference/quality.tsv", "docs/figures/reference/table.tsv",
                              "docs/figures/reference/floor/matching.tsv")),
@@ -499,6 +719,17 @@ BLOCKS = {
                               ("docs/figures/scaling.tsv", "docs/figures/scaling.cross.tsv")),
     "controls-default": Block(controls_block("docs/figures/default"),
                               ("docs/figures/default/controls.tsv", "docs/figures/default/context_only_scores.tsv")),
+    "whole-run": Block(default_run_block("docs/figures/whole"),
+                       tuple(f"docs/figures/whole/{name}" for name in ("run.tsv", "quality.tsv", "ceilings.tsv",
+                                                                      "ceiling_matching.tsv", "verdict.md",
+                                                                      "verdict.tsv", "scores.tsv"))),
+    "controls-whole": Block(controls_block("docs/figures/whole"),
+                            ("docs/figures/whole/controls.tsv", "docs/figures/whole/context_only_scores.tsv")),
+    "residual-whole": Block(residual_block("docs/figures/whole"), ("docs/figures/whole/residual_streams.tsv",)),
+    "controls-comparison": Block(controls_comparison_block("docs/figures/default", "docs/figures/whole"),
+                                 tuple(f"docs/figures/{run}/{name}" for run in ("default", "whole")
+                                       for name in ("controls.tsv", "context_only_scores.tsv", "lexical_scores.tsv",
+                                                    "run.tsv"))),
     "seed-stability-default": Block(seed_stability_block("docs/figures/default"),
                                     ("docs/figures/default/quality.tsv", "docs/figures/default/ceiling_matching.tsv")),
 }
@@ -543,8 +774,10 @@ RUN_FILES = {
     "semantic.tsv": f"results/similarity/{PAIR}/semantic.tsv",
     "verdict.md": "results/verdict.md",
     "verdict.tsv": "results/verdict.tsv",
+    "residual_streams.tsv": f"results/similarity/{PAIR}/residual_streams.tsv",
 }
-"""What `collect_default` copies from a finished default run: docs file -> run file."""
+"""What `collect_run` copies from a finished run where it exists: docs file -> run file."""
+WHOLE_FOLDER = REPOSITORY / "docs" / "figures" / "whole"
 CEILING_FILES = {"ceilings.tsv": "layer*[0-9].tsv", "ceiling_matching.tsv": "layer*.summary.tsv",
                  "context_only_ceilings.tsv": "layer*.context_only.tsv"}
 """The ceiling tables, one per (model, layer) in the run, concatenated: docs file -> pattern."""
@@ -561,34 +794,55 @@ def workflow_seconds(run: Path) -> float:
     return (max(stamps) - min(stamps)).total_seconds() if stamps else float("nan")
 
 
-def collect_default(run: Path, make_seconds: float | None = None, folder: Path = DEFAULT_FOLDER) -> pd.DataFrame:
-    """Copy a finished default run's tables and figures into `folder` (docs/figures/default), with `run.tsv`:
-    the commit it ran (its git checkout's HEAD), the date, the workflow's wall time from its logs and, when
-    given, the whole `make run`'s (measured outside, e.g. with `time`)."""
+def job_cpu(run: Path) -> tuple[float, float]:
+    """(CPU seconds of every job, of the forward passes) from the benchmark file each job writes."""
+    total = forward = 0.0
+    root = run / "results" / "benchmarks"
+    for path in root.rglob("*.tsv"):
+        cpu = float(pd.read_csv(path, sep="\t")["cpu_time"].iloc[0])
+        total += cpu
+        forward += cpu if path.relative_to(root).parts[0] == "cache_activations" else 0.0
+    return total, forward
+
+
+def collect_run(run: Path, folder: Path, make_seconds: float | None = None, source: Path | None = None,
+                staged: bool = False) -> pd.DataFrame:
+    """Copy a finished run's tables and figures into `folder`, with `run.tsv`: the commit it ran (the HEAD of
+    `source`, its code's git checkout, default the run folder), the date of its last log, the workflow's wall
+    time from its logs (NaN for a `staged` run, which ran in stages over several sessions), the job CPU in all
+    and of the forward passes, and, when given, the whole `make run`'s wall time (measured outside)."""
     import shutil
     import subprocess
 
+    import yaml
+
     folder.mkdir(parents=True, exist_ok=True)
-    for name, source in RUN_FILES.items():
-        shutil.copyfile(run / source, folder / name)
+    for name, path in RUN_FILES.items():
+        if (run / path).is_file():
+            shutil.copyfile(run / path, folder / name)
     for name, pattern in CEILING_FILES.items():
         tables = [pd.read_csv(path, sep="\t") for path in sorted((run / "results/similarity/ceiling").glob(f"*/{pattern}"))]
         pd.concat(tables, ignore_index=True).to_csv(folder / name, sep="\t", index=False)
-    commit = subprocess.run(["git", "-C", str(run), "rev-parse", "--short", "HEAD"], capture_output=True,
+    commit = subprocess.run(["git", "-C", str(source or run), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
-    log_dates = sorted((run / ".snakemake" / "log").glob("*.snakemake.log"))
-    import yaml
-
+    logs = sorted((run / ".snakemake" / "log").glob("*.snakemake.log"))
     epochs = yaml.safe_load((run / "config.yaml").read_text())["saes"]["train"]["epochs"]
     # Positions each SAE trained on per epoch (its curve's last count over the epochs), the median over SAEs.
     per_epoch = [pd.read_csv(curve, sep="\t")["tokens"].iloc[-1] / epochs
                  for curve in (run / "results" / "saes").glob("*/layer*/seed*.curve.tsv")]
-    record = pd.DataFrame([{"commit": commit, "date": log_dates[0].name[:10] if log_dates else "",
+    total_cpu, forward_cpu = job_cpu(run)
+    record = pd.DataFrame([{"commit": commit, "date": (logs[-1] if staged else logs[0]).name[:10] if logs else "",
                             "training_tokens": float(np.median(per_epoch)) if per_epoch else np.nan,
-                            "workflow_seconds": workflow_seconds(run),
-                            "make_run_seconds": np.nan if make_seconds is None else make_seconds}])
+                            "workflow_seconds": np.nan if staged else workflow_seconds(run),
+                            "make_run_seconds": np.nan if make_seconds is None else make_seconds,
+                            "job_cpu_seconds": total_cpu, "forward_cpu_seconds": forward_cpu}])
     record.to_csv(folder / "run.tsv", sep="\t", index=False)
     return record
+
+
+def collect_default(run: Path, make_seconds: float | None = None, folder: Path = DEFAULT_FOLDER) -> pd.DataFrame:
+    """`collect_run` of a finished default run into docs/figures/default."""
+    return collect_run(run, folder, make_seconds)
 
 
 def docs_command(argv=None) -> int:
@@ -597,10 +851,16 @@ def docs_command(argv=None) -> int:
     parser.add_argument("--collect-default", type=Path, metavar="RUN",
                         help="first copy a finished default run's tables into docs/figures/default")
     parser.add_argument("--make-seconds", type=float, help="with --collect-default: the whole make run's wall time")
+    parser.add_argument("--collect-whole", type=Path, metavar="RUN",
+                        help="first copy the finished whole-sample run's tables into docs/figures/whole")
+    parser.add_argument("--source", type=Path, help="with --collect-whole: the git checkout of the code it ran")
     parser.add_argument("paths", nargs="*", default=[str(path) for path in DOCUMENTS])
     arguments = parser.parse_args(argv)
     if arguments.collect_default:
         print(collect_default(arguments.collect_default, arguments.make_seconds).to_string(index=False))
+    if arguments.collect_whole:
+        print(collect_run(arguments.collect_whole, WHOLE_FOLDER, source=arguments.source, staged=True)
+              .to_string(index=False))
     stale_anywhere = False
     for path in map(Path, arguments.paths):
         text = path.read_text(encoding="utf-8")
