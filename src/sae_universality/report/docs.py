@@ -677,7 +677,10 @@ def readme_timing_block(folder: str) -> Callable[[], str]:
         run = pd.read_csv(REPOSITORY / folder / "run.tsv", sep="\t").iloc[0]
         return (f"`make run` on a fresh clone of commit {run['commit']} ({run['date']}, the 2-core VM, empty model "
                 f"cache): {_minutes(run['make_run_seconds'])} with `make install` and the report, the Snakemake run "
-                f"{_minutes(run['workflow_seconds'])}, every control of the default included.")
+                f"{_minutes(run['workflow_seconds'])}, every control of the default included. Its jobs took "
+                f"{run['job_cpu_seconds']:,.0f} s of CPU, the forward passes {run['forward_cpu_seconds']:,.0f} s of "
+                f"it: a ratio of {run['job_cpu_seconds'] / run['forward_cpu_seconds']:.2f} "
+                f"(`bench_pipeline_overhead.py`; goal 2).")
 
     return make
 
