@@ -274,3 +274,46 @@ def test_every_number_in_the_results_is_one_of_its_tables_or_configs():
             if not np.any(np.abs(np.round(np.abs(scaled), digits) - number) <= tolerance + 1e-9):
                 unexplained.append(f"{heading}: {raw}{percent}")
     assert unexplained == []
+
+
+def test_the_atlas_blocks_read_the_middle_layers_and_the_depth_trend(tmp_path):
+    """The atlas section's generated blocks on a planted atlas: the middle layer pair of each model pair, the
+    within-family pair's standing among them, and the depth trend's words."""
+    import itertools
+
+    from sae_universality.report.atlas import atlas_table
+    from sae_universality.report.depth import depth_profile, depth_trend
+
+    layers = {"q05": [3, 7, 11, 15, 19, 22], "q15": [3, 8, 13, 17, 22, 26], "sm": [15], "ge": [10]}
+    blocks = {"q05": 24, "q15": 28, "sm": 30, "ge": 18}
+    families = {"q05": "Qwen2.5", "q15": "Qwen2.5", "sm": "SmolLM2", "ge": "Gemma-3"}
+    scores = []
+    for a, b in [("q05", "q15"), ("sm", "ge"), ("sm", "q05"), ("ge", "q15")]:
+        rows = []
+        for la, lb, metric in itertools.product(layers[a], layers[b], ["rsa", "mutual_knn"]):
+            # Similarity peaks at equal relative depth; the same family gets 0.1 more.
+            value = 0.3 - abs((la + 1) / blocks[a] - (lb + 1) / blocks[b]) + 0.1 * (families[a] == families[b])
+            rows.append({"model_a": a, "model_b": b, "layer_a": la, "layer_b": lb, "metric": metric,
+                         "observed": value, "ci_low": value - 0.01, "ci_high": value + 0.01, "null_mean": 0.0,
+                         "n_pairs": 100, "p_adjusted": 0.01, "normalized": 2 * value,
+                         "normalized_ci_low": 2 * value - 0.05, "normalized_ci_high": 2 * value + 0.05})
+        scores.append(pd.DataFrame(rows))
+    atlas_table(scores, [], families, blocks).to_csv(tmp_path / "atlas.tsv", sep="\t", index=False)
+    profile = depth_profile(scores[0], 24, 28)
+    trend = depth_trend(profile)
+    for table in (profile, trend):
+        table.insert(0, "model_a", "q05")
+        table.insert(1, "model_b", "q15")
+    profile.to_csv(tmp_path / "depth.tsv", sep="\t", index=False)
+    trend.to_csv(tmp_path / "depth_trend.tsv", sep="\t", index=False)
+
+    text = docs.atlas_pairs_block(str(tmp_path))()
+    assert "| q05 / q15 | Qwen2.5 / Qwen2.5 (same) | 11 / 13 (0.50 / 0.50) | 0.80* [0.75, 0.85] |" in text
+    assert "| sm / ge | SmolLM2 / Gemma-3 | 15 / 10 (0.53 / 0.61) |" in text
+    assert text.index("| RSA |") < text.index("| mutual kNN |")  # the metrics in the project's order
+    assert "largest fraction of its ceiling of the 4 pairs on 2 of 2 metrics" in text
+    assert "its interval lies above every cross-family pair's on 2 of 2" in text
+    depth = docs.atlas_depth_block(str(tmp_path))()
+    assert "3→3, 7→8, 11→13, 15→17, 19→22, 22→26" in depth
+    assert "On 2 of 2 metrics the most similar layer of q15 goes deeper" in depth
+    assert "0.0014" in depth  # 1/720: the identity is the only ordering of six layers with rho = 1

@@ -437,7 +437,9 @@ def atlas_pairs_block(folder: str) -> Callable[[], str]:
     def make() -> str:
         atlas = pd.read_csv(REPOSITORY / folder / "atlas.tsv", sep="\t")
         cells = middle_cells(atlas)
-        metrics = list(dict.fromkeys(cells["metric"]))
+        order = list(METRIC_NAMES)
+        metrics = sorted(set(cells["metric"]), key=lambda metric: (order.index(metric) if metric in order else len(order),
+                                                                   metric))
         pairs = list(dict.fromkeys(zip(cells["model_a"], cells["model_b"])))
         lines = []
         for prefix, title in (("", "Fraction of the seed-to-seed ceiling [95% interval], * significant after "
