@@ -845,6 +845,45 @@ def collect_run(run: Path, folder: Path, make_seconds: float | None = None, sour
     return record
 
 
+ATLAS_FOLDER = REPOSITORY / "docs" / "figures" / "atlas"
+
+
+def collect_atlas(run: Path, source: Path | None = None, folder: Path = ATLAS_FOLDER) -> pd.DataFrame:
+    """Copy a finished atlas run's tables and figures into `folder` (docs/figures/atlas): the atlas, the depth
+    profile of the pair that has one, SAE quality, every pair's scores and controls (`{a}--{b}.scores.tsv`,
+    `.controls.tsv`, `.context_only_scores.tsv`), the verdict, and `run.tsv` (as `collect_run` writes it)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("atlas.tsv", "atlas.png"):
+        shutil.copyfile(run / "results" / "atlas" / name, folder / name)
+    depth = sorted((run / "results" / "similarity").glob("*/depth.tsv"))
+    for path in depth[:1]:
+        for name in ("depth.tsv", "depth_trend.tsv", "depth.png"):
+            shutil.copyfile(path.parent / name, folder / name)
+    for pair in sorted(path for path in (run / "results" / "similarity").iterdir() if "--" in path.name):
+        for name in ("scores.tsv", "controls.tsv", "context_only_scores.tsv", "lexical_scores.tsv"):
+            if (pair / name).is_file():
+                shutil.copyfile(pair / name, folder / f"{pair.name}.{name}")
+    for name, path in (("quality.tsv", "results/saes/quality.tsv"), ("verdict.md", "results/verdict.md"),
+                       ("verdict.tsv", "results/verdict.tsv"), ("training_curves.png", "results/saes/training_curves.png")):
+        shutil.copyfile(run / path, folder / name)
+    commit = _commit_of(source or run)
+    logs = sorted((run / ".snakemake" / "log").glob("*.snakemake.log"))
+    total_cpu, forward_cpu = job_cpu(run)
+    record = pd.DataFrame([{"commit": commit, "date": logs[-1].name[:10] if logs else "",
+                            "job_cpu_seconds": total_cpu, "forward_cpu_seconds": forward_cpu}])
+    record.to_csv(folder / "run.tsv", sep="\t", index=False)
+    return record
+
+
+def _commit_of(checkout: Path) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+
+
 def collect_default(run: Path, make_seconds: float | None = None, folder: Path = DEFAULT_FOLDER) -> pd.DataFrame:
     """`collect_run` of a finished default run into docs/figures/default."""
     return collect_run(run, folder, make_seconds)
@@ -858,11 +897,16 @@ def docs_command(argv=None) -> int:
     parser.add_argument("--make-seconds", type=float, help="with --collect-default: the whole make run's wall time")
     parser.add_argument("--collect-whole", type=Path, metavar="RUN",
                         help="first copy the finished whole-sample run's tables into docs/figures/whole")
-    parser.add_argument("--source", type=Path, help="with --collect-whole: the git checkout of the code it ran")
+    parser.add_argument("--collect-atlas", type=Path, metavar="RUN",
+                        help="first copy a finished atlas run's tables into docs/figures/atlas")
+    parser.add_argument("--source", type=Path, help="with --collect-whole or --collect-atlas: the git checkout of "
+                                                    "the code it ran")
     parser.add_argument("paths", nargs="*", default=[str(path) for path in DOCUMENTS])
     arguments = parser.parse_args(argv)
     if arguments.collect_default:
         print(collect_default(arguments.collect_default, arguments.make_seconds).to_string(index=False))
+    if arguments.collect_atlas:
+        print(collect_atlas(arguments.collect_atlas, arguments.source).to_string(index=False))
     if arguments.collect_whole:
         print(collect_run(arguments.collect_whole, WHOLE_FOLDER, source=arguments.source, staged=True)
               .to_string(index=False))
