@@ -86,3 +86,18 @@ def test_the_atlas_sets_every_pair_side_by_side_and_marks_the_same_family(three_
     assert atlas["relative_depth_a"].between(0, 1, inclusive="right").all()
     assert atlas["context_only_excess"].isna().all()  # the controls were off in this run
     assert (workdir / "results/atlas/atlas.png").stat().st_size > 20_000
+
+
+def test_the_atlas_run_is_collected_for_the_docs_with_its_cpu(three_model_run, tmp_path):
+    from sae_universality.report.docs import collect_atlas, job_cpu
+
+    workdir, models = three_model_run
+    record = collect_atlas(workdir, folder=tmp_path).iloc[0]
+    atlas = pd.read_csv(tmp_path / "atlas.tsv", sep="\t")
+    assert atlas.equals(pd.read_csv(workdir / "results/atlas/atlas.tsv", sep="\t"))
+    for a, b in itertools.combinations(models, 2):
+        copied = pd.read_csv(tmp_path / f"{a}--{b}.scores.tsv", sep="\t")
+        assert copied.equals(pd.read_csv(workdir / f"results/similarity/{a}--{b}/scores.tsv", sep="\t"))
+    total, forward = job_cpu(workdir)
+    assert record["job_cpu_seconds"] == pytest.approx(total) and 0 < forward < total
+    assert not (tmp_path / "depth.tsv").exists()  # no pair compares three layers of each model here
