@@ -174,7 +174,7 @@ def test_a_rule_registered_in_a_test_is_selectable_from_a_config_section(monkeyp
     highest = match_correlation_matrix(correlation, settings=from_section(
         MatchSettings, {"one_to_one": "highest", "junk_filter": False, "threshold": 0.1}))
     assert highest.loc[highest["kept"], ["feature_b", "final_a"]].values.tolist() == [[0, 0], [2, 1]]
-    with pytest.raises(ValueError, match="one_to_one must be one of highest, first, hungarian, none, weakest"):
+    with pytest.raises(ValueError, match="one_to_one must be one of highest, first, hungarian, sinkhorn, none, weakest"):
         match_correlation_matrix(correlation, settings=from_section(MatchSettings, {"one_to_one": "nearest"}))
 
 

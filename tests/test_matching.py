@@ -509,3 +509,68 @@ def test_lazy_contexts_equal_the_eager_ones():
     assert len(lazy) == 12
     assert [lazy[feature] for feature in reversed(range(12))] == contexts[::-1]
     assert lazy[2:5] == contexts[2:5]
+
+
+def _kept(table):
+    kept = table[table["kept"]]
+    return sorted(zip(kept["feature_b"].tolist(), kept["final_a"].tolist()))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_sinkhorn_tends_to_the_optimal_assignment_as_its_regularization_goes_to_zero(seed):
+    """On the whole matrix, Sinkhorn's argmax at small regularization and the Hungarian rule both equal scipy's
+    maximum-weight assignment of the full correlation matrix (the paper's whole-matrix Hungarian)."""
+    from scipy.optimize import linear_sum_assignment
+
+    from sae_universality.matching import match_correlation_matrix
+    from sae_universality.settings import MatchSettings
+
+    rng = np.random.default_rng(seed)
+    correlation = rng.uniform(0.1, 0.9, size=(6, 6))
+    rows, columns = linear_sum_assignment(correlation, maximize=True)
+    optimal = sorted(zip(columns.tolist(), rows.tolist()))  # (feature_b, feature_a)
+    base = dict(junk_filter=False, threshold=0.0, n_candidates="all")
+    hungarian = match_correlation_matrix(correlation, settings=MatchSettings(one_to_one="hungarian", **base))
+    assert _kept(hungarian) == optimal
+    sharp = match_correlation_matrix(correlation, settings=MatchSettings(
+        one_to_one="sinkhorn", sinkhorn_regularization=1e-3, sinkhorn_iterations=4000, **base))
+    assert _kept(sharp) == optimal
+    # At the paper's settings the plan is blurred; what it keeps is still one-to-one and positive.
+    paper = match_correlation_matrix(correlation, settings=MatchSettings(one_to_one="sinkhorn", **base))
+    kept = _kept(paper)
+    assert len({a for _, a in kept}) == len(kept) and len(kept) >= 4
+
+
+@pytest.mark.parametrize("n_candidates", [5, "all"])
+def test_every_rule_recovers_a_planted_permutation(n_candidates):
+    from sae_universality.matching import match_correlation_matrix
+    from sae_universality.matching.rules import ONE_TO_ONE_RULES
+    from sae_universality.settings import MatchSettings
+
+    rng = np.random.default_rng(3)
+    n = 30
+    planted = rng.permutation(n)  # B feature j pairs with A feature planted[j]
+    correlation = rng.normal(0.0, 0.05, size=(n, n))
+    correlation[planted, np.arange(n)] += 0.6
+    for rule in ONE_TO_ONE_RULES:
+        table = match_correlation_matrix(correlation, settings=MatchSettings(
+            one_to_one=rule, junk_filter=False, threshold=0.3, n_candidates=n_candidates))
+        assert _kept(table) == sorted(zip(range(n), planted.tolist())), rule
+
+
+def test_every_candidate_of_a_streamed_match_is_the_whole_sorted_matrix():
+    from sae_universality.matching.correlation import best_matches, pearson_correlation
+
+    rng = np.random.default_rng(5)
+    acts_a = np.maximum(rng.normal(size=(400, 7)), 0)
+    acts_b = np.maximum(rng.normal(size=(400, 5)) + acts_a[:, :5] * 0.5, 0)
+    acts_a[:, 6] = 0.0  # a dead A feature: never a candidate
+    matches = best_matches(acts_a, acts_b, n_candidates=None, feature_block=3)
+    reference = pearson_correlation(acts_a, acts_b)  # (F_A, F_B), NaN for the dead feature
+    assert matches.candidates_a.shape == (5, 7)
+    for b in range(5):
+        alive = np.flatnonzero(~np.isnan(reference[:, b]))
+        expected = alive[np.argsort(-reference[alive, b], kind="stable")]
+        assert matches.candidates_a[b, :len(alive)].tolist() == expected.tolist()
+        np.testing.assert_allclose(matches.candidate_correlations[b, :len(alive)], reference[expected, b], atol=1e-6)
+        assert (matches.candidates_a[b, len(alive):] == -1).all()

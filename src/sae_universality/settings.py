@@ -162,9 +162,14 @@ class MatchSettings:
     shared_token_filter: bool = False
     """The paper's stricter rule: the two features' top tokens must share a normalized string."""
     one_to_one: str = "highest"
-    """When several B features pick one A feature: highest, first (the paper's code), hungarian, or none."""
-    n_candidates: int = 5
-    """Hungarian only: the best A features of each B feature the global assignment may choose from."""
+    """When several B features pick one A feature: highest, first (the paper's code), hungarian, sinkhorn, or none."""
+    n_candidates: int | str = 5
+    """hungarian and sinkhorn: the best A features of each B feature the assignment may choose from ('all': the
+    whole correlation matrix, as the paper's code)."""
+    sinkhorn_regularization: float = 0.05
+    """sinkhorn: the entropic regularization of the transport plan (the paper's 0.05)."""
+    sinkhorn_iterations: int = 80
+    """sinkhorn: Sinkhorn iterations before the plan's argmax (the paper's 80)."""
     threshold: float = 0.1
     """Keep pairs whose correlation is at least this."""
     n_top_tokens: int = 10

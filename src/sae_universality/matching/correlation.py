@@ -505,50 +505,73 @@ def best_matches(
     acts_a: Any,
     acts_b: Any = None,
     *,
-    n_candidates: int = 1,
+    n_candidates: int | None = 1,
     feature_block: int | None = None,
     chunk_rows: int | None = None,
     device: str | None = None,
 ) -> BestMatches:
     """Stream the most correlated A features of every B feature.
 
-    Inputs as in `pearson_correlation`. With `feature_block` only an
+    Inputs as in `pearson_correlation`. `n_candidates` None keeps every A feature of each B feature (the
+    whole matrix, for a rule that reads all of it: 16 bytes per entry). With `feature_block` only an
     F_B x feature_block block of correlations exists at a time (8 bytes per
     entry, plus buffers of 256 rows); without it the whole F_B x F_A matrix is
     one block. Returns `BestMatches` (see there).
     """
-    if not isinstance(n_candidates, int) or n_candidates < 1:
-        raise ValueError(f"n_candidates must be a positive integer; got {n_candidates!r}")
+    _check_candidate_count(n_candidates)
     best_index = best_value = None
     stats_a = stats_b = None
+    whole = []
     for block in correlation_blocks(
         acts_a, acts_b, feature_block=feature_block, chunk_rows=chunk_rows, device=device
     ):
+        stats_a, stats_b = block.stats_a, block.stats_b
+        if n_candidates is None:
+            whole.append(np.array(block.correlation, dtype=np.float64))
+            continue
         if best_index is None:
             n_features_b = block.correlation.shape[1]
             best_index = np.full((n_features_b, n_candidates), -1, dtype=np.int64)
             best_value = np.full((n_features_b, n_candidates), -np.inf)
         _merge_top_candidates(best_index, best_value, block.correlation.T, block.a_start)
-        stats_a, stats_b = block.stats_a, block.stats_b
+    if n_candidates is None:
+        best_index, best_value = _every_candidate(np.concatenate(whole, axis=0))
     best_value[best_index < 0] = np.nan
     return BestMatches(best_index, best_value, stats_a, stats_b, stats_a.n_positions)
 
 
-def best_matches_from_correlation(correlation: np.ndarray, *, n_candidates: int = 1) -> BestMatches:
+def _check_candidate_count(n_candidates) -> None:
+    if n_candidates is not None and (not isinstance(n_candidates, int) or n_candidates < 1):
+        raise ValueError(f"n_candidates must be a positive integer or None (every A feature); got {n_candidates!r}")
+
+
+def _every_candidate(correlation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every A feature of each B feature, best first (ties: lowest A index): the whole (F_A, F_B) matrix
+    as (F_B, F_A) candidate indices and values, -1 / -inf where the correlation is NaN."""
+    values = np.where(np.isnan(correlation.T), -np.inf, correlation.T)
+    order = np.argsort(-values, axis=1, kind="stable")
+    best_value = np.take_along_axis(values, order, axis=1)
+    best_index = np.where(np.isneginf(best_value), -1, order).astype(np.int64)
+    return best_index, best_value
+
+
+def best_matches_from_correlation(correlation: np.ndarray, *, n_candidates: int | None = 1) -> BestMatches:
     """`BestMatches` from a precomputed (F_A, F_B) correlation matrix (NaN = no variance).
 
     The stats are stand-ins: a feature whose whole row/column is NaN counts as
     dead (dead and constant cannot be told apart from the matrix).
     """
-    if not isinstance(n_candidates, int) or n_candidates < 1:
-        raise ValueError(f"n_candidates must be a positive integer; got {n_candidates!r}")
+    _check_candidate_count(n_candidates)
     correlation = np.asarray(correlation, dtype=np.float64)
     if correlation.ndim != 2:
         raise ValueError(f"correlation must be 2-D (F_A, F_B); got shape {correlation.shape}")
     n_features_a, n_features_b = correlation.shape
-    best_index = np.full((n_features_b, n_candidates), -1, dtype=np.int64)
-    best_value = np.full((n_features_b, n_candidates), -np.inf)
-    _merge_top_candidates(best_index, best_value, np.ascontiguousarray(correlation.T), 0)
+    if n_candidates is None:
+        best_index, best_value = _every_candidate(correlation)
+    else:
+        best_index = np.full((n_features_b, n_candidates), -1, dtype=np.int64)
+        best_value = np.full((n_features_b, n_candidates), -np.inf)
+        _merge_top_candidates(best_index, best_value, np.ascontiguousarray(correlation.T), 0)
     best_value[best_index < 0] = np.nan
 
     def stand_in(alive: np.ndarray) -> FeatureStats:

@@ -11,8 +11,9 @@ table, add its name to the schema's enum (workflow/schemas/config.schema.yaml).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,6 +39,8 @@ class ManyToOnePairs:
     """(rows, m) float64 their correlations, NaN for none."""
     pair_passes: Callable[[int, int], bool]
     """The non-concept filter for any edge (feature_b, feature_a), for rules that pair rows anew."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Rule settings from `MatchSettings` (sinkhorn: regularization, iterations)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,16 @@ def first(pairs: ManyToOnePairs) -> OneToOne:
     return _first_per_a(pairs, (pairs.feature_b[candidates],))
 
 
+def _usable_candidates(pairs: ManyToOnePairs, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), m) bool: candidate edges that exist and pass the non-concept filter (the best edge passed)."""
+    candidates_a = pairs.candidates_a[rows]
+    usable = candidates_a >= 0
+    for row_position, slot in zip(*np.nonzero(usable[:, 1:])):
+        b, a = int(pairs.feature_b[rows[row_position]]), int(candidates_a[row_position, slot + 1])
+        usable[row_position, slot + 1] = pairs.pair_passes(b, a)
+    return usable
+
+
 def hungarian(pairs: ManyToOnePairs) -> OneToOne:
     """A global assignment over each eligible row's candidates that maximizes the total correlation.
 
@@ -107,10 +120,7 @@ def hungarian(pairs: ManyToOnePairs) -> OneToOne:
     rows = np.nonzero(pairs.eligible)[0]
     candidates_a = pairs.candidates_a[rows]
     candidate_correlations = pairs.candidate_correlations[rows]
-    usable = candidates_a >= 0
-    for row_position, slot in zip(*np.nonzero(usable[:, 1:])):
-        b, a = int(pairs.feature_b[rows[row_position]]), int(candidates_a[row_position, slot + 1])
-        usable[row_position, slot + 1] = pairs.pair_passes(b, a)
+    usable = _usable_candidates(pairs, rows)
     decided = _unchanged(pairs, np.zeros(len(pairs.feature_b), dtype=bool))
     if len(rows):
         partner_a, partner_correlation = assign_globally(candidates_a, candidate_correlations, usable)
@@ -156,11 +166,74 @@ def assign_globally(
     return partner_a, partner_correlation
 
 
+def sinkhorn_plan(log_kernel: np.ndarray, iterations: int) -> np.ndarray:
+    """The entropic transport plan between uniform marginals, by log-domain Sinkhorn iterations.
+
+    log_kernel (rows, columns): -cost / regularization, -inf where there is no edge (every
+    row and column needs one). Each iteration rescales the rows to mass 1/rows, then the
+    columns to 1/columns, in log space (no overflow as the regularization goes to 0).
+    """
+    from scipy.special import logsumexp
+
+    n_rows, n_columns = log_kernel.shape
+    log_row, log_column = -np.log(n_rows), -np.log(n_columns)
+    f, g = np.zeros(n_rows), np.zeros(n_columns)
+    for _ in range(iterations):
+        f = log_row - logsumexp(log_kernel + g[None, :], axis=1)
+        g = log_column - logsumexp(log_kernel + f[:, None], axis=0)
+    return np.exp(log_kernel + f[:, None] + g[None, :])
+
+
+def sinkhorn(pairs: ManyToOnePairs) -> OneToOne:
+    """Entropic optimal transport over each eligible row's candidates (the paper's third rule).
+
+    Cost 1 - correlation, regularization `options["regularization"]` (the paper's 0.05),
+    `options["iterations"]` Sinkhorn iterations (80), uniform mass on the rows and on the A
+    features that appear among their candidates. Each row then takes the A feature its plan
+    row puts most mass on (the paper's argmax); where several rows take one A feature, the
+    row with the most mass on it keeps it (ties: the lowest B feature), so the result is
+    one-to-one like the other rules. A row whose partner correlates <= 0 fails, as under
+    hungarian. Candidate edges other than the best must pass the non-concept filter.
+    """
+    regularization = float(pairs.options.get("regularization", 0.05))
+    iterations = int(pairs.options.get("iterations", 80))
+    rows = np.nonzero(pairs.eligible)[0]
+    decided = _unchanged(pairs, np.zeros(len(pairs.feature_b), dtype=bool))
+    if not len(rows):
+        return decided
+    candidates_a, correlations = pairs.candidates_a[rows], pairs.candidate_correlations[rows]
+    usable = _usable_candidates(pairs, rows)
+    columns, column_of = np.unique(candidates_a[usable], return_inverse=True)
+    log_kernel = np.full((len(rows), len(columns)), -np.inf)
+    row_of_edge, slot = np.nonzero(usable)
+    log_kernel[row_of_edge, column_of] = -(1.0 - correlations[row_of_edge, slot]) / regularization
+    plan = sinkhorn_plan(log_kernel, iterations)
+    chosen = np.argmax(plan, axis=1)
+    mass = plan[np.arange(len(rows)), chosen]
+    correlation_of = np.full(log_kernel.shape, np.nan)
+    correlation_of[row_of_edge, column_of] = correlations[row_of_edge, slot]
+    chosen_correlation = correlation_of[np.arange(len(rows)), chosen]
+    # One row per A feature: the most mass, then the lowest B feature (rows ascend in feature_b).
+    order = np.lexsort((np.arange(len(rows)), -mass, chosen))
+    first_of_column = np.ones(len(order), dtype=bool)
+    first_of_column[1:] = chosen[order][1:] != chosen[order][:-1]
+    keeps = np.zeros(len(rows), dtype=bool)
+    keeps[order[first_of_column]] = True
+    keeps &= chosen_correlation > 0
+    decided.passes[rows[keeps]] = True
+    decided.final_a[rows[keeps]] = columns[chosen[keeps]]
+    decided.final_correlation[rows[keeps]] = chosen_correlation[keeps]
+    return decided
+
+
 ONE_TO_ONE_RULES: dict[str, OneToOneRule] = {
     "highest": OneToOneRule(highest, description="per A feature, the best-correlated B feature"),
     "first": OneToOneRule(first, description="per A feature, the lowest B feature (the paper's code)"),
     "hungarian": OneToOneRule(hungarian, uses_candidates=True,
                               description="a global assignment over each B feature's n_candidates best A features"),
+    "sinkhorn": OneToOneRule(sinkhorn, uses_candidates=True,
+                             description="entropic optimal transport over each B feature's n_candidates best A "
+                                         "features, then the plan's argmax (the paper's third rule)"),
     "none": OneToOneRule(keep_all, description="no one-to-one step"),
 }
 """The one-to-one rules by the name `matching.one_to_one` gives them (the schema's enum is this table's keys)."""

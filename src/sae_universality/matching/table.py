@@ -69,6 +69,7 @@ def match_table(
         candidate_correlations=(matches.candidate_correlations[feature_b] if rule.uses_candidates
                                 else correlation[:, None]),
         pair_passes=pair_is_concept,
+        options={"regularization": settings.sinkhorn_regularization, "iterations": settings.sinkhorn_iterations},
     ))
     passes_one_to_one = decided.passes & passes_non_concept
     final_a, final_correlation = decided.final_a, decided.final_correlation
@@ -154,7 +155,7 @@ def match_features(
     matches = best_matches(
         acts_a,
         acts_b,
-        n_candidates=settings.n_candidates if one_to_one_rule(settings.one_to_one).uses_candidates else 1,
+        n_candidates=candidate_count(settings),
         feature_block=settings.feature_block,
         chunk_rows=chunk_rows,
         device=settings.device,
@@ -171,8 +172,7 @@ def match_correlation_matrix(correlation: np.ndarray, *, settings: MatchSettings
     """
     top_tokens = {key: overrides.pop(key) for key in ("top_tokens_a", "top_tokens_b") if key in overrides}
     settings = with_overrides(settings, overrides)
-    n_candidates = settings.n_candidates if one_to_one_rule(settings.one_to_one).uses_candidates else 1
-    matches = best_matches_from_correlation(correlation, n_candidates=n_candidates)
+    matches = best_matches_from_correlation(correlation, n_candidates=candidate_count(settings))
     return match_table(matches, settings=settings, **top_tokens)
 
 
@@ -182,9 +182,17 @@ def with_overrides(settings: MatchSettings | None, overrides: dict) -> MatchSett
     one_to_one_rule(settings.one_to_one)  # ValueError naming the rules when unknown
     if not isinstance(settings.threshold, (int, float)) or math.isnan(settings.threshold):
         raise ValueError(f"threshold must be a number; got {settings.threshold!r}")
-    if not isinstance(settings.n_candidates, int) or settings.n_candidates < 1:
-        raise ValueError(f"n_candidates must be a positive integer; got {settings.n_candidates!r}")
+    if settings.n_candidates != "all" and (not isinstance(settings.n_candidates, int) or settings.n_candidates < 1):
+        raise ValueError(f"n_candidates must be a positive integer or 'all'; got {settings.n_candidates!r}")
     return settings
+
+
+def candidate_count(settings: MatchSettings) -> int | None:
+    """A features per B feature the correlation step keeps: 1 unless the rule reads candidates, then
+    `n_candidates` (None for 'all': the whole correlation matrix, as the paper's Hungarian and Sinkhorn read it)."""
+    if not one_to_one_rule(settings.one_to_one).uses_candidates:
+        return 1
+    return None if settings.n_candidates == "all" else settings.n_candidates
 
 
 def kept_pairs(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
