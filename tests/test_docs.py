@@ -212,6 +212,7 @@ SECTION_SOURCES = {
     "## Shared features or shared tokens?": ("docs/figures/default", "config.yaml"),
     "## Seed stability as the literature reports it": ("docs/figures/default", "config.yaml"),
     "## The controls on the whole sample": ("docs/figures/whole", "presets/scaling.yaml"),
+    "## Which one-to-one rule": ("docs/figures/default", "workflow/schemas/config.schema.yaml"),
     "## The scaling study": ("docs/figures/scaling", "presets/scaling.yaml"),
     "## The reference experiment": ("docs/figures/reference", "presets/reference.yaml"),
 }

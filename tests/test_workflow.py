@@ -520,3 +520,23 @@ def test_a_damaged_file_ends_its_job_in_one_line_naming_it_and_the_rule_that_rem
     with h5py.File(codes, "r") as remade, h5py.File(finished_run / "results/codes/neox/layer0/seed0.h5", "r") as original:
         for name in original:
             np.testing.assert_array_equal(remade[name][:], original[name][:])
+
+
+def test_the_rule_study_rematches_a_layer_pair_under_every_rule(finished_run):
+    """studies/rules.py on a finished run: the run's own rule gives back the run's kept pairs and scores, and every
+    other rule's pairs are counted against them."""
+    from sae_universality.studies.rules import VARIANTS, compare_rules
+
+    table = compare_rules(finished_run, "neox--llama", 2, 1)
+    assert len(table) == len(VARIANTS) * table["metric"].nunique()
+    own = table[(table["rule"] == "highest")]
+    run_matches = pd.read_csv(finished_run / "results/matching/neox--llama/layer2--layer1.tsv", sep="\t")
+    assert (own["kept"] == int(run_matches["kept"].sum())).all()
+    assert (own["same_partner_as_run_rule"] == own["kept"]).all()
+    run_scores = pd.read_csv(finished_run / "results/similarity/neox--llama/layer2--layer1.tsv", sep="\t")
+    merged = own.merge(run_scores, on="metric", suffixes=("", "_run"))
+    np.testing.assert_allclose(merged["observed"], merged["observed_run"], rtol=1e-5)  # the TSV keeps 6 digits
+    np.testing.assert_allclose(merged["null_mean"], merged["null_mean_run"], rtol=1e-5)
+    assert (table["same_partner_as_run_rule"] <= table["kept"]).all()
+    assert set(table["n_candidates"]) == {"", "5", "all"}
+    np.testing.assert_allclose(table["excess"], table["observed"] - table["null_mean"])

@@ -196,6 +196,41 @@ def controls_comparison_block(default: str, whole: str) -> Callable[[], str]:
     return make
 
 
+def rules_block(folder: str) -> Callable[[], str]:
+    """One layer pair matched and scored under every one-to-one rule (`studies/rules.py`, `folder`/rules.tsv)."""
+
+    def make() -> str:
+        table = pd.read_csv(REPOSITORY / folder / "rules.tsv", sep="\t", keep_default_na=False,
+                            na_values={column: [""] for column in ("mean_correlation",)})
+        first = table.iloc[0]
+        metrics = list(dict.fromkeys(table["metric"]))
+        lines = [f"{first['model_a']} layer {first['layer_a']} / {first['model_b']} layer {first['layer_b']}, the "
+                 f"matched under every rule with the run's other matching settings (its own rule: "
+                 f"`{first['run_rule']}`). Cells: excess over chance [95% interval], * where p < 0.05 (one layer "
+                 "pair, so nothing to adjust over):", "",
+                 "| rule | candidates | kept pairs | mean correlation | same partner as the run's rule | "
+                 + " | ".join(METRIC_NAMES.get(metric, metric) for metric in metrics) + " |",
+                 "|" + "---|" * (5 + len(metrics))]
+        for (rule, candidates), rows in table.groupby(["rule", "n_candidates"], sort=False):
+            rows = rows.set_index("metric")
+            head = rows.iloc[0]
+            cells = [f"{_number(rows.loc[metric, 'excess'])}{'*' if rows.loc[metric, 'p'] < SIGNIFICANCE else ''} "
+                     f"[{_number(rows.loc[metric, 'excess_ci_low'])}, {_number(rows.loc[metric, 'excess_ci_high'])}]"
+                     for metric in metrics]
+            lines.append(f"| {rule} | {candidates or 'n/a'} | {int(head['kept'])} | {head['mean_correlation']:.3f} | "
+                         f"{int(head['same_partner_as_run_rule'])} | " + " | ".join(cells) + " |")
+        overlap = sum(table[table["metric"] == metric]["excess_ci_low"].max()
+                      <= table[table["metric"] == metric]["excess_ci_high"].min() for metric in metrics)
+        significant = int(table.groupby(["rule", "n_candidates"])["p"].apply(lambda p: (p < SIGNIFICANCE).all()).sum())
+        variants = table.groupby(["rule", "n_candidates"]).ngroups
+        lines += ["", f"{significant} of {variants} rules give pairs above chance on every metric; the kept pairs "
+                      f"run from {int(table['kept'].min())} to {int(table['kept'].max())}. The intervals of all "
+                      f"{variants} rules share a common range on {overlap} of {len(metrics)} metrics."]
+        return "\n".join(lines)
+
+    return make
+
+
 def seed_stability_block(folder: str) -> Callable[[], str]:
     """The block of a run's seed stability: per (model, layer), the second seed against the first by activation
     and by decoder direction, from `folder`'s quality.tsv and ceiling_matching.tsv."""
@@ -735,6 +770,7 @@ BLOCKS = {
                                  tuple(f"docs/figures/{run}/{name}" for run in ("default", "whole")
                                        for name in ("controls.tsv", "context_only_scores.tsv", "lexical_scores.tsv",
                                                     "run.tsv"))),
+    "rules-default": Block(rules_block("docs/figures/default"), ("docs/figures/default/rules.tsv",)),
     "seed-stability-default": Block(seed_stability_block("docs/figures/default"),
                                     ("docs/figures/default/quality.tsv", "docs/figures/default/ceiling_matching.tsv")),
 }
