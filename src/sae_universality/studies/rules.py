@@ -87,7 +87,7 @@ def compare_rules(run: Path, pair: str, layer_a: int, layer_b: int, variants=VAR
     return pd.DataFrame(rows)
 
 
-def main(argv=None) -> int:
+def rules_command(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sae_universality.studies.rules", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished run folder")
     parser.add_argument("--pair", default="smollm2--gemma3", help="model pair as in results/similarity/")
@@ -104,4 +104,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(rules_command())

@@ -1,0 +1,1 @@
+"""Feature cards (issue 23): what a matched pair of features does, side by side, offline."""

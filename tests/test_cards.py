@@ -1,0 +1,63 @@
+"""Feature cards: the tokens a decoder direction promotes and suppresses, against float64 by hand."""
+
+import numpy as np
+import pytest
+import torch
+
+from sae_universality.cards.output_tokens import final_norm, output_token_effects
+from sae_universality.errors import UserError
+
+
+def tiny(architecture: str):
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
+                              LlamaForCausalLM)
+    torch.manual_seed(0)
+    shape = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 max_position_embeddings=32)
+    model = {"llama": lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **shape)),
+             "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(num_key_value_heads=1, head_dim=8, **shape)),
+             "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**shape))}[architecture]().eval()
+    with torch.no_grad():  # gains and biases away from their initial 1 and 0, so that a missed one shows
+        for parameter in final_norm(model).parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    return model
+
+
+def by_hand(model, architecture: str, directions: np.ndarray) -> np.ndarray:
+    """(n, vocabulary) logit effects in float64, each norm written out."""
+    norm = final_norm(model)
+    x = directions.astype(np.float64)
+    weight = norm.weight.detach().double().numpy()
+    if architecture == "gpt_neox":
+        centred = x - x.mean(axis=1, keepdims=True)
+        normed = centred / np.sqrt((centred ** 2).mean(axis=1, keepdims=True) + norm.eps) * weight  # no bias
+    else:
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+        gain = 1.0 + weight if architecture == "gemma3" else weight
+        normed = x / np.sqrt((x ** 2).mean(axis=1, keepdims=True) + eps) * gain
+    return normed @ model.get_output_embeddings().weight.detach().double().numpy().T
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3", "gpt_neox"])
+def test_promoted_and_suppressed_tokens_are_the_direction_through_the_final_norm_and_head(architecture):
+    model = tiny(architecture)
+    directions = np.random.default_rng(1).normal(size=(7, 16))
+    tokens = output_token_effects(model, directions, k=5, block=3)
+    expected = by_hand(model, architecture, directions)
+    for row in range(7):
+        order = np.argsort(-expected[row])
+        assert tokens.promoted_ids[row].tolist() == order[:5].tolist()
+        assert tokens.suppressed_ids[row].tolist() == order[::-1][:5].tolist()
+        np.testing.assert_allclose(tokens.promoted_effects[row], expected[row, order[:5]], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(tokens.suppressed_effects[row], expected[row, order[::-1][:5]], rtol=1e-4, atol=1e-5)
+    # Scaling a direction changes no ranking: the norm takes the scale out.
+    scaled = output_token_effects(model, directions * 7.0, k=5)
+    assert (scaled.promoted_ids == tokens.promoted_ids).all()
+
+
+def test_a_model_without_a_known_final_norm_is_one_line():
+    class Headless(torch.nn.Module):
+        base_model = torch.nn.Module()
+
+    with pytest.raises(UserError, match="cannot find the final norm of a Headless"):
+        final_norm(Headless())
