@@ -61,3 +61,42 @@ def test_a_model_without_a_known_final_norm_is_one_line():
 
     with pytest.raises(UserError, match="cannot find the final norm of a Headless"):
         final_norm(Headless())
+
+
+def test_an_activation_profile_counts_density_bins_and_samples_each_quantile_range():
+    from sae_universality.cards.activations import activation_profile
+
+    rng = np.random.default_rng(2)
+    values = np.zeros(1000)
+    firing = rng.choice(1000, 200, replace=False)
+    values[firing] = rng.exponential(2.0, size=200)
+    profile = activation_profile(values, bins=10, quantiles=(0, 0.5, 0.9, 1.0), per_range=4, seed=1)
+    assert profile.n_positions == 1000 and profile.density == pytest.approx(0.2)
+    assert profile.histogram_counts.sum() == 200  # every firing position in a bin, the largest included
+    assert profile.histogram_edges[0] == 0 and profile.histogram_edges[-1] == pytest.approx(values.max())
+    np.testing.assert_allclose(profile.quantile_edges, np.quantile(values[firing], [0, 0.5, 0.9, 1.0]))
+    for (low, high), sample, last in zip(zip(profile.quantile_edges[:-1], profile.quantile_edges[1:]),
+                                         profile.quantile_samples, (False, False, True)):
+        assert len(sample) == 4 and len(set(sample.tolist())) == 4
+        assert ((values[sample] >= low) & ((values[sample] <= high) if last else (values[sample] < high))).all()
+    assert activation_profile(values, seed=1).quantile_samples[0].tolist() == \
+        activation_profile(values, seed=1).quantile_samples[0].tolist()  # seeded: same config, same cards
+    silent = activation_profile(np.zeros(50))
+    assert silent.density == 0 and silent.histogram_counts.sum() == 0 and all(len(s) == 0 for s in silent.quantile_samples)
+
+
+def test_feature_columns_read_two_features_at_aligned_rows(tmp_path):
+    import h5py
+    import scipy.sparse
+
+    from sae_universality.cards.activations import feature_columns
+
+    rng = np.random.default_rng(3)
+    dense = np.where(rng.random((300, 12)) < 0.2, rng.random((300, 12)), 0.0).astype(np.float32)
+    sparse = scipy.sparse.csr_matrix(dense)
+    with h5py.File(tmp_path / "codes.h5", "w") as handle:  # the layout encode_cache_to_codes writes
+        handle["indptr"], handle["indices"], handle["values"] = sparse.indptr.astype(np.int64), \
+            sparse.indices.astype(np.int32), sparse.data
+        handle.attrs.update(n_positions=300, n_features=12, kind="codes")
+    rows = np.sort(rng.choice(300, 90, replace=False))
+    np.testing.assert_allclose(feature_columns(tmp_path / "codes.h5", rows, [5, 2], chunk_rows=17), dense[rows][:, [5, 2]])
