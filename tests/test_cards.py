@@ -100,3 +100,46 @@ def test_feature_columns_read_two_features_at_aligned_rows(tmp_path):
         handle.attrs.update(n_positions=300, n_features=12, kind="codes")
     rows = np.sort(rng.choice(300, 90, replace=False))
     np.testing.assert_allclose(feature_columns(tmp_path / "codes.h5", rows, [5, 2], chunk_rows=17), dense[rows][:, [5, 2]])
+
+
+def test_a_card_is_self_contained_escaped_and_shades_tokens_by_activation():
+    import re
+    from html.parser import HTMLParser
+
+    from sae_universality.cards.activations import activation_profile
+    from sae_universality.cards.page import CardSide, PairCard, card_html
+
+    values = np.zeros(100)
+    values[[3, 10, 50]] = [1.0, 2.0, 4.0]
+    profile = activation_profile(values, bins=4, quantiles=(0, 0.5, 1.0), per_range=1)
+    side_a = CardSide("smollm2", 9, 17, profile, [[(" the", 0.0), ("<script>", 4.0)], [(" and", 2.0)]],
+                      [[[(" x", 1.0)]], [[(" y", 4.0)]]], [(" Paris", 1.5), ("\n", 0.9)], [(" not", -1.2)])
+    side_b = CardSide("gemma3", 10, 301, profile, [[(" and", 1.0)]], [[], []], [(" and", 2.0)], [("&", -0.5)])
+    page = card_html(PairCard(side_a, side_b, 0.412, "best", rank_among_candidates=1,
+                              filters={"non-concept": True, "threshold": True}, context_only_correlation=0.2))
+    # Nothing leaves the page: no URL, no external script, style sheet, image or font.
+    assert not re.search(r"https?://|//[a-z]|src=|href=|@import|url\(", page, re.I)
+    assert "<script>" not in page and "&lt;script&gt;" in page  # token text is escaped
+    # Shading: the strongest token of a side is fully coloured, half as strong is half.
+    assert 'rgba(31, 119, 180, 1.00)" title="4">&lt;script&gt;' in page
+    assert 'rgba(31, 119, 180, 0.50)" title="2"> and' in page
+    assert "fires at 3.00% of 100 aligned positions" in page
+    assert page.count("<rect") == 8  # four histogram bins per side
+    assert "\\n" in page and "+1.5" in page and "-1.2" in page  # output tokens with their effects, newline visible
+    assert "rank 1 among the B feature's candidates" in page and "without the current token 0.200" in page
+
+    class Checker(HTMLParser):  # every opened element closed, in order
+        def __init__(self):
+            super().__init__()
+            self.stack = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in ("meta", "br"):
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.stack.pop() == tag
+
+    checker = Checker()
+    checker.feed(page)
+    assert checker.stack == []

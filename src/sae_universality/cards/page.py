@@ -1,0 +1,136 @@
+"""A feature card as one self-contained HTML page: both features of a matched pair side by side.
+
+Everything is inline (styles, the histograms as SVG, no script needed to read it): the page makes no
+network request of any kind, so it opens from disk, from an archived report or on an offline cluster.
+Token text is escaped; whitespace is kept visible.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .activations import ActivationProfile
+
+Context = list[tuple[str, float]]
+"""A context: its tokens in order, each with the feature's activation on it (0 where it does not fire)."""
+
+
+@dataclass(frozen=True)
+class CardSide:
+    """One feature of the pair and what the card shows of it."""
+
+    model: str
+    layer: int
+    feature: int
+    profile: ActivationProfile
+    top_contexts: list[Context]
+    """Contexts of its strongest activations, strongest first."""
+    quantile_contexts: list[list[Context]]
+    """Per quantile range of its firing activations (lowest first), sampled contexts."""
+    promoted: list[tuple[str, float]]
+    """Output tokens its decoder direction raises most, with the logit effect."""
+    suppressed: list[tuple[str, float]]
+    """Output tokens it lowers most."""
+
+
+@dataclass(frozen=True)
+class PairCard:
+    """A matched pair: its two sides and what the matching said about it."""
+
+    a: CardSide
+    b: CardSide
+    correlation: float
+    """Activation correlation of the pair over the aligned positions."""
+    kind: str
+    """Why this pair has a card: best, median, surprising, random, or named."""
+    rank_among_candidates: int | None = None
+    """The A feature's rank among the B feature's candidates (1 = its most correlated)."""
+    filters: dict = field(default_factory=dict)
+    """Filter name -> passed."""
+    context_only_correlation: float | None = None
+    """The pair's correlation once each feature's mean for the current token is removed."""
+
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.25em; margin: 0 0 .3em; }
+.facts span { margin-right: 1.2em; }
+.sides { display: grid; grid-template-columns: 1fr 1fr; gap: 1.5em; margin-top: 1em; }
+.side { border: 1px solid #ccc; border-radius: 6px; padding: .8em; min-width: 0; }
+.side h2 { font-size: 1.05em; margin: 0 0 .4em; }
+.context { font-family: ui-monospace, monospace; white-space: pre-wrap; word-break: break-word;
+           border-bottom: 1px dotted #ddd; padding: .2em 0; }
+.token { border-radius: 2px; }
+.tokens li { font-family: ui-monospace, monospace; white-space: pre; }
+.muted { color: #777; }
+"""
+
+
+def _token_span(text: str, activation: float, peak: float, colour: str) -> str:
+    alpha = 0.0 if peak <= 0 else float(np.clip(activation / peak, 0.0, 1.0))
+    title = f' title="{activation:.3g}"' if activation > 0 else ""
+    return (f'<span class="token" style="background: rgba({colour}, {alpha:.2f})"{title}>'
+            f"{html.escape(text)}</span>")
+
+
+def _context(context: Context, peak: float, colour: str) -> str:
+    return '<div class="context">' + "".join(_token_span(text, value, peak, colour) for text, value in context) + "</div>"
+
+
+def _histogram(profile: ActivationProfile, colour: str, width: int = 320, height: int = 80) -> str:
+    counts = profile.histogram_counts.astype(float)
+    top = counts.max() if counts.size and counts.max() > 0 else 1.0
+    bar = width / max(1, len(counts))
+    bars = "".join(f'<rect x="{index * bar:.1f}" y="{height - count / top * height:.1f}" width="{bar * 0.9:.1f}" '
+                   f'height="{count / top * height:.1f}" fill="rgb({colour})"><title>{int(count)}</title></rect>'
+                   for index, count in enumerate(counts))
+    edges = profile.histogram_edges
+    return (f'<svg class="histogram" width="{width}" height="{height + 16}" role="img" '
+            f'aria-label="histogram of firing activations">{bars}'
+            f'<text x="0" y="{height + 13}" font-size="10">0</text>'
+            f'<text x="{width}" y="{height + 13}" font-size="10" text-anchor="end">{edges[-1]:.3g}</text></svg>')
+
+
+def _token_list(tokens: list[tuple[str, float]]) -> str:
+    return '<ol class="tokens">' + "".join(f"<li>{html.escape(repr(text)[1:-1])} "
+                                           f'<span class="muted">{value:+.3g}</span></li>'
+                                           for text, value in tokens) + "</ol>"
+
+
+def _side(side: CardSide, colour: str) -> str:
+    peak = max((value for context in side.top_contexts for _, value in context), default=0.0)
+    ranges = ""
+    edges = side.profile.quantile_edges
+    for index, contexts in enumerate(side.quantile_contexts):
+        if not contexts:
+            continue
+        low, high = (edges[index], edges[index + 1]) if len(edges) > index + 1 else (0.0, 0.0)
+        ranges += (f'<h4>activations {low:.3g} to {high:.3g}</h4>'
+                   + "".join(_context(context, peak, colour) for context in contexts))
+    return (f'<section class="side"><h2>{html.escape(side.model)} layer {side.layer}, feature {side.feature}</h2>'
+            f'<p>fires at {side.profile.density:.2%} of {side.profile.n_positions:,} aligned positions</p>'
+            f"{_histogram(side.profile, colour)}"
+            f"<h3>Top contexts</h3>" + "".join(_context(context, peak, colour) for context in side.top_contexts)
+            + f"<h3>Samples across its activations</h3>{ranges or '<p class=muted>none</p>'}"
+            f'<div class="sides" style="margin-top:.5em"><div><h3>Promotes</h3>{_token_list(side.promoted)}</div>'
+            f"<div><h3>Suppresses</h3>{_token_list(side.suppressed)}</div></div></section>")
+
+
+def card_html(card: PairCard) -> str:
+    """The page of one pair: a header with what the matching said, then A and B side by side."""
+    facts = [f"correlation {card.correlation:.3f}"]
+    if card.rank_among_candidates is not None:
+        facts.append(f"rank {card.rank_among_candidates} among the B feature's candidates")
+    if card.context_only_correlation is not None:
+        facts.append(f"without the current token {card.context_only_correlation:.3f}")
+    facts += [f"{html.escape(name)}: {'passed' if passed else 'failed'}" for name, passed in card.filters.items()]
+    title = (f"{card.a.model} {card.a.layer}/{card.a.feature} and {card.b.model} {card.b.layer}/{card.b.feature}")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>{html.escape(card.kind)} pair: {html.escape(title)}</h1>"
+            f'<p class="facts">' + "".join(f"<span>{fact}</span>" for fact in facts) + "</p>"
+            f'<div class="sides">{_side(card.a, "31, 119, 180")}{_side(card.b, "214, 39, 40")}</div>'
+            "</body></html>\n")
