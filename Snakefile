@@ -18,6 +18,7 @@ include: "workflow/rules/activations.smk"
 include: "workflow/rules/alignment.smk"
 include: "workflow/rules/saes.smk"
 include: "workflow/rules/matching.smk"
+include: "workflow/rules/cards.smk"
 include: "workflow/rules/similarity.smk"
 
 

@@ -540,3 +540,38 @@ def test_the_rule_study_rematches_a_layer_pair_under_every_rule(finished_run):
     assert (table["same_partner_as_run_rule"] <= table["kept"]).all()
     assert set(table["n_candidates"]) == {"", "5", "all"}
     np.testing.assert_allclose(table["excess"], table["observed"] - table["null_mean"])
+
+
+def test_every_layer_pair_gets_self_contained_feature_cards(finished_run):
+    """Cards for the real pair's layer pairs (not the floor's): the best card is the best kept pair, every page
+    opens from disk with nothing to fetch, and the output tokens are the SAE's decoder through the model's head."""
+    import json
+    import re
+
+    from sae_universality.cards.output_tokens import output_token_effects
+    from sae_universality.models.sources import load_model
+    from sae_universality.similarity.stage import decoder_rows
+
+    for layer_a, layer_b in ((0, 1), (2, 1)):
+        folder = finished_run / f"results/cards/neox--llama/layer{layer_a}--layer{layer_b}"
+        listing = json.loads((folder / "cards.json").read_text())
+        table = pd.read_csv(finished_run / f"results/matching/neox--llama/layer{layer_a}--layer{layer_b}.tsv", sep="\t")
+        kept = table[table["kept"]].sort_values("final_correlation", ascending=False, kind="stable")
+        best = [card for card in listing["cards"] if card["kind"] == "best"]
+        assert best and (best[0]["feature_a"], best[0]["feature_b"]) == (int(kept.iloc[0]["final_a"]),
+                                                                         int(kept.iloc[0]["feature_b"]))
+        index = (folder / "index.html").read_text()
+        for card in listing["cards"]:
+            assert f'href="{card["file"]}"' in index
+            page = (folder / card["file"]).read_text()
+            assert not re.search(r"https?://|src=|@import|url\(", page)
+            assert f"feature {card['feature_a']}</h2>" in page and f"feature {card['feature_b']}</h2>" in page
+        combined = (folder.parent / f"layer{layer_a}--layer{layer_b}.html").read_text()  # the report's page
+        assert combined.count('<section id="card') == len(listing["cards"])
+        assert not re.search(r"https?://|src=|@import|url\(", combined)
+    assert not (finished_run / "results/cards/neox--llama-rerandomized").exists()
+    model, _, _ = load_model(finished_run / "resources/models/llama/manifest.json")
+    expected = output_token_effects(model, decoder_rows(finished_run / "results/saes/llama/layer1/seed0"))
+    with np.load(finished_run / "results/saes/llama/layer1/seed0.output_tokens.npz") as saved:
+        np.testing.assert_array_equal(saved["promoted_ids"], expected.promoted_ids)
+        np.testing.assert_allclose(saved["suppressed_effects"], expected.suppressed_effects, rtol=1e-5)

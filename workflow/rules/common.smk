@@ -92,7 +92,30 @@ def alignment_targets():
 
 def final_targets():
     return (activation_targets() + alignment_targets() + ["results/saes/quality.tsv"] + code_targets()
-            + matching_targets() + similarity_targets() + ["results/verdict.md"])
+            + matching_targets() + card_targets() + similarity_targets() + ["results/verdict.md"])
+
+
+# ---------------------------------------------------------------- cards
+
+
+def card_pairs():
+    """The real model pairs (floor controls excepted): their layer pairs get feature cards."""
+    floors = set(FLOORS.values())
+    return [pair for pair in PAIRS if pair not in floors]
+
+
+def card_targets():
+    return [f"results/cards/{a}--{b}/layer{la}--layer{lb}{suffix}" for a, b in card_pairs()
+            for la, lb in layer_pairs(a, b) for suffix in ("", ".html")]
+
+
+def card_inputs(wildcards):
+    # What the matching read, the match table, and each side's output tokens (its primary SAE's).
+    a, b = wildcards.model_a, wildcards.model_b
+    return {**matching_inputs(wildcards),
+            "matches": f"results/matching/{a}--{b}/layer{wildcards.layer_a}--layer{wildcards.layer_b}.tsv",
+            "tokens_a": f"results/saes/{a}/layer{wildcards.layer_a}/{primary_sae(a)}.output_tokens.npz",
+            "tokens_b": f"results/saes/{b}/layer{wildcards.layer_b}/{primary_sae(b)}.output_tokens.npz"}
 
 
 # ---------------------------------------------------------------- SAEs

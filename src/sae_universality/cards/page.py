@@ -119,18 +119,37 @@ def _side(side: CardSide, colour: str) -> str:
             f"<div><h3>Suppresses</h3>{_token_list(side.suppressed)}</div></div></section>")
 
 
-def card_html(card: PairCard) -> str:
-    """The page of one pair: a header with what the matching said, then A and B side by side."""
+def card_body(card: PairCard) -> str:
+    """The inner HTML of one pair's card: a header with what the matching said, then A and B side by side."""
     facts = [f"correlation {card.correlation:.3f}"]
     if card.rank_among_candidates is not None:
         facts.append(f"rank {card.rank_among_candidates} among the B feature's candidates")
     if card.context_only_correlation is not None:
         facts.append(f"without the current token {card.context_only_correlation:.3f}")
     facts += [f"{html.escape(name)}: {'passed' if passed else 'failed'}" for name, passed in card.filters.items()]
-    title = (f"{card.a.model} {card.a.layer}/{card.a.feature} and {card.b.model} {card.b.layer}/{card.b.feature}")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-            f"<h1>{html.escape(card.kind)} pair: {html.escape(title)}</h1>"
+    return (f"<h1>{html.escape(card.kind)} pair: {html.escape(_title(card))}</h1>"
             f'<p class="facts">' + "".join(f"<span>{fact}</span>" for fact in facts) + "</p>"
-            f'<div class="sides">{_side(card.a, "31, 119, 180")}{_side(card.b, "214, 39, 40")}</div>'
-            "</body></html>\n")
+            f'<div class="sides">{_side(card.a, "31, 119, 180")}{_side(card.b, "214, 39, 40")}</div>')
+
+
+def _title(card: PairCard) -> str:
+    return f"{card.a.model} {card.a.layer}/{card.a.feature} and {card.b.model} {card.b.layer}/{card.b.feature}"
+
+
+def _page(title: str, body: str) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def card_html(card: PairCard) -> str:
+    """The page of one pair."""
+    return _page(_title(card), card_body(card))
+
+
+def cards_page(title: str, cards: list[PairCard]) -> str:
+    """Every card of a layer pair on one page, with a list of them at the top (what the report shows)."""
+    listing = "".join(f'<li><a href="#card{index}">{html.escape(card.kind)}: {html.escape(_title(card))} '
+                      f"(correlation {card.correlation:.3f})</a></li>" for index, card in enumerate(cards))
+    sections = "".join(f'<section id="card{index}" class="card">{card_body(card)}</section><hr>'
+                       for index, card in enumerate(cards))
+    return _page(title, f"<h1>{html.escape(title)}</h1><ul>{listing}</ul><hr>{sections}")
