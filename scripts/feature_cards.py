@@ -10,7 +10,8 @@ def main(snakemake):
     write_cards(inputs.matches,
                 SideFiles(inputs.codes_a, inputs.cache_a, inputs.manifest_a, inputs.tokens_a, rows_a),
                 SideFiles(inputs.codes_b, inputs.cache_b, inputs.manifest_b, inputs.tokens_b, rows_b),
-                snakemake.output.cards, snakemake.params.labels, snakemake.output.page)
+                snakemake.output.cards, snakemake.params.labels, snakemake.output.page,
+                named=snakemake.params.named)
 
 
 run_script(snakemake, main)

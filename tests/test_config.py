@@ -48,6 +48,7 @@ CHOICES_WITHOUT_DEFAULT = {
     "pairs[].a", "pairs[].b", "corpus.hf_dataset.name",
     "models.*.sae.pretrained", "models.*.sae.pretrained.format", "models.*.sae.pretrained.path",
     "models.*.sae.pretrained.repo", "models.*.sae.pretrained.id",
+    *(f"cards.pairs[].{key}" for key in ("a", "b", "layer_a", "layer_b", "feature_a", "feature_b")),
 }
 
 
@@ -248,3 +249,15 @@ def test_model_entries_are_checked_only_where_check_models_is_given():
     assert check_config(copy.deepcopy(config), SCHEMA)["models"]["gemma3"]["layers"] == [40]
     with pytest.raises(UserError, match=r"^models.gemma3.layers: \[40\] out of range; gemma3 has blocks 0..17$"):
         check_config(config, SCHEMA, check_models=check_model_entries)
+
+
+@pytest.mark.parametrize(("named", "line"), [
+    ({"a": "gemma3", "b": "smollm2"}, r"cards.pairs\[0\]: gemma3 vs smollm2 is not a compared pair; use one of smollm2 vs gemma3"),
+    ({"layer_b": 6}, r"cards.pairs\[0\].layer_b: 6 is not a layer this pair compares \(10, 14\)"),
+])
+def test_a_named_card_must_be_a_compared_pair_and_layer(named, line):
+    config = copy.deepcopy(DEFAULT)
+    config["cards"] = {"pairs": [{"a": "smollm2", "b": "gemma3", "layer_a": 9, "layer_b": 10, "feature_a": 1,
+                                  "feature_b": 2, **named}]}
+    with pytest.raises(UserError, match=f"^{line}$"):
+        check_config(config, SCHEMA)

@@ -575,3 +575,37 @@ def test_every_layer_pair_gets_self_contained_feature_cards(finished_run):
     with np.load(finished_run / "results/saes/llama/layer1/seed0.output_tokens.npz") as saved:
         np.testing.assert_array_equal(saved["promoted_ids"], expected.promoted_ids)
         np.testing.assert_allclose(saved["suppressed_effects"], expected.suppressed_effects, rtol=1e-5)
+
+
+def test_a_named_pair_gets_its_card_matched_or_not(finished_run):
+    """cards.pairs: a pair the user names gets a card of kind "named" with its correlation over the aligned
+    positions, computed here in float64 from the codes (runs last: it changes the run's config)."""
+    import json
+
+    import yaml
+
+    from sae_universality.cards.activations import feature_columns
+    from sae_universality.matching.stage import aligned_rows
+
+    config_path = finished_run / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["cards"] = {"pairs": [{"a": "neox", "b": "llama", "layer_a": 2, "layer_b": 1, "feature_a": 3,
+                                  "feature_b": 5}]}
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(finished_run, "results/cards/neox--llama/layer2--layer1")
+    listing = json.loads((finished_run / "results/cards/neox--llama/layer2--layer1/cards.json").read_text())
+    named = [card for card in listing["cards"] if card["kind"] == "named"]
+    assert [(card["feature_a"], card["feature_b"]) for card in named] == [(3, 5)]
+    rows_a, rows_b = aligned_rows(finished_run / "results/alignment/neox--llama.h5")
+    x = feature_columns(finished_run / "results/codes/neox/layer2/seed0.h5", rows_a, [3])[:, 0].astype(np.float64)
+    y = feature_columns(finished_run / "results/codes/llama/layer1/seed0.h5", rows_b, [5])[:, 0].astype(np.float64)
+    expected = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else None
+    if expected is None:
+        assert named[0]["correlation"] is None
+    else:
+        assert named[0]["correlation"] == pytest.approx(expected, abs=1e-9)
+    page = (finished_run / "results/cards/neox--llama/layer2--layer1" / named[0]["file"]).read_text()
+    assert "named pair: neox 2/3 and llama 1/5" in page
+    # The other layer pair's cards were not redone.
+    assert not [card for card in json.loads((finished_run / "results/cards/neox--llama/layer0--layer1/cards.json")
+                                            .read_text())["cards"] if card["kind"] == "named"]

@@ -37,6 +37,7 @@ def check_config(config: dict, schema: str | Path = SCHEMA,
         _validate_schema(config, Path(schema))  # fills the defaults of the added models
     if check_models is not None:
         check_models(config["models"])
+    _check_cards(config)
     _check_corpus(config["corpus"])
     _check_saes(config)
     _check_similarity(config["similarity"])
@@ -166,6 +167,19 @@ def pair_layers(config: dict) -> dict[tuple[str, str], tuple[list[int], list[int
     return {(pair["a"], pair["b"]): (sorted(pair.get("layers_a") or models[pair["a"]]["layers"]),
                                      sorted(pair.get("layers_b") or models[pair["b"]]["layers"]))
             for pair in config["pairs"]}
+
+
+def _check_cards(config: dict) -> None:
+    compared = pair_layers(config)
+    for index, named in enumerate(config.get("cards", {}).get("pairs", [])):
+        key = (named["a"], named["b"])
+        if key not in compared:
+            raise UserError(f"cards.pairs[{index}]: {named['a']} vs {named['b']} is not a compared pair; use one of "
+                            f"{', '.join(f'{a} vs {b}' for a, b in compared)}")
+        for side, layers in zip(("a", "b"), compared[key]):
+            if named[f"layer_{side}"] not in layers:
+                raise UserError(f"cards.pairs[{index}].layer_{side}: {named[f'layer_{side}']} is not a layer this pair "
+                                f"compares ({', '.join(map(str, layers))})")
 
 
 def floor_controls(config: dict) -> dict[tuple[str, str], tuple[str, str]]:

@@ -251,6 +251,15 @@ class SemanticSettings:
 _NESTED = {("CorpusSettings", "hf_dataset"): HfDatasetSettings, ("SaeSettings", "train"): TrainSettings}
 
 # Each settings class and the config section it reads.
+@dataclass(frozen=True)
+class CardSettings:
+    """Which pairs get feature cards besides those chosen from the kept pairs (config: cards)."""
+
+    pairs: tuple = ()
+    """Pairs a user names, each {a, b, layer_a, layer_b, feature_a, feature_b}: a card of kind "named" in that
+    layer pair's folder, matched or not."""
+
+
 SECTIONS = {
     "corpus": CorpusSettings,
     "corpus.hf_dataset": HfDatasetSettings,
@@ -261,4 +270,5 @@ SECTIONS = {
     "similarity": SimilaritySettings,
     "semantic": SemanticSettings,
     "controls": ControlSettings,
+    "cards": CardSettings,
 }

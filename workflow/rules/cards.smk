@@ -31,6 +31,7 @@ rule feature_cards:
         "results/benchmarks/feature_cards/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.tsv"
     params:
         labels=matching_labels,
+        named=named_cards,
     threads: 1
     conda:
         "../../envs/workflow.yaml"

@@ -109,6 +109,13 @@ def card_targets():
             for la, lb in layer_pairs(a, b) for suffix in ("", ".html")]
 
 
+def named_cards(wildcards):
+    # The (feature_a, feature_b) pairs a user named for this layer pair (config: cards.pairs).
+    return [[named["feature_a"], named["feature_b"]] for named in config["cards"]["pairs"]
+            if (named["a"], named["b"], str(named["layer_a"]), str(named["layer_b"]))
+            == (wildcards.model_a, wildcards.model_b, wildcards.layer_a, wildcards.layer_b)]
+
+
 def card_inputs(wildcards):
     # What the matching read, the match table, and each side's output tokens (its primary SAE's).
     a, b = wildcards.model_a, wildcards.model_b

@@ -121,7 +121,8 @@ def _side(side: CardSide, colour: str) -> str:
 
 def card_body(card: PairCard) -> str:
     """The inner HTML of one pair's card: a header with what the matching said, then A and B side by side."""
-    facts = [f"correlation {card.correlation:.3f}"]
+    facts = [f"correlation {card.correlation:.3f}" if np.isfinite(card.correlation) else "correlation undefined "
+             "(a feature that never varies here)"]
     if card.rank_among_candidates is not None:
         facts.append(f"rank {card.rank_among_candidates} among the B feature's candidates")
     if card.context_only_correlation is not None:

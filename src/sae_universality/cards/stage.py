@@ -123,10 +123,32 @@ class _Side:
                         listed("suppressed"))
 
 
+def _named_correlation(a: SideFiles, b: SideFiles, feature_a: int, feature_b: int) -> float:
+    """Pearson correlation of two features over the aligned positions; a feature out of range is one line."""
+    from ..errors import UserError
+    from .activations import feature_columns
+
+    for side, files, feature in (("a", a, feature_a), ("b", b, feature_b)):
+        with open_hdf5(files.codes) as codes:
+            n_features = int(codes.attrs["n_features"])
+        if not 0 <= feature < n_features:
+            raise UserError(f"cards.pairs: feature_{side} {feature} is out of range; {files.codes} has features "
+                            f"0..{n_features - 1}")
+    x = feature_columns(a.codes, a.rows, [feature_a])[:, 0]
+    y = feature_columns(b.codes, b.rows, [feature_b])[:, 0]
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _formatted(correlation) -> str:
+    return "undefined" if correlation is None else f"{correlation:.3f}"
+
+
 def write_cards(matches_path: str | Path, a: SideFiles, b: SideFiles, out_dir: str | Path, labels: dict,
-                out_page: str | Path) -> list:
-    """Cards for a layer pair's chosen pairs (`choose_pairs`): one page each and an index, into the folder
-    `out_dir`, and all of them on the one page `out_page` (for the report)."""
+                out_page: str | Path, named=()) -> list:
+    """Cards for a layer pair's chosen pairs (`choose_pairs`) and the `named` (feature_a, feature_b) pairs: one
+    page each and an index, into the folder `out_dir`, and all of them on the one page `out_page` (the report's)."""
     import html
 
     from .page import PairCard, card_html, cards_page
@@ -141,25 +163,32 @@ def write_cards(matches_path: str | Path, a: SideFiles, b: SideFiles, out_dir: s
 
     tokens_a, tokens_b = top_tokens("a"), top_tokens("b")
     chosen = choose_pairs(table, tokens_a, tokens_b)
+    for feature_a, feature_b in named:
+        chosen.append(("named", int(feature_a), int(feature_b),
+                       _named_correlation(a, b, int(feature_a), int(feature_b))))
     rows_by_pair = {(int(row.final_a), int(row.feature_b)): row for row in table.itertuples()}
     written, cards = [], []
     with atomic_directory(out_dir) as folder:
         for kind, feature_a, feature_b, correlation in chosen:
-            row = rows_by_pair[(feature_a, feature_b)]
-            filters = {"non-concept filter": bool(row.passes_non_concept), "one-to-one": bool(row.passes_one_to_one),
-                       "threshold": bool(row.passes_threshold)}
-            rank = 1 if int(row.feature_a) == feature_a else None
+            row = rows_by_pair.get((feature_a, feature_b))
+            if row is None:  # a named pair the matching did not pair
+                filters, rank = {"matched": False}, None
+            else:
+                filters = {"non-concept filter": bool(row.passes_non_concept),
+                           "one-to-one": bool(row.passes_one_to_one), "threshold": bool(row.passes_threshold)}
+                rank = 1 if int(row.feature_a) == feature_a else None
             card = PairCard(side_a.card_side(feature_a), side_b.card_side(feature_b), correlation, kind,
                             rank_among_candidates=rank, filters=filters)
             name = f"{kind}-a{feature_a}-b{feature_b}.html"
             (Path(folder) / name).write_text(card_html(card), encoding="utf-8")
             cards.append(card)
             written.append({"kind": kind, "feature_a": feature_a, "feature_b": feature_b,
-                            "correlation": correlation, "file": name})
+                            "correlation": correlation if np.isfinite(correlation) else None, "file": name})
         title = (f"{labels['model_a']} layer {labels['layer_a']} / {labels['model_b']} layer {labels['layer_b']}: "
                  "feature cards")
         items = "".join(f'<li><a href="{html.escape(item["file"])}">{item["kind"]}: A {item["feature_a"]}, '
-                        f'B {item["feature_b"]} (correlation {item["correlation"]:.3f})</a></li>' for item in written)
+                        f'B {item["feature_b"]} (correlation {_formatted(item["correlation"])})</a></li>'
+                        for item in written)
         (Path(folder) / "index.html").write_text(
             f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
             f"<body><h1>{html.escape(title)}</h1><ul>{items}</ul></body></html>\n", encoding="utf-8")
