@@ -90,25 +90,36 @@ class _Side:
         with np.load(files.output_tokens) as tokens:
             self.output = {name: tokens[name] for name in tokens.files}
 
-    def contexts(self, feature: int, cache_rows) -> list:
-        """Per cache row, its context: (token text, this feature's activation) pairs."""
+    def load(self, features) -> None:
+        """Read the activations of `features` at every cached position, in one pass over the codes file: the
+        cards' profiles (aligned rows) and contexts (any rows) all come from these columns."""
         from .activations import feature_columns
 
-        spans = []
+        with open_hdf5(self.files.codes) as codes:
+            n_positions = int(codes.attrs["n_positions"])
+        features = sorted(set(features))
+        self.column_of = {feature: index for index, feature in enumerate(features)}
+        self.columns = feature_columns(self.files.codes, np.arange(n_positions), features)
+
+    def activations(self, feature: int, cache_rows) -> np.ndarray:
+        return self.columns[np.asarray(cache_rows, dtype=np.int64), self.column_of[feature]]
+
+    def contexts(self, feature: int, cache_rows) -> list:
+        """Per cache row, its context: (token text, this feature's activation) pairs."""
+        contexts = []
         for row in cache_rows:
             start, stop = max(0, row - CONTEXT_BEFORE), min(len(self.window), row + CONTEXT_AFTER + 1)
             span = np.arange(start, stop)
-            spans.append(span[self.window[span] == self.window[row]])
-        every = np.unique(np.concatenate(spans)) if spans else np.zeros(0, dtype=np.int64)
-        values = dict(zip(every.tolist(), feature_columns(self.files.codes, every, [feature])[:, 0].tolist())) \
-            if len(every) else {}
-        return [[(self.decode(self.token_ids[row]), float(values[int(row)])) for row in span] for span in spans]
+            span = span[self.window[span] == self.window[row]]
+            contexts.append([(self.decode(self.token_ids[position]), float(value))
+                             for position, value in zip(span, self.activations(feature, span))])
+        return contexts
 
     def card_side(self, feature: int):
-        from .activations import activation_profile, feature_columns
+        from .activations import activation_profile
         from .page import CardSide
 
-        values = feature_columns(self.files.codes, self.files.rows, [feature])[:, 0]
+        values = self.activations(feature, self.files.rows)
         profile = activation_profile(values)
         top = np.argsort(-values, kind="stable")[:N_TOP_CONTEXTS]
         top = top[values[top] > 0]
@@ -123,22 +134,22 @@ class _Side:
                         listed("suppressed"))
 
 
-def _named_correlation(a: SideFiles, b: SideFiles, feature_a: int, feature_b: int) -> float:
-    """Pearson correlation of two features over the aligned positions; a feature out of range is one line."""
+def _check_named(a: SideFiles, b: SideFiles, named) -> None:
+    """A named feature out of its SAE's range is one line."""
     from ..errors import UserError
-    from .activations import feature_columns
 
-    for side, files, feature in (("a", a, feature_a), ("b", b, feature_b)):
+    for index, side, files in ((0, "a", a), (1, "b", b)):
         with open_hdf5(files.codes) as codes:
             n_features = int(codes.attrs["n_features"])
-        if not 0 <= feature < n_features:
-            raise UserError(f"cards.pairs: feature_{side} {feature} is out of range; {files.codes} has features "
-                            f"0..{n_features - 1}")
-    x = feature_columns(a.codes, a.rows, [feature_a])[:, 0]
-    y = feature_columns(b.codes, b.rows, [feature_b])[:, 0]
-    if x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
+        for pair in named:
+            if not 0 <= int(pair[index]) < n_features:
+                raise UserError(f"cards.pairs: feature_{side} {pair[index]} is out of range; {files.codes} has "
+                                f"features 0..{n_features - 1}")
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation, NaN where a side never varies."""
+    return float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
 
 
 def _formatted(correlation) -> str:
@@ -163,9 +174,13 @@ def write_cards(matches_path: str | Path, a: SideFiles, b: SideFiles, out_dir: s
 
     tokens_a, tokens_b = top_tokens("a"), top_tokens("b")
     chosen = choose_pairs(table, tokens_a, tokens_b)
+    _check_named(a, b, named)
+    side_a.load([int(pair[0]) for pair in named] + [item[1] for item in chosen])
+    side_b.load([int(pair[1]) for pair in named] + [item[2] for item in chosen])
     for feature_a, feature_b in named:
         chosen.append(("named", int(feature_a), int(feature_b),
-                       _named_correlation(a, b, int(feature_a), int(feature_b))))
+                       _correlation(side_a.activations(int(feature_a), a.rows),
+                                    side_b.activations(int(feature_b), b.rows))))
     rows_by_pair = {(int(row.final_a), int(row.feature_b)): row for row in table.itertuples()}
     written, cards = [], []
     with atomic_directory(out_dir) as folder:

@@ -107,6 +107,11 @@ RESIDUAL_COMPARISONS = (("aligned", "aligned"), ("token_means", "per-token means
                         ("document_shifted", "B rolled within documents"))
 
 
+def _residual_wide(residual: pd.DataFrame) -> pd.DataFrame:
+    """residual_streams.tsv with one row per (layer pair, measure) and a column per comparison's observed score."""
+    return residual.pivot_table(index=["layer_a", "layer_b", "metric"], columns="comparison", values="observed")
+
+
 def residual_block(folder: str) -> Callable[[], str]:
     """The raw residual streams compared before any SAE, per layer pair and measure, from `folder`'s
     residual_streams.tsv: each comparison's score with its half-sample interval."""
@@ -123,7 +128,7 @@ def residual_block(folder: str) -> Callable[[], str]:
                      f"{_number(value.loc[name, 'ci_high'])}]" if name in value.index else "n/a"
                      for name, _ in RESIDUAL_COMPARISONS]
             lines.append(f"| {layer_a} / {layer_b} | {METRIC_NAMES.get(metric, metric)} | " + " | ".join(cells) + " |")
-        wide = residual.pivot_table(index=["layer_a", "layer_b", "metric"], columns="comparison", values="observed")
+        wide = _residual_wide(residual)
         higher = int((wide["token_means"] > wide["aligned"]).sum())
         reading = (": what each model's activation is on average for the current token is more alike across the "
                    "models than the activations themselves." if higher == len(wide) else ".")
@@ -581,8 +586,7 @@ def readme_default_block(folder: str) -> Callable[[], str]:
 def _whole_sample_bullet(folder: Path) -> list[str]:
     """The README's lines on the controls run on the whole sample."""
     summary = _control_summary(folder)
-    residual = pd.read_csv(folder / "residual_streams.tsv", sep="\t").pivot_table(
-        index=["layer_a", "layer_b", "metric"], columns="comparison", values="observed")
+    residual = _residual_wide(pd.read_csv(folder / "residual_streams.tsv", sep="\t"))
     higher = int((residual["token_means"] > residual["aligned"]).sum())
     return [f"- On the whole sample ({_thousands(summary['tokens'])} training tokens per SAE, the default's SAE size) "
             "the same controls give:",
@@ -853,7 +857,6 @@ def collect_run(run: Path, folder: Path, make_seconds: float | None = None, sour
     time from its logs (NaN for a `staged` run, which ran in stages over several sessions), the job CPU in all
     and of the forward passes, and, when given, the whole `make run`'s wall time (measured outside)."""
     import shutil
-    import subprocess
 
     import yaml
 
@@ -864,8 +867,7 @@ def collect_run(run: Path, folder: Path, make_seconds: float | None = None, sour
     for name, pattern in CEILING_FILES.items():
         tables = [pd.read_csv(path, sep="\t") for path in sorted((run / "results/similarity/ceiling").glob(f"*/{pattern}"))]
         pd.concat(tables, ignore_index=True).to_csv(folder / name, sep="\t", index=False)
-    commit = subprocess.run(["git", "-C", str(source or run), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = _commit_of(source or run)
     logs = sorted((run / ".snakemake" / "log").glob("*.snakemake.log"))
     epochs = yaml.safe_load((run / "config.yaml").read_text())["saes"]["train"]["epochs"]
     # Positions each SAE trained on per epoch (its curve's last count over the epochs), the median over SAEs.

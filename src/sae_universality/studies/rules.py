@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def compare_rules(run: Path, pair: str, layer_a: int, layer_b: int, variants=VAR
     W_a = decoder_rows(run / f"results/saes/{model_a}/layer{layer_a}/seed0")
     W_b = decoder_rows(run / f"results/saes/{model_b}/layer{layer_b}/seed0")
 
+    @functools.cache
     def matched(rule, n_candidates):
+        # Cached: the run's own rule is usually one of the variants, and a matching pass reads the codes again.
         settings = dataclasses.replace(base, one_to_one=rule, n_candidates=n_candidates)
         return match_features(chunks, top_tokens_a=tokens_a, top_tokens_b=tokens_b, settings=settings)
 
