@@ -3,15 +3,16 @@
 #   make test   install, then the test suite on two workers and `snakemake --lint`
 # The system tests run the whole workflow against a private SLURM cluster (root, slurm-wlm) and on
 # a stand-in Hugging Face hub, minutes each: `make test-system`. CI runs both
-# (.ci/run: `make install-slurm install-atlas test test-system`); without SLURM the cluster test skips, and
-# without `make install-atlas` the Qwen test does; in CI both fail instead.
+# (.ci/run: `make install-slurm install-atlas install-browser test test-system`); without SLURM the cluster
+# test skips, without `make install-atlas` the Qwen test does, without chromium the browser test does; in CI
+# all three fail instead.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-slurm install-atlas run test test-system test-slurm lint benchmark scaling clean
+.PHONY: install install-slurm install-atlas install-browser run test test-system test-slurm lint benchmark scaling clean
 
 install: $(STAMP)
 
@@ -55,7 +56,14 @@ test: install
 
 # Debian's slurm-wlm and munge (root and apt-get; otherwise says why and does nothing).
 install-slurm:
-	bash .ci/install-slurm.sh
+	bash .ci/apt-install.sh install-slurm "slurmctld slurmd sbatch munged" slurm-wlm slurm-client munge \
+		-- "to run tests/test_slurm.py"
+
+# Debian's chromium and chromium-driver (root and apt-get; otherwise says why and does nothing): the browser test
+# opens the linked map and a card with the network off.
+install-browser:
+	bash .ci/apt-install.sh install-browser "chromium chromedriver" chromium chromium-driver \
+		-- "to run the browser test"
 
 # The presets on the stand-in hub and the tiny experiment on a private SLURM cluster, side by side.
 test-system: install

@@ -10,7 +10,7 @@ def main(snakemake):
     a = Side(codes=inputs.codes_a, cache=inputs.cache_a, manifest=inputs.manifest_a, rows=rows_a)
     b = Side(codes=inputs.codes_b, cache=inputs.cache_b, manifest=inputs.manifest_b, rows=rows_b)
     controls = from_section(ControlSettings, snakemake.params.controls)
-    control_layer_pair(a, b, inputs.matches, ControlOutputs(output.summary, output.context_only),
+    control_layer_pair(a, b, inputs.matches, ControlOutputs(output.summary, output.context_only, pairs=output.pairs),
                        settings=from_section(MatchSettings, snakemake.params.settings), labels=snakemake.params.labels,
                        min_bigram_count=controls.min_bigram_count)
 

@@ -167,6 +167,9 @@ def write_tiny_experiment(workdir: Path, model_folders: dict, floor: bool = Fals
         "similarity": {"n_permutations": 200, "random_subset_draws": 3, "min_pairs": 5, "bootstrap_draws": 20},
         # The raw residual streams too (off by default): the tiny streams take no time.
         "controls": {"residual_streams": True, "residual_draws": 4},
+        # The maps by PCA: umap-learn's first call compiles for about 25 s per job, longer than the whole tiny run
+        # takes; tests/test_cards.py tests the UMAP layout itself.
+        "cards": {"map_layout": "pca"},
     }
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))

@@ -22,7 +22,7 @@ cluster is submitted unmodified: every `--gpus`, `--mem`, `--cpus-per-task` and
 `-t` it produces is checked and scheduled by the real `sbatch` and
 `slurmctld`. Nothing enforces them (task/none, no cgroups); the GPUs are
 character devices that read like /dev/null. Needs root, Debian's `slurm-wlm`
-and `munge` (`.ci/install-slurm.sh`).
+and `munge` (`make install-slurm`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def unavailable_reason() -> str | None:
         return "not root: slurmd must run as root to start jobs"
     missing = [program for program in REQUIRED_PROGRAMS if shutil.which(program) is None]
     if missing:
-        return f"{', '.join(missing)} not found: run .ci/install-slurm.sh (apt-get install slurm-wlm munge) as root"
+        return f"{', '.join(missing)} not found: run `make install-slurm` (apt-get install slurm-wlm munge) as root"
     return None
 
 

@@ -143,3 +143,77 @@ def test_a_card_is_self_contained_escaped_and_shades_tokens_by_activation():
     checker = Checker()
     checker.feed(page)
     assert checker.stack == []
+
+
+def test_the_pca_layout_is_the_unit_directions_on_their_first_two_principal_axes():
+    """Against float64 by hand: the eigenvectors of the unit rows' covariance, each sign fixed by its largest
+    loading."""
+    from sae_universality.cards.layout import feature_layout
+    from sae_universality.settings import CardSettings
+
+    rng = np.random.default_rng(3)
+    directions = rng.normal(size=(60, 7)) * np.array([5, 3, 1, 1, 1, 1, 1]) * rng.uniform(0.5, 2, size=(60, 1))
+    unit = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    centred = unit - unit.mean(axis=0)
+    values, vectors = np.linalg.eigh(centred.T @ centred)
+    axes = vectors[:, np.argsort(values)[::-1][:2]].T
+    axes *= np.sign(axes[np.arange(2), np.abs(axes).argmax(axis=1)])[:, None]
+    layout = feature_layout(directions, CardSettings(map_layout="pca"))
+    np.testing.assert_allclose(layout, centred @ axes.T, atol=1e-10)
+    # A direction's norm does not move it: only where it points.
+    np.testing.assert_allclose(feature_layout(unit, CardSettings(map_layout="pca")), layout, atol=1e-10)
+
+
+def test_the_umap_layout_is_seeded_and_keeps_planted_groups_of_directions_together():
+    """Three groups of directions around three random axes: in the map each point's nearest neighbour is in its
+    own group, and the same seed draws the same map."""
+    from sae_universality.cards.layout import feature_layout
+    from sae_universality.settings import CardSettings
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 24))
+    group = np.repeat(np.arange(3), 40)
+    directions = centres[group] + 0.25 * rng.normal(size=(120, 24))
+    settings = CardSettings(map_layout="umap", map_neighbors=10)
+    layout = feature_layout(directions, settings)
+    assert layout.shape == (120, 2) and np.isfinite(layout).all()
+    np.testing.assert_array_equal(feature_layout(directions, settings), layout)
+    distance = np.linalg.norm(layout[:, None] - layout[None], axis=2)
+    np.fill_diagonal(distance, np.inf)
+    assert np.mean(group[distance.argmin(axis=1)] == group) > 0.95
+
+
+def test_an_unknown_map_layout_is_one_line():
+    from sae_universality.cards.layout import feature_layout
+    from sae_universality.settings import CardSettings
+
+    with pytest.raises(UserError, match="cards.map_layout: unknown layout 'tsne'; use one of umap, pca"):
+        feature_layout(np.eye(3), CardSettings(map_layout="tsne"))
+
+
+def test_the_map_section_draws_every_feature_links_the_kept_pairs_and_keeps_its_data_inside_the_page():
+    import json
+    import re
+
+    from sae_universality.cards.linked_map import (LEXICAL, NON_LEXICAL, MapPair, MapSide, correlation_colour,
+                                                   map_section)
+
+    side_a = MapSide("smollm2 layer 9", np.arange(10.0).reshape(5, 2), {0: ["</script><b>"], 3: [" and"]},
+                     [["x"]] * 5)
+    side_b = MapSide("gemma3 layer 10", np.ones((4, 2)), {1: [" and"]}, [["y"]] * 4)
+    pairs = [MapPair(3, 1, 0.4, True, "#card-best-a3-b1"), MapPair(0, 2, 0.9, False)]
+    section = map_section(side_a, side_b, pairs, threshold=0.1)
+    assert not re.search(r"https?://|src=|@import|url\(", section)
+    assert section.count("<circle") == 9 and section.count('class="point kept"') == 4
+    payload = re.search(r'<script type="application/json" id="map-data">(.*?)</script>', section, re.S).group(1)
+    assert "</script><b>" not in payload  # a token cannot end the data block early
+    data = json.loads(payload)
+    assert data["pairs"] == [[0, 2, 0.9, False, None], [3, 1, 0.4, True, "#card-best-a3-b1"]]  # strongest first
+    assert data["a"]["fires_on"]["0"] == ["</script><b>"]
+    assert data["colours"]["correlation"] == [correlation_colour(0.9, 0.1, 0.9), correlation_colour(0.4, 0.1, 0.9)]
+    assert data["colours"]["lexical"] == [NON_LEXICAL, LEXICAL]
+    # The scale runs from light (the threshold) to dark (the strongest pair), clipped outside.
+    assert correlation_colour(0.1, 0.1, 0.9) == "#fde725" and correlation_colour(0.9, 0.1, 0.9) == "#440154"
+    assert correlation_colour(-1, 0.1, 0.9) == "#fde725" and correlation_colour(2, 0.1, 0.9) == "#440154"
+    # A panel with every point at one spot still draws them inside it.
+    assert re.search(r'id="b-0"[^>]*cx="12.0" cy="388.0"', section)

@@ -140,9 +140,12 @@ def test_the_metric_registry_equals_the_schema_enum():
     assert sorted(METRICS) == sorted(schema_property("similarity", "metrics")["items"]["enum"])
 
 
-def test_the_p_adjustments_and_sae_formats_equal_the_schema_enums():
+def test_the_p_adjustments_sae_formats_and_map_layouts_equal_the_schema_enums():
+    from sae_universality.cards.layout import LAYOUTS
     from sae_universality.saes.formats import FORMATS
     from sae_universality.similarity import P_ADJUSTMENTS
+
+    assert list(LAYOUTS) == schema_property("cards", "map_layout")["enum"]
 
     assert sorted(P_ADJUSTMENTS) == sorted(schema_property("similarity", "p_adjust")["enum"])
     assert sorted(FORMATS) == sorted(schema_property("models", "*", "sae", "pretrained", "format")["enum"])

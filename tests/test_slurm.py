@@ -9,7 +9,7 @@ profile asks for, that the cancelled job was resubmitted with more memory and
 time and the run completed, that every result equals the local run's, and that
 a cluster stops whatever happens.
 
-Needs root and Debian's slurm-wlm and munge (.ci/install-slurm.sh); skipped
+Needs root and Debian's slurm-wlm and munge (make install-slurm); skipped
 with the reason otherwise, except when the CI environment variable is set.
 """
 

@@ -577,6 +577,127 @@ def test_every_layer_pair_gets_self_contained_feature_cards(finished_run):
         np.testing.assert_allclose(saved["suppressed_effects"], expected.suppressed_effects, rtol=1e-5)
 
 
+def test_every_layer_pair_gets_a_linked_map_and_cards_that_say_rank_and_context_only_correlation(finished_run):
+    """The map places each SAE's features by its layout (the tiny config's: PCA of the unit decoder rows, by
+    hand here in float64) and links exactly the kept pairs; each card's rank among the B feature's candidates is
+    the float64 correlation of the codes' columns, and its context-only correlation the controls' per-pair
+    table's, whose full column is the match table's."""
+    import json
+
+    from sae_universality.cards.activations import feature_columns
+    from sae_universality.matching.stage import aligned_rows
+    from sae_universality.similarity.stage import decoder_rows
+
+    rows_a, rows_b = aligned_rows(finished_run / "results/alignment/neox--llama.h5")
+    for layer_a, layer_b in ((0, 1), (2, 1)):
+        unit = decoder_rows(finished_run / f"results/saes/neox/layer{layer_a}/seed0")
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        centred = unit - unit.mean(axis=0)
+        axes = np.linalg.svd(centred, full_matrices=False)[2][:2]
+        layout = pd.read_csv(finished_run / f"results/saes/neox/layer{layer_a}/seed0.layout.tsv", sep="\t")
+        for axis in range(2):  # equal up to the axis's sign
+            expected = centred @ axes[axis]
+            np.testing.assert_allclose(np.abs(layout[["x", "y"]].to_numpy()[:, axis]), np.abs(expected), atol=1e-5)
+
+        pair = f"neox--llama/layer{layer_a}--layer{layer_b}"
+        folder = finished_run / f"results/cards/{pair}"
+        table = pd.read_csv(finished_run / f"results/matching/{pair}.tsv", sep="\t")
+        kept = table[table["kept"]]
+        page = (folder / "map.html").read_text()
+        data = json.loads(page.split('id="map-data">')[1].split("</script>")[0])
+        assert sorted((a, b) for a, b, *_ in data["pairs"]) == sorted(zip(kept["final_a"], kept["feature_b"]))
+        assert page.count("<circle") == len(layout) + int(table["feature_b"].max()) + 1
+        assert all((folder / card).exists() for *_, card in data["pairs"] if card)
+        report_page = (finished_run / f"results/cards/{pair}.html").read_text()
+        assert 'id="map-data"' in report_page and 'href="map.html"' in (folder / "index.html").read_text()
+
+        controls = pd.read_csv(finished_run / f"results/matching/{pair}.controls_pairs.tsv", sep="\t")
+        np.testing.assert_allclose(controls.sort_values("feature_b")["full"],
+                                   kept.sort_values("feature_b")["final_correlation"], rtol=1e-5)
+        context_only = {(row.feature_a, row.feature_b): row.context_only for row in controls.itertuples()}
+        listing = json.loads((folder / "cards.json").read_text())["cards"]
+        n_a = len(layout)
+        codes_a = feature_columns(finished_run / f"results/codes/neox/layer{layer_a}/seed0.h5", rows_a,
+                                  list(range(n_a))).astype(np.float64)
+        for card in listing:
+            column_b = feature_columns(finished_run / "results/codes/llama/layer1/seed0.h5", rows_b,
+                                       [card["feature_b"]])[:, 0].astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                correlation = np.array([np.corrcoef(codes_a[:, a], column_b)[0, 1] for a in range(n_a)])
+            own = correlation[card["feature_a"]]
+            expected = 1 + int(np.sum(correlation[np.isfinite(correlation)] > own)) if np.isfinite(own) else None
+            assert card["rank_among_candidates"] == expected
+            key = (card["feature_a"], card["feature_b"])
+            if key in context_only:
+                assert card["context_only_correlation"] == pytest.approx(context_only[key], rel=1e-5)
+        assert any(card["context_only_correlation"] is not None for card in listing)
+
+
+def test_the_linked_map_and_cards_work_in_a_real_browser_with_the_network_off(finished_run):
+    """Headless Chromium, offline, on the report's page and on the folder's map: hovering a kept point shows its
+    tokens and partner and lights the partner; a rectangle over a whole panel lists every kept pair (strongest
+    first) and lights every partner; a click selects one point; a pair's card link leads to its card; and no
+    request left the pages (every URL the browser asked for is a file of the run)."""
+    import json
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from browser import offline_browser, requested_urls
+    from sae_universality.cards.linked_map import MAX_LISTED
+
+    pair = "neox--llama/layer0--layer1"
+    with offline_browser() as driver:
+        driver.get((finished_run / f"results/cards/{pair}.html").as_uri())
+        data = json.loads(driver.find_element(By.ID, "map-data").get_attribute("textContent"))
+        pairs = data["pairs"]
+        assert pairs
+        feature_a, feature_b = pairs[0][:2]
+        ActionChains(driver).move_to_element(driver.find_element(By.ID, f"a-{feature_a}")).perform()
+        tooltip = driver.find_element(By.ID, "map-tooltip")
+        assert tooltip.is_displayed()
+        assert f"A {feature_a} (neox layer 0)" in tooltip.text and f"partner B {feature_b}, correlation" in tooltip.text
+        assert "hover-partner" in driver.find_element(By.ID, f"b-{feature_b}").get_attribute("class")
+
+        panel = driver.find_element(By.ID, "panel-a")
+        width, height = panel.size["width"], panel.size["height"]
+        (ActionChains(driver).move_to_element_with_offset(panel, -width // 2 + 2, -height // 2 + 2).click_and_hold()
+         .move_by_offset(width - 4, height - 4).release().perform())
+        assert int(driver.find_element(By.ID, "pair-count").text) == len(pairs)
+        lit = {int(point.get_attribute("data-feature"))
+               for point in driver.find_elements(By.CSS_SELECTOR, "#panel-b circle.partner")}
+        assert lit == {pair_b for _, pair_b, *_ in pairs}
+        items = driver.find_elements(By.CSS_SELECTOR, "#pair-list li[data-a]")
+        assert len(items) == min(len(pairs), MAX_LISTED)
+        listed = [(int(item.get_attribute("data-a")), int(item.get_attribute("data-b"))) for item in items]
+        assert listed == [(a, b) for a, b, *_ in sorted(pairs, key=lambda pair: -pair[2])][:len(items)]
+
+        ActionChains(driver).click(driver.find_element(By.ID, f"b-{feature_b}")).perform()
+        assert [int(point.get_attribute("data-feature"))
+                for point in driver.find_elements(By.CSS_SELECTOR, "#panel-b circle.selected")] == [feature_b]
+        assert [point.get_attribute("id") for point in driver.find_elements(By.CSS_SELECTOR, "#panel-a .partner")] \
+            == [f"a-{feature_a}"]
+        carded = [pair for pair in pairs if pair[4]]
+        assert carded  # the best pair at least has a card
+        ActionChains(driver).move_to_element_with_offset(panel, -width // 2 + 2, -height // 2 + 2).click_and_hold() \
+            .move_by_offset(width - 4, height - 4).release().perform()
+        link = driver.find_element(By.CSS_SELECTOR, f'#pair-list a[href="{carded[0][4]}"]')
+        link.click()
+        assert driver.current_url.endswith(carded[0][4])
+        card = driver.find_element(By.ID, carded[0][4].lstrip("#"))
+        assert card.is_displayed() and f"feature {carded[0][0]}" in card.text
+
+        driver.get((finished_run / f"results/cards/{pair}/map.html").as_uri())
+        folder_pairs = json.loads(driver.find_element(By.ID, "map-data").get_attribute("textContent"))["pairs"]
+        first = next(pair for pair in folder_pairs if pair[4])
+        ActionChains(driver).click(driver.find_element(By.ID, f"a-{first[0]}")).perform()
+        driver.find_element(By.CSS_SELECTOR, f'#pair-list a[href="{first[4]}"]').click()
+        assert driver.current_url.endswith(f"/{pair}/{first[4]}")
+        assert f"feature {first[0]}</h2>" in driver.page_source
+        urls = requested_urls(driver)
+    assert urls and all(url.startswith((finished_run / "results/cards").as_uri()) for url in urls), urls
+
+
 def test_a_named_pair_gets_its_card_matched_or_not(finished_run):
     """cards.pairs: a pair the user names gets a card of kind "named" with its correlation over the aligned
     positions, computed here in float64 from the codes (runs last: it changes the run's config)."""

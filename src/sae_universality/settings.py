@@ -250,15 +250,25 @@ class SemanticSettings:
 # Sections that are settings of their own inside another section.
 _NESTED = {("CorpusSettings", "hf_dataset"): HfDatasetSettings, ("SaeSettings", "train"): TrainSettings}
 
-# Each settings class and the config section it reads.
 @dataclass(frozen=True)
 class CardSettings:
-    """Which pairs get feature cards besides those chosen from the kept pairs (config: cards)."""
+    """Feature cards and linked maps (config: cards): which pairs get cards besides those chosen from the kept
+    pairs, and how the maps place features."""
 
     pairs: tuple = ()
     """Pairs a user names, each {a, b, layer_a, layer_b, feature_a, feature_b}: a card of kind "named" in that
     layer pair's folder, matched or not."""
+    map_layout: str = "umap"
+    """How the linked map places each SAE's decoder directions (cards.layout.LAYOUTS): umap or pca."""
+    map_neighbors: int = 15
+    """UMAP's n_neighbors: how local the picture is."""
+    map_min_dist: float = 0.1
+    """UMAP's min_dist: how tightly neighbours pack."""
+    map_seed: int = 0
+    """UMAP's random_state."""
 
+
+# Each settings class and the config section it reads.
 
 SECTIONS = {
     "corpus": CorpusSettings,

@@ -15,6 +15,24 @@ rule output_tokens:
         "../../scripts/output_tokens.py"
 
 
+rule feature_layout:
+    input:
+        sae="results/saes/{model}/layer{layer}/{sae}",
+    output:
+        layout="results/saes/{model}/layer{layer}/{sae}.layout.tsv",
+    log:
+        "logs/feature_layout/{model}/layer{layer}/{sae}.log",
+    benchmark:
+        "results/benchmarks/feature_layout/{model}/layer{layer}/{sae}.tsv"
+    params:
+        settings=map_settings,
+    threads: 1
+    conda:
+        "../../envs/workflow.yaml"
+    script:
+        "../../scripts/feature_layout.py"
+
+
 rule feature_cards:
     input:
         unpack(card_inputs),
@@ -23,7 +41,7 @@ rule feature_cards:
         page=report(
             "results/cards/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.html",
             caption="../report/feature_cards.rst",
-            category="Feature cards",
+            category="Feature cards and linked maps",
         ),
     log:
         "logs/feature_cards/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
@@ -32,6 +50,7 @@ rule feature_cards:
     params:
         labels=matching_labels,
         named=named_cards,
+        threshold=config["matching"]["threshold"],
     threads: 1
     conda:
         "../../envs/workflow.yaml"

@@ -116,13 +116,23 @@ def named_cards(wildcards):
             == (wildcards.model_a, wildcards.model_b, wildcards.layer_a, wildcards.layer_b)]
 
 
+def map_settings(wildcards):
+    # Only the map's own keys: naming a card does not redraw every layout.
+    return {key: value for key, value in config["cards"].items() if key.startswith("map_")}
+
+
 def card_inputs(wildcards):
-    # What the matching read, the match table, and each side's output tokens (its primary SAE's).
+    # What the matching read, the match table, each side's output tokens and map layout (its primary SAE's), and
+    # the kept pairs' context-only correlations where the controls run.
     a, b = wildcards.model_a, wildcards.model_b
-    return {**matching_inputs(wildcards),
-            "matches": f"results/matching/{a}--{b}/layer{wildcards.layer_a}--layer{wildcards.layer_b}.tsv",
-            "tokens_a": f"results/saes/{a}/layer{wildcards.layer_a}/{primary_sae(a)}.output_tokens.npz",
-            "tokens_b": f"results/saes/{b}/layer{wildcards.layer_b}/{primary_sae(b)}.output_tokens.npz"}
+    pair = f"{a}--{b}/layer{wildcards.layer_a}--layer{wildcards.layer_b}"
+    inputs = {**matching_inputs(wildcards), "matches": f"results/matching/{pair}.tsv"}
+    for side, model, layer in (("a", a, wildcards.layer_a), ("b", b, wildcards.layer_b)):
+        inputs[f"tokens_{side}"] = f"results/saes/{model}/layer{layer}/{primary_sae(model)}.output_tokens.npz"
+        inputs[f"layout_{side}"] = f"results/saes/{model}/layer{layer}/{primary_sae(model)}.layout.tsv"
+    if (a, b) in control_pairs():
+        inputs["control_pairs"] = f"results/matching/{pair}.controls_pairs.tsv"
+    return inputs
 
 
 # ---------------------------------------------------------------- SAEs

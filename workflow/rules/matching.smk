@@ -52,6 +52,7 @@ rule match_controls:
     output:
         summary="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.controls.tsv",
         context_only="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.context_only.tsv",
+        pairs="results/matching/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.controls_pairs.tsv",
     log:
         "logs/match_controls/{model_a}--{model_b}/layer{layer_a}--layer{layer_b}.log",
     benchmark:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .activations import ActivationProfile
+from .linked_map import MAP_STYLE
 
 Context = list[tuple[str, float]]
 """A context: its tokens in order, each with the feature's activation on it (0 where it does not fire)."""
@@ -52,6 +53,9 @@ class PairCard:
     """Filter name -> passed."""
     context_only_correlation: float | None = None
     """The pair's correlation once each feature's mean for the current token is removed."""
+    same_text: dict = field(default_factory=dict)
+    """Heading -> [(A's context, B's context)] at the same aligned positions: where both fire most, where only
+    A fires, where only B does."""
 
 
 STYLE = """
@@ -66,6 +70,7 @@ h1 { font-size: 1.25em; margin: 0 0 .3em; }
 .token { border-radius: 2px; }
 .tokens li { font-family: ui-monospace, monospace; white-space: pre; }
 .muted { color: #777; }
+.same-text { display: grid; grid-template-columns: 1fr 1fr; gap: 0 1.5em; }
 """
 
 
@@ -119,6 +124,25 @@ def _side(side: CardSide, colour: str) -> str:
             f"<div><h3>Suppresses</h3>{_token_list(side.suppressed)}</div></div></section>")
 
 
+def _same_text_section(card: PairCard) -> str:
+    """Both features over the same aligned positions: A's context beside B's, each shaded by its own feature."""
+    if not card.same_text:
+        return ""
+    peaks = []
+    for index in (0, 1):
+        peaks.append(max((value for rows in card.same_text.values() for row in rows for _, value in row[index]),
+                         default=0.0))
+    parts = []
+    for heading, rows in card.same_text.items():
+        if not rows:
+            continue
+        parts.append(f"<h3>{html.escape(heading)}</h3>" + '<div class="same-text">' + "".join(
+            _context(context_a, peaks[0], "31, 119, 180") + _context(context_b, peaks[1], "214, 39, 40")
+            for context_a, context_b in rows) + "</div>")
+    return ('<section class="same-text-section"><h2>On the same text (A left, B right)</h2>' + "".join(parts)
+            + "</section>") if parts else ""
+
+
 def card_body(card: PairCard) -> str:
     """The inner HTML of one pair's card: a header with what the matching said, then A and B side by side."""
     facts = [f"correlation {card.correlation:.3f}" if np.isfinite(card.correlation) else "correlation undefined "
@@ -130,6 +154,7 @@ def card_body(card: PairCard) -> str:
     facts += [f"{html.escape(name)}: {'passed' if passed else 'failed'}" for name, passed in card.filters.items()]
     return (f"<h1>{html.escape(card.kind)} pair: {html.escape(_title(card))}</h1>"
             f'<p class="facts">' + "".join(f"<span>{fact}</span>" for fact in facts) + "</p>"
+            f"{_same_text_section(card)}"
             f'<div class="sides">{_side(card.a, "31, 119, 180")}{_side(card.b, "214, 39, 40")}</div>')
 
 
@@ -139,7 +164,12 @@ def _title(card: PairCard) -> str:
 
 def _page(title: str, body: str) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>\n")
+            f"<title>{html.escape(title)}</title><style>{STYLE}{MAP_STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def card_anchor(card: PairCard) -> str:
+    """The id of a card's section on the combined page."""
+    return f"card-{card.kind}-a{card.a.feature}-b{card.b.feature}"
 
 
 def card_html(card: PairCard) -> str:
@@ -147,10 +177,21 @@ def card_html(card: PairCard) -> str:
     return _page(_title(card), card_body(card))
 
 
-def cards_page(title: str, cards: list[PairCard]) -> str:
-    """Every card of a layer pair on one page, with a list of them at the top (what the report shows)."""
-    listing = "".join(f'<li><a href="#card{index}">{html.escape(card.kind)}: {html.escape(_title(card))} '
-                      f"(correlation {card.correlation:.3f})</a></li>" for index, card in enumerate(cards))
-    sections = "".join(f'<section id="card{index}" class="card">{card_body(card)}</section><hr>'
-                       for index, card in enumerate(cards))
-    return _page(title, f"<h1>{html.escape(title)}</h1><ul>{listing}</ul><hr>{sections}")
+def cards_page(title: str, cards: list[PairCard], linked_map: str = "") -> str:
+    """A layer pair's linked map (an HTML section, `linked_map.map_section`) and every card on one page, with a
+    list of the cards at the top (what the report shows)."""
+    listing = "".join(f'<li><a href="#{card_anchor(card)}">{html.escape(card.kind)}: {html.escape(_title(card))} '
+                      f"(correlation {_correlation_text(card.correlation)})</a></li>" for card in cards)
+    sections = "".join(f'<section id="{card_anchor(card)}" class="card">{card_body(card)}</section><hr>'
+                       for card in cards)
+    return _page(title, f"<h1>{html.escape(title)}</h1>{linked_map}<h2>Feature cards</h2><ul>{listing}</ul><hr>"
+                        f"{sections}")
+
+
+def map_page(title: str, linked_map: str) -> str:
+    """The linked map alone (the cards folder's map.html, linking to the cards' own pages)."""
+    return _page(title, f"<h1>{html.escape(title)}</h1>{linked_map}")
+
+
+def _correlation_text(correlation: float) -> str:
+    return f"{correlation:.3f}" if np.isfinite(correlation) else "undefined"

@@ -19,6 +19,10 @@ and the median kept pair."""
 N_TOP_CONTEXTS, N_OUTPUT_TOKENS = 5, 10
 CONTEXT_BEFORE, CONTEXT_AFTER = 12, 3
 """Tokens shown before and after a context's position (within its window)."""
+N_BOTH, N_ONE_ONLY = 4, 3
+"""Aligned positions a card shows both features on: where both fire most, and where only one of them fires."""
+N_MAP_TOKENS = 5
+"""Tokens the map's hover shows per feature (fires on, promotes)."""
 
 
 def write_output_tokens(sae_dir: str | Path, manifest_path: str | Path, out_path: str | Path,
@@ -74,6 +78,8 @@ class SideFiles:
     output_tokens: Path
     rows: np.ndarray
     """The aligned rows of this side's cache (row i pairs with the other side's row i)."""
+    layout: Path | None = None
+    """The map layout of its SAE's features (`cards.layout`); None: no linked map."""
 
 
 class _Side:
@@ -114,6 +120,12 @@ class _Side:
             contexts.append([(self.decode(self.token_ids[position]), float(value))
                              for position, value in zip(span, self.activations(feature, span))])
         return contexts
+
+    def promoted_tokens(self, n: int = N_MAP_TOKENS) -> list:
+        """Per feature of the SAE, the first n tokens its decoder direction promotes (the map's hover)."""
+        ids = self.output["promoted_ids"][:, :n]
+        text = {int(token): self.decode(token) for token in np.unique(ids)}
+        return [[text[int(token)] for token in row] for row in ids]
 
     def card_side(self, feature: int):
         from .activations import activation_profile
@@ -156,15 +168,110 @@ def _formatted(correlation) -> str:
     return "undefined" if correlation is None else f"{correlation:.3f}"
 
 
-def write_cards(matches_path: str | Path, a: SideFiles, b: SideFiles, out_dir: str | Path, labels: dict,
-                out_page: str | Path, named=()) -> list:
-    """Cards for a layer pair's chosen pairs (`choose_pairs`) and the `named` (feature_a, feature_b) pairs: one
-    page each and an index, into the folder `out_dir`, and all of them on the one page `out_page` (the report's)."""
+def candidate_ranks(a: _Side, b: _Side, pairs) -> dict:
+    """(feature_a, feature_b) -> the A feature's rank among every A feature by correlation with the B feature over
+    the aligned positions (1 = the B feature's most correlated), None where the pair's correlation is undefined.
+    One pass over A's codes against the chosen B features' columns."""
+    from ..matching.correlation import pearson_correlation
+    from ..saes.codes import iter_code_chunks
+
+    features_b = sorted({feature_b for _, feature_b in pairs})
+    if not features_b:
+        return {}
+    columns_b = np.column_stack([b.activations(feature, b.files.rows) for feature in features_b])
+    chunk_rows = 16_384
+
+    def chunks():
+        return zip(iter_code_chunks(a.files.codes, a.files.rows, chunk_rows),
+                   (columns_b[start:start + chunk_rows] for start in range(0, len(columns_b), chunk_rows)))
+
+    correlation = pearson_correlation(chunks, dtype=np.float64)  # (F_A, chosen B)
+    ranks = {}
+    for feature_a, feature_b in pairs:
+        column = correlation[:, features_b.index(feature_b)]
+        own = column[feature_a]
+        ranks[(feature_a, feature_b)] = (None if not np.isfinite(own)
+                                         else 1 + int(np.sum(column[np.isfinite(column)] > own)))
+    return ranks
+
+
+def same_text(a: _Side, b: _Side, feature_a: int, feature_b: int) -> dict:
+    """Both features at the same aligned positions (`PairCard.same_text`): where both fire most (by the product of
+    each one's activation over its own peak), where A fires most while B is silent, and the reverse."""
+    values_a, values_b = a.activations(feature_a, a.files.rows), b.activations(feature_b, b.files.rows)
+
+    def strongest(score, n):
+        order = np.argsort(-score, kind="stable")[:n]
+        return order[score[order] > 0]
+
+    peak_a, peak_b = max(values_a.max(initial=0.0), 1e-12), max(values_b.max(initial=0.0), 1e-12)
+    chosen = {"Where both fire": strongest(values_a / peak_a * values_b / peak_b, N_BOTH),
+              "Where only A fires": strongest(np.where(values_b > 0, 0.0, values_a), N_ONE_ONLY),
+              "Where only B fires": strongest(np.where(values_a > 0, 0.0, values_b), N_ONE_ONLY)}
+    return {heading: list(zip(a.contexts(feature_a, a.files.rows[positions]),
+                              b.contexts(feature_b, b.files.rows[positions])))
+            for heading, positions in chosen.items()}
+
+
+def _context_only(path: str | Path | None) -> dict:
+    """(feature_a, feature_b) -> the kept pair's context-only correlation, from the controls' per-pair table."""
+    if path is None:
+        return {}
+    table = pd.read_csv(path, sep="\t")
+    if "context_only" not in table:
+        return {}
+    return {(int(row.feature_a), int(row.feature_b)): float(row.context_only) for row in table.itertuples()}
+
+
+def _map_section(table: pd.DataFrame, side_a: _Side, side_b: _Side, tokens_a: dict, tokens_b: dict,
+                 card_of: dict, threshold: float) -> str:
+    """The linked map of the layer pair (`linked_map.map_section`), or "" where a side has no layout."""
+    from ..tokens import shares_a_token
+    from .linked_map import MapPair, MapSide, map_section
+
+    if side_a.files.layout is None or side_b.files.layout is None:
+        return ""
+
+    def map_side(side, tokens):
+        layout = pd.read_csv(side.files.layout, sep="\t").sort_values("feature")[["x", "y"]].to_numpy()
+        return MapSide(f"{side.model} layer {side.layer}", layout,
+                       {feature: values[:N_MAP_TOKENS] for feature, values in tokens.items()}, side.promoted_tokens())
+
+    kept = table[table["kept"].astype(bool)]
+    pairs = [MapPair(int(row.final_a), int(row.feature_b), float(row.final_correlation),
+                     shares_a_token(tokens_a[int(row.final_a)], tokens_b[int(row.feature_b)]),
+                     card_of.get((int(row.final_a), int(row.feature_b)))) for row in kept.itertuples()]
+    return map_section(map_side(side_a, tokens_a), map_side(side_b, tokens_b), pairs, threshold)
+
+
+@dataclass(frozen=True)
+class PairFiles:
+    """What a layer pair's cards read besides each side's files."""
+
+    matches: Path
+    """The match table."""
+    control_pairs: Path | None = None
+    """The controls' per-pair table (the cards' context-only correlations); None where the controls do not run."""
+
+
+@dataclass(frozen=True)
+class CardOutputs:
+    folder: Path
+    """One page per card, the map (map.html, linking to those pages), an index and cards.json."""
+    page: Path
+    """The report's page: the map and every card."""
+
+
+def write_cards(pair: PairFiles, a: SideFiles, b: SideFiles, outputs: CardOutputs, labels: dict, *, named=(),
+                threshold: float = 0.0) -> list:
+    """Cards for a layer pair's chosen pairs (`choose_pairs`) and the `named` (feature_a, feature_b) pairs, and the
+    layer pair's linked map (where both sides have a layout). `threshold`: the matching's, where the map's colour
+    scale starts."""
     import html
 
-    from .page import PairCard, card_html, cards_page
+    from .page import PairCard, card_anchor, card_html, cards_page, map_page
 
-    table = pd.read_csv(matches_path, sep="\t", keep_default_na=False)
+    table = pd.read_csv(pair.matches, sep="\t", keep_default_na=False)
     side_a = _Side(a, labels["model_a"], labels["layer_a"])
     side_b = _Side(b, labels["model_b"], labels["layer_b"])
 
@@ -182,33 +289,48 @@ def write_cards(matches_path: str | Path, a: SideFiles, b: SideFiles, out_dir: s
                        _correlation(side_a.activations(int(feature_a), a.rows),
                                     side_b.activations(int(feature_b), b.rows))))
     rows_by_pair = {(int(row.final_a), int(row.feature_b)): row for row in table.itertuples()}
+    ranks = candidate_ranks(side_a, side_b, [(item[1], item[2]) for item in chosen])
+    context_only = _context_only(pair.control_pairs)
     written, cards = [], []
-    with atomic_directory(out_dir) as folder:
-        for kind, feature_a, feature_b, correlation in chosen:
-            row = rows_by_pair.get((feature_a, feature_b))
-            if row is None:  # a named pair the matching did not pair
-                filters, rank = {"matched": False}, None
-            else:
-                filters = {"non-concept filter": bool(row.passes_non_concept),
-                           "one-to-one": bool(row.passes_one_to_one), "threshold": bool(row.passes_threshold)}
-                rank = 1 if int(row.feature_a) == feature_a else None
-            card = PairCard(side_a.card_side(feature_a), side_b.card_side(feature_b), correlation, kind,
-                            rank_among_candidates=rank, filters=filters)
-            name = f"{kind}-a{feature_a}-b{feature_b}.html"
-            (Path(folder) / name).write_text(card_html(card), encoding="utf-8")
-            cards.append(card)
-            written.append({"kind": kind, "feature_a": feature_a, "feature_b": feature_b,
-                            "correlation": correlation if np.isfinite(correlation) else None, "file": name})
-        title = (f"{labels['model_a']} layer {labels['layer_a']} / {labels['model_b']} layer {labels['layer_b']}: "
-                 "feature cards")
+    for kind, feature_a, feature_b, correlation in chosen:
+        row = rows_by_pair.get((feature_a, feature_b))
+        filters = ({"matched": False} if row is None else  # a named pair the matching did not pair
+                   {"non-concept filter": bool(row.passes_non_concept), "one-to-one": bool(row.passes_one_to_one),
+                    "threshold": bool(row.passes_threshold)})
+        cards.append(PairCard(side_a.card_side(feature_a), side_b.card_side(feature_b), correlation, kind,
+                              rank_among_candidates=ranks.get((feature_a, feature_b)), filters=filters,
+                              context_only_correlation=context_only.get((feature_a, feature_b)),
+                              same_text=same_text(side_a, side_b, feature_a, feature_b)))
+        written.append({"kind": kind, "feature_a": feature_a, "feature_b": feature_b,
+                        "correlation": correlation if np.isfinite(correlation) else None,
+                        "rank_among_candidates": ranks.get((feature_a, feature_b)),
+                        "context_only_correlation": context_only.get((feature_a, feature_b)),
+                        "file": f"{kind}-a{feature_a}-b{feature_b}.html"})
+    title = (f"{labels['model_a']} layer {labels['layer_a']} / {labels['model_b']} layer {labels['layer_b']}: "
+             "feature cards")
+    # Each pair's first card is where the map links it: a page in the folder, an anchor on the report's page.
+    files, anchors = {}, {}
+    for item, card in zip(written, cards):
+        files.setdefault((item["feature_a"], item["feature_b"]), item["file"])
+        anchors.setdefault((item["feature_a"], item["feature_b"]), "#" + card_anchor(card))
+    with atomic_directory(outputs.folder) as folder:
+        for item, card in zip(written, cards):
+            (Path(folder) / item["file"]).write_text(card_html(card), encoding="utf-8")
+        folder_map = _map_section(table, side_a, side_b, tokens_a, tokens_b, files, threshold)
         items = "".join(f'<li><a href="{html.escape(item["file"])}">{item["kind"]}: A {item["feature_a"]}, '
                         f'B {item["feature_b"]} (correlation {_formatted(item["correlation"])})</a></li>'
                         for item in written)
+        map_link = '<p><a href="map.html">the linked map of both feature spaces</a></p>' if folder_map else ""
         (Path(folder) / "index.html").write_text(
             f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
-            f"<body><h1>{html.escape(title)}</h1><ul>{items}</ul></body></html>\n", encoding="utf-8")
+            f"<body><h1>{html.escape(title)}</h1>{map_link}<ul>{items}</ul></body></html>\n", encoding="utf-8")
+        if folder_map:
+            (Path(folder) / "map.html").write_text(map_page(title.replace("feature cards", "linked map"), folder_map),
+                                                   encoding="utf-8")
         (Path(folder) / "cards.json").write_text(json.dumps({**labels, "cards": written}, indent=1))
-    with atomic_path(out_page, suffix=".html") as temporary:
-        temporary.write_text(cards_page(title, cards), encoding="utf-8")
-    print(f"{len(written)} cards", file=sys.stderr)
+    report_map = _map_section(table, side_a, side_b, tokens_a, tokens_b, anchors, threshold)
+    with atomic_path(outputs.page, suffix=".html") as temporary:
+        temporary.write_text(cards_page(title.replace("feature cards", "linked map and feature cards"), cards,
+                                        report_map), encoding="utf-8")
+    print(f"{len(written)} cards" + (", a linked map" if report_map else ""), file=sys.stderr)
     return written

@@ -151,6 +151,8 @@ class ControlOutputs:
     """The match table of the context-only codes, as the full one (scored by the similarity stage)."""
     controls: tuple[str, ...] = tuple(CONTROLS)[1:]
     """The controls to compute beside the full row (the seed-to-seed ceiling needs only context_only)."""
+    pairs: Path | None = None
+    """Per kept pair, its correlation on the codes of each control (the feature cards read it); None: not written."""
 
 
 def _shifted_chunks(a: Side, b: Side, order: np.ndarray, chunk_rows: int):
@@ -225,10 +227,13 @@ def control_layer_pair(a: Side, b: Side, full_table: str | Path, outputs: Contro
              "kept_full_above_threshold": 1.0 if len(kept) else np.nan, "n_kept_rematched": len(kept),
              "rematched_mean_correlation": float(kept["final_correlation"].mean()) if len(kept) else np.nan,
              "what": CONTROLS["full"]}]
+    per_pair = pd.DataFrame({"feature_a": features_a, "feature_b": features_b,
+                             "full": kept["final_correlation"].to_numpy(np.float64)})
     for control in (name for name in variants if name in outputs.controls):
         source, (residualizer_a, residualizer_b), rematch = variants[control]()
         kept_columns = residual_chunks(source, residualizer_a, residualizer_b, features_a, features_b)
         correlation = paired_correlations(kept_columns, np.arange(len(features_a)), np.arange(len(features_b)))
+        per_pair[control] = correlation
         rematched = pd.Series(dtype=float)
         if rematch:
             table = match_features(residual_chunks(source, residualizer_a, residualizer_b),
@@ -247,6 +252,8 @@ def control_layer_pair(a: Side, b: Side, full_table: str | Path, outputs: Contro
                      "what": CONTROLS[control]})
     summary = pd.DataFrame(rows, columns=[*labels, *CONTROL_COLUMNS])
     write_tsv(summary, outputs.summary)
+    if outputs.pairs is not None:
+        write_tsv(per_pair, outputs.pairs)
     return summary
 
 
