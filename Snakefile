@@ -18,8 +18,9 @@ include: "workflow/rules/activations.smk"
 include: "workflow/rules/alignment.smk"
 include: "workflow/rules/saes.smk"
 include: "workflow/rules/matching.smk"
-include: "workflow/rules/cards.smk"
 include: "workflow/rules/similarity.smk"
+include: "workflow/rules/causal.smk"
+include: "workflow/rules/cards.smk"
 
 
 rule all:

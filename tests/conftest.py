@@ -174,3 +174,46 @@ def write_tiny_experiment(workdir: Path, model_folders: dict, floor: bool = Fals
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     return config_path
+
+
+def tiny_causal_lm(architecture: str, n_layers: int = 2, vocab_size: int = 50, seed: int = 0):
+    """An in-memory tiny random causal LM (llama, gemma3 or gpt_neox), in eval mode: for the tests of code that
+    takes a model object (output tokens, causal effects)."""
+    import torch
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
+                              LlamaForCausalLM)
+
+    torch.manual_seed(seed)
+    shape = dict(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=n_layers,
+                 num_attention_heads=2, max_position_embeddings=32)
+    build = {"llama": lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **shape)),
+             "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(num_key_value_heads=1, head_dim=8, **shape)),
+             "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**shape))}
+    return build[architecture]().eval()
+
+
+def perturbation_gradient(model, ids, layer: int, position: int):
+    """d(summed next-token loss of the one row `ids`)/d(output of block `layer` at `position`), by autograd on a
+    zero perturbation added there in a plain forward, the loss in float64 from the model's own logits: the
+    reference the causal effects are checked against."""
+    import torch
+
+    from sae_universality.models.loading import decoder_layers
+
+    delta = torch.zeros(model.config.hidden_size, dtype=torch.float64, requires_grad=True)
+
+    def hook(module, inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        shift = torch.zeros_like(hidden)
+        shift[0, position] = 1.0
+        hidden = hidden + shift * delta
+        return ((hidden,) + tuple(output[1:])) if isinstance(output, tuple) else hidden
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        logits = model(input_ids=ids).logits[0].double()
+        loss = -torch.log_softmax(logits[:-1], dim=-1)[torch.arange(ids.shape[1] - 1), ids[0, 1:]].sum()
+        loss.backward()
+    finally:
+        handle.remove()
+    return delta.grad.numpy()

@@ -4,19 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_causal_lm
 from sae_universality.cards.output_tokens import final_norm, output_token_effects
 from sae_universality.errors import UserError
 
 
 def tiny(architecture: str):
-    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
-                              LlamaForCausalLM)
-    torch.manual_seed(0)
-    shape = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 max_position_embeddings=32)
-    model = {"llama": lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **shape)),
-             "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(num_key_value_heads=1, head_dim=8, **shape)),
-             "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**shape))}[architecture]().eval()
+    model = tiny_causal_lm(architecture)
     with torch.no_grad():  # gains and biases away from their initial 1 and 0, so that a missed one shows
         for parameter in final_norm(model).parameters():
             parameter.add_(torch.randn_like(parameter) * 0.5)
@@ -89,7 +83,7 @@ def test_feature_columns_read_two_features_at_aligned_rows(tmp_path):
     import h5py
     import scipy.sparse
 
-    from sae_universality.cards.activations import feature_columns
+    from sae_universality.saes.codes import feature_columns
 
     rng = np.random.default_rng(3)
     dense = np.where(rng.random((300, 12)) < 0.2, rng.random((300, 12)), 0.0).astype(np.float32)

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "src" / "sae_universality"
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 # The stages in the order the data flows; a stage may import earlier stages and the ground floor only.
-STAGES = ["text", "models", "activations", "saes", "matching", "similarity", "cards", "report", "studies"]
+STAGES = ["text", "models", "activations", "saes", "matching", "similarity", "causal", "cards", "report", "studies"]
 GROUND_FLOOR = {"__init__", "errors", "io", "devices", "tokens", "settings", "config", "entry"}
 
 

@@ -12,7 +12,7 @@ import torch
 
 from sae_universality.text.corpus import read_windows
 
-from conftest import REPO, write_tiny_experiment
+from conftest import REPO, perturbation_gradient, write_tiny_experiment
 
 
 def snakemake(workdir, *arguments, check=True):
@@ -584,7 +584,7 @@ def test_every_layer_pair_gets_a_linked_map_and_cards_that_say_rank_and_context_
     table's, whose full column is the match table's."""
     import json
 
-    from sae_universality.cards.activations import feature_columns
+    from sae_universality.saes.codes import feature_columns
     from sae_universality.matching.stage import aligned_rows
     from sae_universality.similarity.stage import decoder_rows
 
@@ -698,6 +698,68 @@ def test_the_linked_map_and_cards_work_in_a_real_browser_with_the_network_off(fi
     assert urls and all(url.startswith((finished_run / "results/cards").as_uri()) for url in urls), urls
 
 
+def test_the_causal_check_measures_effects_and_their_agreement_as_computed_here_independently(finished_run):
+    """The effects file against a float64 recomputation from the tiny model (the gradient by autograd on a
+    perturbation added in a plain forward of the window prefix, times the codes and the decoder); a layer pair's
+    effect correlation against np.corrcoef of those profiles; the function table, the verdict and the cards carry
+    it."""
+    import json
+
+    from sae_universality.causal.stage import read_effects, sample_windows
+    from sae_universality.matching.stage import aligned_rows
+    from sae_universality.models.sources import load_model
+    from sae_universality.saes.codes import iter_code_chunks
+    from sae_universality.similarity.stage import decoder_rows
+    from sae_universality.text.corpus import read_windows
+
+    model, tokenizer, _ = load_model(finished_run / "resources/models/llama/manifest.json")
+    model = model.double()
+    rows, windows, effects = read_effects(finished_run / "results/causal/llama/effects.h5", 1, "seed0")
+    with h5py.File(finished_run / "results/activations/llama/layer1.h5") as cache:
+        positions = cache["position"][:][rows]
+    codes = next(iter_code_chunks(finished_run / "results/codes/llama/layer1/seed0.h5", rows, len(rows) + 1)).toarray()
+    decoder = decoder_rows(finished_run / "results/saes/llama/layer1/seed0")
+    assert effects.nnz == np.count_nonzero(codes)  # no effect where a feature is silent
+    corpus = {window.window_index: window for window in read_windows(finished_run / "resources/corpus/windows.jsonl")}
+    assert sorted(set(windows)) == [w.window_index for w in sample_windows(list(corpus.values()), 48, 0)]
+    for sample in np.random.default_rng(0).choice(len(rows), 4, replace=False):
+        window = corpus[int(windows[sample])]
+        ids = tokenizer(window.text, return_tensors="pt")["input_ids"]
+        same_window = positions[windows == windows[sample]]
+        ids = ids[:, :int(same_window.max()) + 1]  # the prefix: the window is shorter than causal.prefix_chars
+        gradient = perturbation_gradient(model, ids, 1, int(positions[sample]))
+        expected = -codes[sample] * (decoder @ gradient)
+        np.testing.assert_allclose(effects[sample].toarray()[0], expected, rtol=1e-3, atol=1e-6)
+
+    summary = pd.read_csv(finished_run / "results/causal/neox--llama/layer2--layer1.tsv", sep="\t")
+    pairs = pd.read_csv(finished_run / "results/causal/neox--llama/layer2--layer1.pairs.tsv", sep="\t")
+    kept = pd.read_csv(finished_run / "results/matching/neox--llama/layer2--layer1.tsv", sep="\t")
+    kept = kept[kept["kept"]].sort_values("feature_b")
+    assert pairs["feature_b"].tolist() == kept["feature_b"].tolist()
+    rows_a, _, effects_a = read_effects(finished_run / "results/causal/neox/effects.h5", 2, "seed0")
+    rows_b, _, effects_b = read_effects(finished_run / "results/causal/llama/effects.h5", 1, "seed0")
+    aligned_a, aligned_b = aligned_rows(finished_run / "results/alignment/neox--llama.h5")
+    inside = np.isin(aligned_a, rows_a) & np.isin(aligned_b, rows_b)
+    x = effects_a[np.searchsorted(rows_a, aligned_a[inside])].toarray()
+    y = effects_b[np.searchsorted(rows_b, aligned_b[inside])].toarray()
+    expected = [np.corrcoef(x[:, a], y[:, b])[0, 1] if x[:, a].std() > 0 and y[:, b].std() > 0 else np.nan
+                for a, b in zip(pairs["feature_a"], pairs["feature_b"])]
+    np.testing.assert_allclose(pairs["effect_correlation"], expected, rtol=1e-5, atol=1e-6)  # 6 digits in the TSV
+    assert summary["effect_mean"].iloc[0] == pytest.approx(np.nanmean(expected), rel=1e-5)
+    assert summary["n_positions"].iloc[0] == inside.sum()
+    table = pd.read_csv(finished_run / "results/causal/neox--llama/function.tsv", sep="\t")
+    assert len(table) == 2 and {"p_adjusted", "above_chance", "ceiling", "context_only_mean"} <= set(table.columns)
+    agreement = pd.read_csv(finished_run / "results/causal/llama/agreement.tsv", sep="\t")
+    assert set(agreement["kind"]) == {"all", "random", "largest"} and (agreement["cache_relative_error"] < 1e-4).all()
+    assert "**Functional agreement (the causal check).**" in (finished_run / "results/verdict.md").read_text()
+    assert not (finished_run / "results/causal/neox--llama-rerandomized").exists()  # not for the floor
+    listing = json.loads((finished_run / "results/cards/neox--llama/layer2--layer1/cards.json").read_text())["cards"]
+    by_pair = dict(zip(zip(pairs["feature_a"], pairs["feature_b"]), pairs["effect_correlation"]))
+    for card in listing:
+        if (card["feature_a"], card["feature_b"]) in by_pair and np.isfinite(by_pair[(card["feature_a"], card["feature_b"])]):
+            assert card["effect_correlation"] == pytest.approx(by_pair[(card["feature_a"], card["feature_b"])])
+
+
 def test_a_named_pair_gets_its_card_matched_or_not(finished_run):
     """cards.pairs: a pair the user names gets a card of kind "named" with its correlation over the aligned
     positions, computed here in float64 from the codes (runs last: it changes the run's config)."""
@@ -705,7 +767,7 @@ def test_a_named_pair_gets_its_card_matched_or_not(finished_run):
 
     import yaml
 
-    from sae_universality.cards.activations import feature_columns
+    from sae_universality.saes.codes import feature_columns
     from sae_universality.matching.stage import aligned_rows
 
     config_path = finished_run / "config.yaml"

@@ -236,6 +236,27 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
+class CausalSettings:
+    """The causal check of matched pairs (config: causal; causal/)."""
+
+    enabled: bool = True
+    """Run it for every real model pair."""
+    windows: int = 48
+    """Windows (drawn at random, the same for every model) whose prefixes the effects are measured on."""
+    prefix_chars: int = 300
+    """Characters of each window that count: about 60-80 tokens, one short pass per window."""
+    exact_items: int = 32
+    """(position, feature) items per layer whose exact effect checks the first-order estimate: half drawn at
+    random among the firing ones, half the largest estimates."""
+    windows_per_pass: int = 8
+    """Windows per forward and backward pass (memory: the loss head's logits for all their positions)."""
+    null_draws: int = 1000
+    """Random pairings behind each layer pair's null."""
+    seed: int = 0
+    """Draws the windows, the exact items, the null's pairings and the bootstrap's resamples."""
+
+
+@dataclass(frozen=True)
 class SemanticSettings:
     """Semantic subspaces (config: semantic; METHOD.md section 8)."""
 
@@ -281,4 +302,5 @@ SECTIONS = {
     "semantic": SemanticSettings,
     "controls": ControlSettings,
     "cards": CardSettings,
+    "causal": CausalSettings,
 }

@@ -92,7 +92,65 @@ def alignment_targets():
 
 def final_targets():
     return (activation_targets() + alignment_targets() + ["results/saes/quality.tsv"] + code_targets()
-            + matching_targets() + card_targets() + similarity_targets() + ["results/verdict.md"])
+            + matching_targets() + card_targets() + similarity_targets() + causal_targets() + ["results/verdict.md"])
+
+
+# ---------------------------------------------------------------- causal check
+
+
+def causal_pairs():
+    """The real model pairs (floor controls excepted) whose kept pairs get the causal check."""
+    if not config["causal"]["enabled"]:
+        return []
+    floors = set(FLOORS.values())
+    return [pair for pair in PAIRS if pair not in floors]
+
+
+def causal_settings(wildcards):
+    return config["causal"]
+
+
+def causal_targets():
+    return [f"results/causal/{a}--{b}/function.tsv" for a, b in causal_pairs()]
+
+
+def effect_inputs(wildcards):
+    # Every layer of the model: its cache (the sampled rows and the live pass checked against it), and every
+    # SAE's folder (decoder) and codes.
+    model = wildcards.model
+    inputs = {"manifest": f"resources/models/{model}/manifest.json", "windows": "resources/corpus/windows.jsonl"}
+    for layer in model_layers(wildcards):
+        inputs[f"cache{layer}"] = f"results/activations/{model}/layer{layer}.h5"
+        for sae in saes_of(model):
+            inputs[f"sae{layer}_{sae}"] = f"results/saes/{model}/layer{layer}/{sae}"
+            inputs[f"codes{layer}_{sae}"] = f"results/codes/{model}/layer{layer}/{sae}.h5"
+    return inputs
+
+
+def function_saes(wildcards):
+    # Per side: the primary SAE, then the second seed's (the ceiling) where the model has one.
+    return {side: saes_of(model)[:2] for side, model in (("a", wildcards.model_a), ("b", wildcards.model_b))}
+
+
+def function_inputs(wildcards):
+    # What matching read, the match table, both models' effects and exact checks, output tokens, and each
+    # side's seed-to-seed match table (its ceiling) where it has two seeds.
+    a, b = wildcards.model_a, wildcards.model_b
+    inputs = {**matching_inputs(wildcards),
+              "matches": f"results/matching/{a}--{b}/layer{wildcards.layer_a}--layer{wildcards.layer_b}.tsv"}
+    for side, model, layer in (("a", a, wildcards.layer_a), ("b", b, wildcards.layer_b)):
+        inputs[f"effects_{side}"] = f"results/causal/{model}/effects.h5"
+        inputs[f"agreement_{side}"] = f"results/causal/{model}/agreement.tsv"
+        inputs[f"tokens_{side}"] = f"results/saes/{model}/layer{layer}/{primary_sae(model)}.output_tokens.npz"
+        if has_ceiling(model):
+            first, second = saes_of(model)[:2]
+            inputs[f"ceiling_{side}"] = f"results/similarity/ceiling/{model}/layer{layer}/{first}--{second}.matches.tsv"
+    return inputs
+
+
+def pair_function_summaries(wildcards):
+    return [f"results/causal/{wildcards.model_a}--{wildcards.model_b}/layer{la}--layer{lb}.tsv"
+            for la, lb in layer_pairs(wildcards.model_a, wildcards.model_b)]
 
 
 # ---------------------------------------------------------------- cards
@@ -132,6 +190,8 @@ def card_inputs(wildcards):
         inputs[f"layout_{side}"] = f"results/saes/{model}/layer{layer}/{primary_sae(model)}.layout.tsv"
     if (a, b) in control_pairs():
         inputs["control_pairs"] = f"results/matching/{pair}.controls_pairs.tsv"
+    if (a, b) in causal_pairs():
+        inputs["function_pairs"] = f"results/causal/{pair}.pairs.tsv"
     return inputs
 
 
@@ -565,6 +625,7 @@ def verdict_inputs(wildcards):
         "untrained": [f"results/similarity/{a}--{b}/untrained_scores.tsv" for a, b in control_pairs()],
         "lexical": [f"results/similarity/{a}--{b}/lexical_scores.tsv" for a, b in control_pairs()],
         "residual": [f"results/similarity/{a}--{b}/residual_streams.tsv" for a, b in residual_pairs()],
+        "function": [f"results/causal/{a}--{b}/function.tsv" for a, b in causal_pairs()],
         # What each model is, for the verdict to say beside its results.
         "manifests": [f"resources/models/{model}/manifest.json" for model in MODELS],
     }

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -55,13 +54,3 @@ def activation_profile(values: np.ndarray, bins: int = 24, quantiles: Sequence[f
         samples.append(np.sort(chosen).astype(np.int64))
     return ActivationProfile(n, len(firing) / n if n else 0.0, edges, counts.astype(np.int64), quantile_edges,
                              tuple(samples))
-
-
-def feature_columns(codes_path: str | Path, rows: np.ndarray, features: Sequence[int],
-                    chunk_rows: int = 65_536) -> np.ndarray:
-    """(len(rows), len(features)) the activations of `features` at `rows` of a codes file, dense, streamed."""
-    from ..saes.codes import iter_code_chunks
-
-    features = np.asarray(features, dtype=np.int64)
-    parts = [chunk[:, features].toarray() for chunk in iter_code_chunks(codes_path, rows, chunk_rows)]
-    return np.concatenate(parts, axis=0) if parts else np.zeros((0, len(features)))

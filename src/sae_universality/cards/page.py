@@ -53,6 +53,11 @@ class PairCard:
     """Filter name -> passed."""
     context_only_correlation: float | None = None
     """The pair's correlation once each feature's mean for the current token is removed."""
+    effect_correlation: float | None = None
+    """The correlation of the two features' effects on their models' next-token loss over the causal sample's
+    aligned positions (causal/), where the causal check ran and the pair is kept."""
+    output_overlap: float | None = None
+    """Jaccard overlap of the decoded output strings the two features promote, where the causal check ran."""
     same_text: dict = field(default_factory=dict)
     """Heading -> [(A's context, B's context)] at the same aligned positions: where both fire most, where only
     A fires, where only B does."""
@@ -151,6 +156,10 @@ def card_body(card: PairCard) -> str:
         facts.append(f"rank {card.rank_among_candidates} among the B feature's candidates")
     if card.context_only_correlation is not None:
         facts.append(f"without the current token {card.context_only_correlation:.3f}")
+    if card.effect_correlation is not None and np.isfinite(card.effect_correlation):
+        facts.append(f"effects on the next-token loss correlate at {card.effect_correlation:.3f}")
+    if card.output_overlap is not None:
+        facts.append(f"promoted output strings overlap {card.output_overlap:.2f}")
     facts += [f"{html.escape(name)}: {'passed' if passed else 'failed'}" for name, passed in card.filters.items()]
     return (f"<h1>{html.escape(card.kind)} pair: {html.escape(_title(card))}</h1>"
             f'<p class="facts">' + "".join(f"<span>{fact}</span>" for fact in facts) + "</p>"

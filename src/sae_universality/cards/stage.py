@@ -99,7 +99,7 @@ class _Side:
     def load(self, features) -> None:
         """Read the activations of `features` at every cached position, in one pass over the codes file: the
         cards' profiles (aligned rows) and contexts (any rows) all come from these columns."""
-        from .activations import feature_columns
+        from ..saes.codes import feature_columns
 
         with open_hdf5(self.files.codes) as codes:
             n_positions = int(codes.attrs["n_positions"])
@@ -213,6 +213,15 @@ def same_text(a: _Side, b: _Side, feature_a: int, feature_b: int) -> dict:
             for heading, positions in chosen.items()}
 
 
+def _function(path: str | Path | None) -> dict:
+    """(feature_a, feature_b) -> (effect correlation, output overlap) of a kept pair, from the causal check."""
+    if path is None:
+        return {}
+    table = pd.read_csv(path, sep="\t")
+    return {(int(row.feature_a), int(row.feature_b)): (float(row.effect_correlation), float(row.output_overlap))
+            for row in table.itertuples()}
+
+
 def _context_only(path: str | Path | None) -> dict:
     """(feature_a, feature_b) -> the kept pair's context-only correlation, from the controls' per-pair table."""
     if path is None:
@@ -252,6 +261,8 @@ class PairFiles:
     """The match table."""
     control_pairs: Path | None = None
     """The controls' per-pair table (the cards' context-only correlations); None where the controls do not run."""
+    function_pairs: Path | None = None
+    """The causal check's per-pair table (effect correlation, output overlap); None where it does not run."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +302,7 @@ def write_cards(pair: PairFiles, a: SideFiles, b: SideFiles, outputs: CardOutput
     rows_by_pair = {(int(row.final_a), int(row.feature_b)): row for row in table.itertuples()}
     ranks = candidate_ranks(side_a, side_b, [(item[1], item[2]) for item in chosen])
     context_only = _context_only(pair.control_pairs)
+    function = _function(pair.function_pairs)
     written, cards = [], []
     for kind, feature_a, feature_b, correlation in chosen:
         row = rows_by_pair.get((feature_a, feature_b))
@@ -300,11 +312,14 @@ def write_cards(pair: PairFiles, a: SideFiles, b: SideFiles, outputs: CardOutput
         cards.append(PairCard(side_a.card_side(feature_a), side_b.card_side(feature_b), correlation, kind,
                               rank_among_candidates=ranks.get((feature_a, feature_b)), filters=filters,
                               context_only_correlation=context_only.get((feature_a, feature_b)),
+                              effect_correlation=function.get((feature_a, feature_b), (None, None))[0],
+                              output_overlap=function.get((feature_a, feature_b), (None, None))[1],
                               same_text=same_text(side_a, side_b, feature_a, feature_b)))
         written.append({"kind": kind, "feature_a": feature_a, "feature_b": feature_b,
                         "correlation": correlation if np.isfinite(correlation) else None,
                         "rank_among_candidates": ranks.get((feature_a, feature_b)),
                         "context_only_correlation": context_only.get((feature_a, feature_b)),
+                        "effect_correlation": function.get((feature_a, feature_b), (None, None))[0],
                         "file": f"{kind}-a{feature_a}-b{feature_b}.html"})
     title = (f"{labels['model_a']} layer {labels['layer_a']} / {labels['model_b']} layer {labels['layer_b']}: "
              "feature cards")

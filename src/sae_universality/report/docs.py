@@ -201,6 +201,103 @@ def controls_comparison_block(default: str, whole: str) -> Callable[[], str]:
     return make
 
 
+def function_block(folder: str) -> Callable[[], str]:
+    """A run's causal check: per layer pair its functional agreement (function.tsv) in a table, then how the
+    first-order estimate fared against exact ablation (causal_agreement.tsv)."""
+
+    def make() -> str:
+        table = pd.read_csv(REPOSITORY / folder / "function.tsv", sep="\t")
+        agreement = pd.read_csv(REPOSITORY / folder / "causal_agreement.tsv", sep="\t")
+        lines = ["| layers | effect correlation [95%] | random pairings | adjusted p | seed-to-seed ceiling | fraction "
+                 "of the ceiling | without the current token | activation correlation, same positions | pairs that "
+                 "agree on their own | promoted strings overlap (random) |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in table.itertuples():
+            lines.append(f"| {row.layer_a} / {row.layer_b} | {_number(row.effect_mean)} [{_number(row.ci_low)}, "
+                         f"{_number(row.ci_high)}] | {_number(row.null_mean)} | {_number(row.p_adjusted, 2)} | "
+                         f"{_number(row.ceiling)} | {_number(row.fraction_of_ceiling, 2)} | "
+                         f"{_number(row.context_only_mean)} | {_number(row.activation_mean)} | "
+                         f"{row.share_agreeing:.0%} of {row.n_pairs} | {_number(row.output_overlap_mean)} "
+                         f"({_number(row.output_overlap_null)}) |")
+        kinds = {kind: agreement[agreement["kind"] == kind] for kind in ("random", "largest")}
+        lines += ["", f"{int(table['n_positions'].max()):,} aligned positions of {int(table['n_windows'].max())} "
+                      f"window prefixes; {int((table['above_chance']).sum())} of {len(table)} layer pairs above random "
+                      "pairings. The first-order estimate against exact ablation, per (model, layer): on items drawn "
+                      f"at random correlation {_range(kinds['random']['pearson'])} (slope "
+                      f"{_range(kinds['random']['slope'])}); on the largest estimates correlation "
+                      f"{_range(kinds['largest']['pearson'])} (slope {_range(kinds['largest']['slope'])})."]
+        return "\n".join(lines)
+
+    return make
+
+
+def _function_summary(folder: Path) -> dict:
+    table = pd.read_csv(folder / "function.tsv", sep="\t")
+    return {"effect": table["effect_mean"], "ceiling": table["ceiling"], "fraction": table["fraction_of_ceiling"],
+            "share": table["share_agreeing"], "activation": table["activation_mean"],
+            "above": int(table["above_chance"].sum()), "cells": len(table),
+            "seed_stability": pd.read_csv(folder / "quality.tsv", sep="\t")["decoder_cosine_mean"].dropna()}
+
+
+def function_comparison_block(default: str, whole: str) -> Callable[[], str]:
+    """The causal check at the default size against the whole sample, in bullets whose words follow the numbers."""
+
+    def make() -> str:
+        small, large = _function_summary(REPOSITORY / default), _function_summary(REPOSITORY / whole)
+        words = {"rise": "higher on the whole sample", "fall": "lower on the whole sample",
+                 "overlap": "the two ranges overlap"}
+
+        def bullet(label, key, digits=3):
+            return (f"- {label}: {_range(small[key], digits)} at the default size, {_range(large[key], digits)} on "
+                    f"the whole sample; {words[_moves(small[key], large[key])]}.")
+
+        return "\n".join([
+            f"- Layer pairs above random pairings: {small['above']} of {small['cells']} at the default size, "
+            f"{large['above']} of {large['cells']} on the whole sample.",
+            bullet("The kept pairs' mean effect correlation", "effect"),
+            bullet("The seed-to-seed ceiling of the same measure", "ceiling"),
+            bullet("The fraction of that ceiling", "fraction", 2),
+            bullet("The share of pairs that agree on their own", "share", 2),
+            bullet("The same pairs' activation correlation on the same positions", "activation"),
+            bullet("The second seed's decoder directions against the first's (mean cosine of the pairs, Hungarian)",
+                   "seed_stability"),
+        ])
+
+    return make
+
+
+def cards_words_block(folder: str) -> Callable[[], str]:
+    """Three of a run's feature cards in words (cards.tsv): a lexical pair (the strongest whose features share a top
+    token), a contextual one (the card whose correlation survives best without the current token) and a
+    surprising one (highly correlated, no top token shared)."""
+
+    def make() -> str:
+        cards = pd.read_csv(REPOSITORY / folder / "cards.tsv", sep="\t", keep_default_na=False)
+        cards = cards[cards["kind"] != "named"]
+        for column in ("correlation", "context_only_correlation", "effect_correlation"):
+            cards[column] = pd.to_numeric(cards[column], errors="coerce")
+        lexical = cards[cards["shares_token"].astype(str) == "True"].sort_values("correlation", ascending=False)
+        contextual = cards.assign(kept=cards["context_only_correlation"] / cards["correlation"]).sort_values(
+            "kept", ascending=False)
+        surprising = cards[cards["kind"] == "surprising"]
+        chosen = [("A lexical pair", lexical), ("A contextual pair", contextual), ("A surprising pair", surprising)]
+        lines = []
+        for label, rows in chosen:
+            if not len(rows):
+                continue
+            row = rows.iloc[0]
+            tokens_a = ", ".join(f"`{token.strip() or repr(token)}`" for token in str(row.top_tokens_a).split(" | ")[:3])
+            tokens_b = ", ".join(f"`{token.strip() or repr(token)}`" for token in str(row.top_tokens_b).split(" | ")[:3])
+            lines.append(
+                f"- **{label}** ({row.kind} card, layers {row.layer_a} / {row.layer_b}, features {row.feature_a} / "
+                f"{row.feature_b}): A fires most on {tokens_a}, B on {tokens_b}; correlation {_number(row.correlation)}, "
+                f"{_number(row.context_only_correlation)} without the current token, and their effects on the "
+                f"next-token loss correlate at {_number(row.effect_correlation)}.")
+        return "\n".join(lines)
+
+    return make
+
+
 def rules_block(folder: str) -> Callable[[], str]:
     """One layer pair matched and scored under every one-to-one rule (`studies/rules.py`, `folder`/rules.tsv)."""
 
@@ -820,6 +917,7 @@ RUN_FILES = {
     "verdict.md": "results/verdict.md",
     "verdict.tsv": "results/verdict.tsv",
     "residual_streams.tsv": f"results/similarity/{PAIR}/residual_streams.tsv",
+    "function.tsv": f"results/causal/{PAIR}/function.tsv",
 }
 """What `collect_run` copies from a finished run where it exists: docs file -> run file."""
 WHOLE_FOLDER = REPOSITORY / "docs" / "figures" / "whole"
@@ -867,6 +965,12 @@ def collect_run(run: Path, folder: Path, make_seconds: float | None = None, sour
     for name, pattern in CEILING_FILES.items():
         tables = [pd.read_csv(path, sep="\t") for path in sorted((run / "results/similarity/ceiling").glob(f"*/{pattern}"))]
         pd.concat(tables, ignore_index=True).to_csv(folder / name, sep="\t", index=False)
+    agreements = [pd.read_csv(path, sep="\t") for path in sorted((run / "results/causal").glob("*/agreement.tsv"))]
+    if agreements:
+        pd.concat(agreements, ignore_index=True).to_csv(folder / "causal_agreement.tsv", sep="\t", index=False)
+    cards = card_table(run)
+    if len(cards):
+        cards.to_csv(folder / "cards.tsv", sep="\t", index=False)
     commit = _commit_of(source or run)
     logs = sorted((run / ".snakemake" / "log").glob("*.snakemake.log"))
     epochs = yaml.safe_load((run / "config.yaml").read_text())["saes"]["train"]["epochs"]
@@ -881,6 +985,31 @@ def collect_run(run: Path, folder: Path, make_seconds: float | None = None, sour
                             "job_cpu_seconds": total_cpu, "forward_cpu_seconds": forward_cpu}])
     record.to_csv(folder / "run.tsv", sep="\t", index=False)
     return record
+
+
+def card_table(run: Path, pair: str = PAIR) -> pd.DataFrame:
+    """The feature cards of a run's pair, one row each: what cards.json says, with both features' top tokens
+    from the match table and whether they share one."""
+    import json
+
+    from ..tokens import shares_a_token
+
+    rows = []
+    for listing in sorted((run / "results" / "cards" / pair).glob("layer*--layer*/cards.json")):
+        cards = json.loads(listing.read_text())
+        layers = listing.parent.name
+        table = pd.read_csv(run / "results" / "matching" / pair / f"{layers}.tsv", sep="\t", keep_default_na=False)
+        tokens_a = dict(zip(table["final_a"], table["top_tokens_a"]))
+        tokens_b = dict(zip(table["feature_b"], table["top_tokens_b"]))
+        for card in cards["cards"]:
+            a, b = str(tokens_a.get(card["feature_a"], "")), str(tokens_b.get(card["feature_b"], ""))
+            rows.append({"layer_a": cards["layer_a"], "layer_b": cards["layer_b"], "kind": card["kind"],
+                         "feature_a": card["feature_a"], "feature_b": card["feature_b"],
+                         "correlation": card["correlation"], "rank": card.get("rank_among_candidates"),
+                         "context_only_correlation": card.get("context_only_correlation"),
+                         "effect_correlation": card.get("effect_correlation"), "top_tokens_a": a, "top_tokens_b": b,
+                         "shares_token": shares_a_token(a.split(" | "), b.split(" | "))})
+    return pd.DataFrame(rows)
 
 
 ATLAS_FOLDER = REPOSITORY / "docs" / "figures" / "atlas"

@@ -157,6 +157,39 @@ def residual_paragraph(residual: pd.DataFrame | None, model_b: str) -> str:
     return "\n".join(lines)
 
 
+def function_paragraph(function: pd.DataFrame | None, significance: float) -> str:
+    """The causal check, per layer pair, from function.tsv: do the kept pairs' two features act alike on their
+    models' predictions, against random pairings, the seed-to-seed ceiling and token identity."""
+    if function is None or not len(function):
+        return ""
+    above = function[function["above_chance"].astype(bool)]
+    n_positions, n_windows = int(function["n_positions"].max()), int(function["n_windows"].max())
+    lines = [f"**Functional agreement (the causal check).** Each kept pair's two features' first-order effects on "
+             f"their models' next-token loss, correlated over {n_positions:,} aligned positions at most of "
+             f"{n_windows} window prefixes: {len(above)} of {len(function)} layer pairs agree above random pairings "
+             f"(adjusted p < {significance:g}).", ""]
+    for row in function.itertuples():
+        text = (f"- {row.layer_a} / {row.layer_b}: effect correlation {_number(row.effect_mean)}"
+                f"{_interval(row.ci_low, row.ci_high)} against {_number(row.null_mean)} for random pairings "
+                f"(adjusted p {_number(row.p_adjusted, 2)}"
+                + (", **above chance**" if row.above_chance else ", not above chance") + ")")
+        if np.isfinite(row.fraction_of_ceiling):
+            text += (f"; {_number(row.fraction_of_ceiling, 2)} of the seed-to-seed ceiling "
+                     f"({_number(row.ceiling)})")
+        elif np.isfinite(row.ceiling):
+            text += f"; seed-to-seed ceiling {_number(row.ceiling)}"
+        text += (f"; without the current token {_number(row.context_only_mean)}; their activations correlate at "
+                 f"{_number(row.activation_mean)} on the same positions; {_number(100 * row.share_agreeing, 2)}% of "
+                 f"the {int(row.n_pairs)} pairs agree beyond chance on their own; the output strings they promote "
+                 f"overlap {_number(row.output_overlap_mean)} (random pairings {_number(row.output_overlap_null)})")
+        lines.append(text + ".")
+    lines += ["", "The first-order estimate against exact ablation (random items; `results/causal/*/agreement.tsv`): "
+              "correlation " + ", ".join(f"{_number(value, 2)}" for value in
+                                         sorted(set(function["first_order_pearson_a"]) | set(function["first_order_pearson_b"]))
+                                         if np.isfinite(value)) + "."]
+    return "\n".join(lines)
+
+
 def excess_intervals_apart(scored: pd.DataFrame) -> pd.Series:
     """Per row of a baseline's scores beside the full ones: is the full excess's interval above the baseline's?
 
@@ -425,6 +458,8 @@ class ExperimentTables:
     """{(model_a, model_b): its lexical floor's scores beside the full ones} where the controls ran."""
     residual: dict = field(default_factory=dict)
     """{(model_a, model_b): its raw residual streams compared (similarity/residual.py)} where that ran."""
+    function: dict = field(default_factory=dict)
+    """{(model_a, model_b): its functional agreement per layer pair (causal/)} where the causal check ran."""
     models: dict = field(default_factory=dict)
     """{model id: what it is, in words (its manifest's description)}."""
 
@@ -437,7 +472,8 @@ class ExperimentTables:
                    read_tables(paths["ceiling_summaries"]), dict(floors or {}), _by_pair(paths.get("semantic", ())),
                    _by_pair(paths.get("controls", ())), _by_pair(paths.get("context_only", ())),
                    _by_pair(paths.get("untrained", ())), _by_pair(paths.get("lexical", ())),
-                   _by_pair(paths.get("residual", ())), model_descriptions(paths.get("manifests", ())))
+                   _by_pair(paths.get("residual", ())), function=_by_pair(paths.get("function", ())),
+                   models=model_descriptions(paths.get("manifests", ())))
 
 
 def model_descriptions(manifest_paths) -> dict:
@@ -545,6 +581,9 @@ def write_verdict(tables: ExperimentTables, settings: SimilaritySettings, out_ma
         residual_text = residual_paragraph(tables.residual.get(key), model_b)
         if residual_text:
             lines += ["", residual_text]
+        function_text = function_paragraph(tables.function.get(key), significance)
+        if function_text:
+            lines += ["", function_text]
         semantic_line = semantic_sentence(semantic.get((model_a, model_b)), significance)
         if semantic_line:
             lines += ["", semantic_line]

@@ -17,7 +17,7 @@ source_activations. Rows keep the order of the activation cache.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -134,3 +134,11 @@ def iter_code_chunks(path: str | Path, rows=None, chunk_rows: int = 65_536) -> I
             out_indptr = np.concatenate([[0], np.cumsum(lengths)])
             gather = np.repeat(starts - out_indptr[:-1], lengths) + np.arange(out_indptr[-1])
             yield scipy.sparse.csr_matrix((span_values[gather], span_indices[gather], out_indptr), shape=(len(chunk), n_features))
+
+
+def feature_columns(codes_path: str | Path, rows: np.ndarray, features: Sequence[int],
+                    chunk_rows: int = 65_536) -> np.ndarray:
+    """(len(rows), len(features)) the activations of `features` at `rows` of a codes file, dense, streamed."""
+    features = np.asarray(features, dtype=np.int64)
+    parts = [chunk[:, features].toarray() for chunk in iter_code_chunks(codes_path, rows, chunk_rows)]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, len(features)))
