@@ -606,7 +606,7 @@ def test_every_layer_pair_gets_a_linked_map_and_cards_that_say_rank_and_context_
         page = (folder / "map.html").read_text()
         data = json.loads(page.split('id="map-data">')[1].split("</script>")[0])
         assert sorted((a, b) for a, b, *_ in data["pairs"]) == sorted(zip(kept["final_a"], kept["feature_b"]))
-        assert page.count("<circle") == len(layout) + int(table["feature_b"].max()) + 1
+        assert len(data["a"]["xy"]) == len(layout) and len(data["b"]["xy"]) == int(table["feature_b"].max()) + 1
         assert all((folder / card).exists() for *_, card in data["pairs"] if card)
         report_page = (finished_run / f"results/cards/{pair}.html").read_text()
         assert 'id="map-data"' in report_page and 'href="map.html"' in (folder / "index.html").read_text()
@@ -694,8 +694,23 @@ def test_the_linked_map_and_cards_work_in_a_real_browser_with_the_network_off(fi
         driver.find_element(By.CSS_SELECTOR, f'#pair-list a[href="{first[4]}"]').click()
         assert driver.current_url.endswith(f"/{pair}/{first[4]}")
         assert f"feature {first[0]}</h2>" in driver.page_source
+
+        # As the Snakemake report shows it: the page as a base64 data URL in an iframe.
+        import base64
+
+        page = (finished_run / f"results/cards/{pair}.html").read_bytes()
+        frame = finished_run / "report_frame.html"
+        frame.write_text(f'<!DOCTYPE html><html><body><iframe id="result" width="1100" height="1200" src="data:text/html;'
+                         f'charset=utf8;base64,{base64.b64encode(page).decode()}"></iframe></body></html>')
+        driver.get(frame.as_uri())
+        driver.switch_to.frame(driver.find_element(By.ID, "result"))
+        ActionChains(driver).click(driver.find_element(By.ID, f"a-{feature_a}")).perform()
+        assert [point.get_attribute("id") for point in driver.find_elements(By.CSS_SELECTOR, "#panel-b .partner")] \
+            == [f"b-{feature_b}"]
+        driver.switch_to.default_content()
         urls = requested_urls(driver)
-    assert urls and all(url.startswith((finished_run / "results/cards").as_uri()) for url in urls), urls
+    assert urls and all(url.startswith(((finished_run / "results/cards").as_uri(), frame.as_uri(), "data:"))
+                        for url in urls), urls
 
 
 def test_the_causal_check_measures_effects_and_their_agreement_as_computed_here_independently(finished_run):

@@ -76,18 +76,13 @@ def _screen(layout: np.ndarray) -> np.ndarray:
                             HEIGHT - MARGIN - unit[:, 1] * (HEIGHT - 2 * MARGIN)])
 
 
-def _panel(key: str, side: MapSide, partner_of: dict, colours: dict) -> str:
-    points = _screen(side.layout)
-    # Unmatched points first, so the kept ones are drawn on top.
-    order = sorted(range(len(points)), key=lambda feature: feature in partner_of)
-    circles = "".join(
-        f'<circle id="{key}-{feature}" class="point{" kept" if feature in partner_of else ""}" data-feature="{feature}" '
-        f'cx="{points[feature, 0]:.1f}" cy="{points[feature, 1]:.1f}" r="{3.2 if feature in partner_of else 2.2}" '
-        f'fill="{colours.get(feature, UNMATCHED)}"></circle>' for feature in order)
+def _panel(key: str, side: MapSide) -> str:
+    """An empty panel: the script draws its points from the page's data (coordinates as numbers, not markup,
+    keep a map of thousands of features small enough for a report's data URL)."""
     return (f'<figure class="map-figure"><figcaption>{key.upper()}: {html.escape(side.label)}</figcaption>'
             f'<svg id="panel-{key}" class="map-panel" data-side="{key}" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
             f'height="{HEIGHT}" role="img" aria-label="{html.escape(side.label)} features by decoder direction">'
-            f'<rect class="backdrop" x="0" y="0" width="{WIDTH}" height="{HEIGHT}"></rect>{circles}'
+            f'<rect class="backdrop" x="0" y="0" width="{WIDTH}" height="{HEIGHT}"></rect><g class="points"></g>'
             f'<rect class="brush" x="0" y="0" width="0" height="0" visibility="hidden"></rect></svg></figure>')
 
 
@@ -120,6 +115,23 @@ MAP_SCRIPT = r"""
   const other = {a: "b", b: "a"};
   const partnerOf = {a: {}, b: {}};
   data.pairs.forEach(function (pair, index) { partnerOf.a[pair[0]] = index; partnerOf.b[pair[1]] = index; });
+  const svgNS = document.querySelector("svg.map-panel").namespaceURI;  // SVG's, read off the page
+  ["a", "b"].forEach(function (side) {  // unmatched points first, so the kept ones are drawn on top
+    const layer = document.querySelector("#panel-" + side + " g.points");
+    const order = data[side].xy.map(function (_, feature) { return feature; });
+    order.sort(function (i, j) { return (i in partnerOf[side]) - (j in partnerOf[side]) || i - j; });
+    order.forEach(function (feature) {
+      const circle = document.createElementNS(svgNS, "circle");
+      const kept = feature in partnerOf[side];
+      circle.setAttribute("id", side + "-" + feature);
+      circle.setAttribute("class", kept ? "point kept" : "point");
+      circle.dataset.feature = String(feature);
+      circle.setAttribute("cx", data[side].xy[feature][0]);
+      circle.setAttribute("cy", data[side].xy[feature][1]);
+      circle.setAttribute("r", kept ? 3.2 : 2.2);
+      layer.appendChild(circle);
+    });
+  });
   function point(side, feature) { return document.getElementById(side + "-" + feature); }
   function tokens(values) { return values && values.length ? values.map(JSON.stringify).join(" ") : "(not known)"; }
   function describe(side, feature) {
@@ -251,6 +263,7 @@ MAP_SCRIPT = r"""
       select(side, current);
     });
   });
+  recolour("correlation");
   document.getElementById("map-colour").addEventListener("change", function (event) { recolour(event.target.value); });
   document.getElementById("map-clear").addEventListener("click", function () {
     clearClass("selected");
@@ -267,13 +280,13 @@ def map_section(a: MapSide, b: MapSide, pairs: list[MapPair], threshold: float =
     high = max([pair.correlation for pair in pairs if np.isfinite(pair.correlation)], default=1.0)
     by_correlation = [correlation_colour(pair.correlation, threshold, max(high, threshold + 1e-9)) for pair in pairs]
     by_lexical = [LEXICAL if pair.lexical else NON_LEXICAL for pair in pairs]
-    colour_a = {pair.feature_a: colour for pair, colour in zip(pairs, by_correlation)}
-    colour_b = {pair.feature_b: colour for pair, colour in zip(pairs, by_correlation)}
-    partner_a = {pair.feature_a: pair.feature_b for pair in pairs}
-    partner_b = {pair.feature_b: pair.feature_a for pair in pairs}
+
+    def side_data(side):
+        return {"label": side.label, "xy": np.round(_screen(side.layout), 1).tolist(),
+                "fires_on": {str(k): v for k, v in side.fires_on.items()}, "promotes": side.promotes}
+
     data = {
-        "a": {"label": a.label, "fires_on": {str(k): v for k, v in a.fires_on.items()}, "promotes": a.promotes},
-        "b": {"label": b.label, "fires_on": {str(k): v for k, v in b.fires_on.items()}, "promotes": b.promotes},
+        "a": side_data(a), "b": side_data(b),
         "pairs": [[pair.feature_a, pair.feature_b, round(float(pair.correlation), 4), bool(pair.lexical), pair.card]
                   for pair in pairs],
         "colours": {"correlation": by_correlation, "lexical": by_lexical},
@@ -297,7 +310,7 @@ def map_section(a: MapSide, b: MapSide, pairs: list[MapPair], threshold: float =
             f'<option value="correlation">correlation of its pair</option>'
             f'<option value="lexical">shared top token</option></select></label>'
             f'<button type="button" id="map-clear">clear selection</button>{legend_correlation}{legend_lexical}</div>'
-            f'<div class="map-panels">{_panel("a", a, partner_a, colour_a)}{_panel("b", b, partner_b, colour_b)}</div>'
+            f'<div class="map-panels">{_panel("a", a)}{_panel("b", b)}</div>'
             f'<div id="map-tooltip" role="tooltip" hidden></div>'
             f'<h3>Selected pairs: <span id="pair-count">0</span></h3><ol id="pair-list"></ol>'
             f'<script type="application/json" id="map-data">{payload}</script>'

@@ -80,9 +80,12 @@ h1 { font-size: 1.25em; margin: 0 0 .3em; }
 
 
 def _token_span(text: str, activation: float, peak: float, colour: str) -> str:
-    alpha = 0.0 if peak <= 0 else float(np.clip(activation / peak, 0.0, 1.0))
-    title = f' title="{activation:.3g}"' if activation > 0 else ""
-    return (f'<span class="token" style="background: rgba({colour}, {alpha:.2f})"{title}>'
+    """A token, shaded by the feature's activation on it; a token it does not fire on is plain text (most of a
+    context: no markup keeps the report's page under the size a browser loads from a data URL)."""
+    if activation <= 0 or peak <= 0:
+        return html.escape(text)
+    alpha = float(np.clip(activation / peak, 0.0, 1.0))
+    return (f'<span class="token" style="background: rgba({colour}, {alpha:.2f})" title="{activation:.3g}">'
             f"{html.escape(text)}</span>")
 
 

@@ -23,6 +23,9 @@ N_BOTH, N_ONE_ONLY = 4, 3
 """Aligned positions a card shows both features on: where both fire most, and where only one of them fires."""
 N_MAP_TOKENS = 5
 """Tokens the map's hover shows per feature (fires on, promotes)."""
+REPORT_PAGE_BYTES = 1_500_000
+"""The Snakemake report shows an HTML result in an iframe whose source is a base64 data URL, and Chromium loads
+no URL longer than 2 MB: a page above this size (2 MB as base64) opens from disk but stays blank in the report."""
 
 
 def write_output_tokens(sae_dir: str | Path, manifest_path: str | Path, out_path: str | Path,
@@ -344,8 +347,12 @@ def write_cards(pair: PairFiles, a: SideFiles, b: SideFiles, outputs: CardOutput
                                                    encoding="utf-8")
         (Path(folder) / "cards.json").write_text(json.dumps({**labels, "cards": written}, indent=1))
     report_map = _map_section(table, side_a, side_b, tokens_a, tokens_b, anchors, threshold)
+    page = cards_page(title.replace("feature cards", "linked map and feature cards"), cards, report_map)
+    if len(page.encode("utf-8")) > REPORT_PAGE_BYTES:
+        print(f"warning: {outputs.page} is {len(page.encode('utf-8')):,} bytes, above {REPORT_PAGE_BYTES:,}: it opens "
+              "from disk, but the Snakemake report (a data URL, at most 2 MB in Chromium) may show it blank; open it "
+              "from results/cards/ instead", file=sys.stderr)
     with atomic_path(outputs.page, suffix=".html") as temporary:
-        temporary.write_text(cards_page(title.replace("feature cards", "linked map and feature cards"), cards,
-                                        report_map), encoding="utf-8")
+        temporary.write_text(page, encoding="utf-8")
     print(f"{len(written)} cards" + (", a linked map" if report_map else ""), file=sys.stderr)
     return written

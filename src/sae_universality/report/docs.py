@@ -267,9 +267,9 @@ def function_comparison_block(default: str, whole: str) -> Callable[[], str]:
 
 
 def cards_words_block(folder: str) -> Callable[[], str]:
-    """Three of a run's feature cards in words (cards.tsv): a lexical pair (the strongest whose features share a top
-    token), a contextual one (the card whose correlation survives best without the current token) and a
-    surprising one (highly correlated, no top token shared)."""
+    """Three of a run's feature cards in words (cards.tsv), each described once: a lexical pair (the strongest whose
+    features share a top token), a contextual one (the card whose correlation survives best without the current
+    token) and a surprising one (highly correlated, no top token shared)."""
 
     def make() -> str:
         cards = pd.read_csv(REPOSITORY / folder / "cards.tsv", sep="\t", keep_default_na=False)
@@ -281,13 +281,20 @@ def cards_words_block(folder: str) -> Callable[[], str]:
             "kept", ascending=False)
         surprising = cards[cards["kind"] == "surprising"]
         chosen = [("A lexical pair", lexical), ("A contextual pair", contextual), ("A surprising pair", surprising)]
-        lines = []
+        lines, described = [], set()
+
+        def tokens(text):  # its three most frequent top tokens, most frequent first
+            counts = pd.Series([token.strip() or repr(token) for token in str(text).split(" | ")]).value_counts(sort=True)
+            return ", ".join(f"`{token}`" for token in counts.index[:3])
+
         for label, rows in chosen:
+            rows = rows[[(row.feature_a, row.feature_b, row.layer_a, row.layer_b) not in described
+                         for row in rows.itertuples()]]
             if not len(rows):
                 continue
             row = rows.iloc[0]
-            tokens_a = ", ".join(f"`{token.strip() or repr(token)}`" for token in str(row.top_tokens_a).split(" | ")[:3])
-            tokens_b = ", ".join(f"`{token.strip() or repr(token)}`" for token in str(row.top_tokens_b).split(" | ")[:3])
+            described.add((row.feature_a, row.feature_b, row.layer_a, row.layer_b))
+            tokens_a, tokens_b = tokens(row.top_tokens_a), tokens(row.top_tokens_b)
             lines.append(
                 f"- **{label}** ({row.kind} card, layers {row.layer_a} / {row.layer_b}, features {row.feature_a} / "
                 f"{row.feature_b}): A fires most on {tokens_a}, B on {tokens_b}; correlation {_number(row.correlation)}, "
@@ -694,6 +701,21 @@ def _whole_sample_bullet(folder: Path) -> list[str]:
             f"more alike than the streams in {higher} of {len(residual)} cells (docs/results.md)."]
 
 
+def readme_function_block(default: str, whole: str) -> Callable[[], str]:
+    """The README's bullet on the causal check: the default run's and the whole sample's functional agreement."""
+
+    def make() -> str:
+        small, large = _function_summary(REPOSITORY / default), _function_summary(REPOSITORY / whole)
+        return (f"- Do matched pairs do the same job? Their first-order effects on the next-token loss agree above "
+                f"random pairings at {small['above']} of {small['cells']} layer pairs, weakly: correlation "
+                f"{_range(small['effect'], 3)} (activations {_range(small['activation'], 2)} on the same positions), "
+                f"against a seed-to-seed ceiling of {_range(small['ceiling'], 3)}; on the whole sample "
+                f"{_range(large['effect'], 3)} against {_range(large['ceiling'], 2)}, with "
+                f"{_range(100 * large['share'], 0)}% of the pairs agreeing on their own (docs/results.md).")
+
+    return make
+
+
 def readme_effects_block(default: str, reference: str, whole: str) -> Callable[[], str]:
     """The README's bullets on the size of the effects: the default run's (`default`), the controls on the whole
     sample (`whole`) and the reference experiment's (`reference`, with its floor run in `reference`/floor)."""
@@ -854,6 +876,8 @@ BLOCKS = {
     "readme-scaling": Block(readme_scaling_block("docs/figures/scaling"),
                             tuple(f"docs/figures/scaling{suffix}.tsv" for suffix in ("", ".quality", ".cross",
                                                                                    ".ceilings"))),
+    "readme-function": Block(readme_function_block("docs/figures/default", "docs/figures/whole"),
+                             ("docs/figures/default/function.tsv", "docs/figures/whole/function.tsv")),
     "readme-timing": Block(readme_timing_block("docs/figures/default"), ("docs/figures/default/run.tsv",)),
     "scaling-table": Block(file_block("docs/figures/scaling.md"), ("docs/figures/scaling.md",)),
     "scaling-findings": Block(scaling_findings("docs/figures/scaling"),
@@ -866,6 +890,14 @@ BLOCKS = {
                                                                       "verdict.tsv", "scores.tsv"))),
     "controls-whole": Block(controls_block("docs/figures/whole"),
                             ("docs/figures/whole/controls.tsv", "docs/figures/whole/context_only_scores.tsv")),
+    "function-default": Block(function_block("docs/figures/default"),
+                              ("docs/figures/default/function.tsv", "docs/figures/default/causal_agreement.tsv")),
+    "function-whole": Block(function_block("docs/figures/whole"),
+                            ("docs/figures/whole/function.tsv", "docs/figures/whole/causal_agreement.tsv")),
+    "function-comparison": Block(function_comparison_block("docs/figures/default", "docs/figures/whole"),
+                                 ("docs/figures/default/function.tsv", "docs/figures/whole/function.tsv",
+                                  "docs/figures/default/quality.tsv", "docs/figures/whole/quality.tsv")),
+    "cards-default": Block(cards_words_block("docs/figures/default"), ("docs/figures/default/cards.tsv",)),
     "residual-whole": Block(residual_block("docs/figures/whole"), ("docs/figures/whole/residual_streams.tsv",)),
     "controls-comparison": Block(controls_comparison_block("docs/figures/default", "docs/figures/whole"),
                                  tuple(f"docs/figures/{run}/{name}" for run in ("default", "whole")
