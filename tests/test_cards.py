@@ -201,7 +201,7 @@ def test_the_map_section_draws_every_feature_links_the_kept_pairs_and_keeps_its_
     payload = re.search(r'<script type="application/json" id="map-data">(.*?)</script>', section, re.S).group(1)
     assert "</script><b>" not in payload  # a token cannot end the data block early
     data = json.loads(payload)
-    assert data["pairs"] == [[0, 2, 0.9, False, None], [3, 1, 0.4, True, "#card-best-a3-b1"]]  # strongest first
+    assert data["pairs"] == [[0, 2, 0.9, False, None, None], [3, 1, 0.4, True, "#card-best-a3-b1", None]]  # strongest first
     assert data["a"]["fires_on"]["0"] == ["</script><b>"]
     assert data["colours"]["correlation"] == [correlation_colour(0.9, 0.1, 0.9), correlation_colour(0.4, 0.1, 0.9)]
     assert data["colours"]["lexical"] == [NON_LEXICAL, LEXICAL]
@@ -213,3 +213,32 @@ def test_the_map_section_draws_every_feature_links_the_kept_pairs_and_keeps_its_
     assert len(data["a"]["xy"]) == 5 and len(data["b"]["xy"]) == 4
     assert data["a"]["xy"][0] == [12.0, 388.0] and data["a"]["xy"][4] == [448.0, 12.0]
     assert data["b"]["xy"] == [[12.0, 388.0]] * 4
+
+
+def test_kept_pairs_take_their_semantic_category_and_the_map_colours_by_it():
+    """A pair's category is its A feature's top token's, else its B feature's; the map lists the categories by
+    size with one colour each, and offers the mode only where some pair has one."""
+    import json
+    import re
+
+    from sae_universality.cards.linked_map import CATEGORY_COLOURS, NO_CATEGORY, MapPair, MapSide, map_section
+    from sae_universality.cards.stage import pair_categories
+
+    categories = {"months": ["january", "may"], "verbs": ["may", "run"]}
+    tokens_a = {0: [" January", " x"], 1: [" cat"], 2: [" May"]}
+    tokens_b = {5: [" run"], 6: [" dog"], 7: [" x"]}
+    assert pair_categories([(0, 7), (1, 5), (1, 6), (2, 7)], tokens_a, tokens_b, categories) == \
+        ["months", "verbs", None, "months"]  # " May" is in both lists: the first by name
+    assert pair_categories([(0, 7)], tokens_a, tokens_b, {}) == [None]
+
+    side = MapSide("m layer 1", np.zeros((3, 2)), {}, [["t"]] * 3)
+    pairs = [MapPair(0, 0, 0.5, False, category="verbs"), MapPair(1, 1, 0.4, False, category="months"),
+             MapPair(2, 2, 0.3, False, category="months")]
+    section = map_section(side, side, pairs)
+    data = json.loads(re.search(r'id="map-data">(.*?)</script>', section, re.S).group(1))
+    assert data["colours"]["category"] == [CATEGORY_COLOURS[1], CATEGORY_COLOURS[0], CATEGORY_COLOURS[0]]
+    assert '<option value="category">' in section
+    assert re.search(r"months \(2\).*verbs \(1\).*no category \(0\)", section)
+    plain = map_section(side, side, [MapPair(0, 0, 0.5, False)])
+    assert '<option value="category">' not in plain and json.loads(
+        re.search(r'id="map-data">(.*?)</script>', plain, re.S).group(1))["colours"]["category"] == [NO_CATEGORY]

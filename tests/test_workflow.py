@@ -607,7 +607,7 @@ def test_every_layer_pair_gets_a_linked_map_and_cards_that_say_rank_and_context_
         data = json.loads(page.split('id="map-data">')[1].split("</script>")[0])
         assert sorted((a, b) for a, b, *_ in data["pairs"]) == sorted(zip(kept["final_a"], kept["feature_b"]))
         assert len(data["a"]["xy"]) == len(layout) and len(data["b"]["xy"]) == int(table["feature_b"].max()) + 1
-        assert all((folder / card).exists() for *_, card in data["pairs"] if card)
+        assert all((folder / pair[4]).exists() for pair in data["pairs"] if pair[4])
         report_page = (finished_run / f"results/cards/{pair}.html").read_text()
         assert 'id="map-data"' in report_page and 'href="map.html"' in (folder / "index.html").read_text()
 

@@ -51,6 +51,7 @@ rule feature_cards:
         labels=matching_labels,
         named=named_cards,
         threshold=config["matching"]["threshold"],
+        categories=semantic_categories,
     threads: 1
     conda:
         "../../envs/workflow.yaml"

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 WIDTH, HEIGHT, MARGIN = 460, 400, 12
 """Each panel's size in SVG units, and the empty border around its points."""
@@ -27,6 +28,10 @@ MAX_LISTED = 300
 # Viridis at five stops, light to dark reversed so stronger correlation reads darker.
 _SCALE = np.array([[253, 231, 37], [94, 201, 98], [33, 145, 140], [59, 82, 139], [68, 1, 84]], dtype=float)
 UNMATCHED, LEXICAL, NON_LEXICAL = "#c8c8c8", "#e6830f", "#6a3d9a"
+CATEGORY_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+                    "#ff7f0e", "#7f7f7f")
+"""One colour per semantic category, in order of size (the tenth and beyond share the last); none: light grey."""
+NO_CATEGORY = "#e4e4e4"
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class MapPair:
     """Its two features share a top activating token."""
     card: str | None = None
     """Where its card is (a file or an #anchor), if it has one."""
+    category: str | None = None
+    """Its semantic category (matching/categories: the keyword list its top token is in), if any."""
 
 
 def correlation_colour(correlation: float, low: float = 0.0, high: float = 1.0) -> str:
@@ -143,7 +150,7 @@ MAP_SCRIPT = r"""
     const pair = data.pairs[index];
     const partner = side === "a" ? pair[1] : pair[0];
     return text + "\npartner " + other[side].toUpperCase() + " " + partner + ", correlation " + pair[2].toFixed(3) +
-      (pair[3] ? ", shares a top token" : ", no shared top token");
+      (pair[3] ? ", shares a top token" : ", no shared top token") + (pair[5] ? "\ncategory: " + pair[5] : "");
   }
   function clearClass(name) {
     document.querySelectorAll(".map-panel ." + name).forEach(function (node) { node.classList.remove(name); });
@@ -280,6 +287,10 @@ def map_section(a: MapSide, b: MapSide, pairs: list[MapPair], threshold: float =
     high = max([pair.correlation for pair in pairs if np.isfinite(pair.correlation)], default=1.0)
     by_correlation = [correlation_colour(pair.correlation, threshold, max(high, threshold + 1e-9)) for pair in pairs]
     by_lexical = [LEXICAL if pair.lexical else NON_LEXICAL for pair in pairs]
+    sizes = pd.Series([pair.category for pair in pairs if pair.category], dtype=object).value_counts()
+    sizes = sizes.sort_index().sort_values(ascending=False, kind="stable")  # largest first, ties by name
+    colour_of = {name: CATEGORY_COLOURS[min(index, len(CATEGORY_COLOURS) - 1)] for index, name in enumerate(sizes.index)}
+    by_category = [colour_of.get(pair.category, NO_CATEGORY) for pair in pairs]
 
     def side_data(side):
         return {"label": side.label, "xy": np.round(_screen(side.layout), 1).tolist(),
@@ -287,9 +298,9 @@ def map_section(a: MapSide, b: MapSide, pairs: list[MapPair], threshold: float =
 
     data = {
         "a": side_data(a), "b": side_data(b),
-        "pairs": [[pair.feature_a, pair.feature_b, round(float(pair.correlation), 4), bool(pair.lexical), pair.card]
-                  for pair in pairs],
-        "colours": {"correlation": by_correlation, "lexical": by_lexical},
+        "pairs": [[pair.feature_a, pair.feature_b, round(float(pair.correlation), 4), bool(pair.lexical), pair.card,
+                   pair.category] for pair in pairs],
+        "colours": {"correlation": by_correlation, "lexical": by_lexical, "category": by_category},
         "unmatched": UNMATCHED, "max_listed": MAX_LISTED,
     }
     # "</" cannot end the script element early: JSON escapes it.
@@ -303,13 +314,19 @@ def map_section(a: MapSide, b: MapSide, pairs: list[MapPair], threshold: float =
                       f"shares a top token ({n_lexical})<span style=\"background:{NON_LEXICAL}\"></span>"
                       f"shares none ({len(pairs) - n_lexical})<span style=\"background:{UNMATCHED}\"></span>"
                       "no kept partner</span>")
+    legend_category = ('<span class="legend" data-mode="category" hidden>' + "".join(
+        f'<span style="background:{colour_of[name]}"></span>{html.escape(name)} ({count})'
+        for name, count in sizes.items()) + f'<span style="background:{NO_CATEGORY}"></span>no category '
+        f"({len(pairs) - int(sizes.sum())})</span>")
+    category_option = '<option value="category">semantic category</option>' if len(sizes) else ""
     return (f'<section class="linked-map" id="map"><h2>Linked map: {len(pairs)} kept pairs</h2>'
             f'<p class="muted">Each point is a feature, placed by its decoder direction; drag a rectangle in either '
             f"panel to select features (a click selects one) and see their partners and pairs; hover for tokens.</p>"
             f'<div class="map-controls"><label>colour by <select id="map-colour">'
             f'<option value="correlation">correlation of its pair</option>'
-            f'<option value="lexical">shared top token</option></select></label>'
-            f'<button type="button" id="map-clear">clear selection</button>{legend_correlation}{legend_lexical}</div>'
+            f'<option value="lexical">shared top token</option>{category_option}</select></label>'
+            f'<button type="button" id="map-clear">clear selection</button>{legend_correlation}{legend_lexical}'
+            f"{legend_category if len(sizes) else ''}</div>"
             f'<div class="map-panels">{_panel("a", a)}{_panel("b", b)}</div>'
             f'<div id="map-tooltip" role="tooltip" hidden></div>'
             f'<h3>Selected pairs: <span id="pair-count">0</span></h3><ol id="pair-list"></ol>'

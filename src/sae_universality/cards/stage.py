@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +236,7 @@ def _context_only(path: str | Path | None) -> dict:
 
 
 def _map_section(table: pd.DataFrame, side_a: _Side, side_b: _Side, tokens_a: dict, tokens_b: dict,
-                 card_of: dict, threshold: float) -> str:
+                 card_of: dict, options: MapOptions) -> str:
     """The linked map of the layer pair (`linked_map.map_section`), or "" where a side has no layout."""
     from ..tokens import shares_a_token
     from .linked_map import MapPair, MapSide, map_section
@@ -250,10 +250,12 @@ def _map_section(table: pd.DataFrame, side_a: _Side, side_b: _Side, tokens_a: di
                        {feature: values[:N_MAP_TOKENS] for feature, values in tokens.items()}, side.promoted_tokens())
 
     kept = table[table["kept"].astype(bool)]
-    pairs = [MapPair(int(row.final_a), int(row.feature_b), float(row.final_correlation),
-                     shares_a_token(tokens_a[int(row.final_a)], tokens_b[int(row.feature_b)]),
-                     card_of.get((int(row.final_a), int(row.feature_b)))) for row in kept.itertuples()]
-    return map_section(map_side(side_a, tokens_a), map_side(side_b, tokens_b), pairs, threshold)
+    features = [(int(row.final_a), int(row.feature_b)) for row in kept.itertuples()]
+    categories = pair_categories(features, tokens_a, tokens_b, options.categories)
+    pairs = [MapPair(feature_a, feature_b, float(correlation), shares_a_token(tokens_a[feature_a], tokens_b[feature_b]),
+                     card_of.get((feature_a, feature_b)), category)
+             for (feature_a, feature_b), correlation, category in zip(features, kept["final_correlation"], categories)]
+    return map_section(map_side(side_a, tokens_a), map_side(side_b, tokens_b), pairs, options.threshold)
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,39 @@ class PairFiles:
 
 
 @dataclass(frozen=True)
+class MapOptions:
+    """How the linked map colours its points."""
+
+    threshold: float = 0.0
+    """The matching's threshold, where the correlation scale starts."""
+    categories: dict = field(default_factory=dict)
+    """{category: keywords} (the semantic rematch's): a kept pair's category is its A feature's top token's, else
+    its B feature's; empty: no category colouring."""
+
+
+def pair_categories(pairs, tokens_a: dict, tokens_b: dict, categories: dict) -> list:
+    """Per (feature_a, feature_b), the semantic category of A's top token, else of B's, else None (a keyword of
+    several categories: the first by name)."""
+    from ..matching.categories import assign_categories
+
+    if not categories:
+        return [None] * len(pairs)
+
+    def category_of(tokens, features):
+        members = assign_categories([tokens.get(feature, [None])[:1] or [None] for feature in features], None,
+                                    categories)
+        found = {}
+        for name in sorted(members):
+            for index in members[name]:
+                found.setdefault(int(index), name)
+        return [found.get(index) for index in range(len(features))]
+
+    of_a = category_of(tokens_a, [feature_a for feature_a, _ in pairs])
+    of_b = category_of(tokens_b, [feature_b for _, feature_b in pairs])
+    return [first or second for first, second in zip(of_a, of_b)]
+
+
+@dataclass(frozen=True)
 class CardOutputs:
     folder: Path
     """One page per card, the map (map.html, linking to those pages), an index and cards.json."""
@@ -277,10 +312,9 @@ class CardOutputs:
 
 
 def write_cards(pair: PairFiles, a: SideFiles, b: SideFiles, outputs: CardOutputs, labels: dict, *, named=(),
-                threshold: float = 0.0) -> list:
+                options: MapOptions = MapOptions()) -> list:
     """Cards for a layer pair's chosen pairs (`choose_pairs`) and the `named` (feature_a, feature_b) pairs, and the
-    layer pair's linked map (where both sides have a layout). `threshold`: the matching's, where the map's colour
-    scale starts."""
+    layer pair's linked map (where both sides have a layout), coloured as `options` say."""
     import html
 
     from .page import PairCard, card_anchor, card_html, cards_page, map_page
@@ -334,7 +368,7 @@ def write_cards(pair: PairFiles, a: SideFiles, b: SideFiles, outputs: CardOutput
     with atomic_directory(outputs.folder) as folder:
         for item, card in zip(written, cards):
             (Path(folder) / item["file"]).write_text(card_html(card), encoding="utf-8")
-        folder_map = _map_section(table, side_a, side_b, tokens_a, tokens_b, files, threshold)
+        folder_map = _map_section(table, side_a, side_b, tokens_a, tokens_b, files, options)
         items = "".join(f'<li><a href="{html.escape(item["file"])}">{item["kind"]}: A {item["feature_a"]}, '
                         f'B {item["feature_b"]} (correlation {_formatted(item["correlation"])})</a></li>'
                         for item in written)
@@ -346,7 +380,7 @@ def write_cards(pair: PairFiles, a: SideFiles, b: SideFiles, outputs: CardOutput
             (Path(folder) / "map.html").write_text(map_page(title.replace("feature cards", "linked map"), folder_map),
                                                    encoding="utf-8")
         (Path(folder) / "cards.json").write_text(json.dumps({**labels, "cards": written}, indent=1))
-    report_map = _map_section(table, side_a, side_b, tokens_a, tokens_b, anchors, threshold)
+    report_map = _map_section(table, side_a, side_b, tokens_a, tokens_b, anchors, options)
     page = cards_page(title.replace("feature cards", "linked map and feature cards"), cards, report_map)
     if len(page.encode("utf-8")) > REPORT_PAGE_BYTES:
         print(f"warning: {outputs.page} is {len(page.encode('utf-8')):,} bytes, above {REPORT_PAGE_BYTES:,}: it opens "
