@@ -251,7 +251,10 @@ class CausalSettings:
     windows_per_pass: int = 8
     """Windows per forward and backward pass (memory: the loss head's logits for all their positions)."""
     null_draws: int = 1000
-    """Random pairings behind each layer pair's null."""
+    """Random pairings behind each layer pair's null (a fifth of them, at least 10, behind the context-only and
+    ceiling nulls, which only set a reference level)."""
+    bootstrap_draws: int = 50
+    """Resamples of the sample's windows behind each layer pair's interval."""
     seed: int = 0
     """Draws the windows, the exact items, the null's pairings and the bootstrap's resamples."""
 

@@ -284,7 +284,7 @@ def functional_agreement(matches_path: str | Path, alignment_path: str | Path, a
     tested = np.isfinite(p_pairs)
     if tested.any():
         agrees[tested] = adjust_p_values(p_pairs[tested], "bh") < SIGNIFICANCE
-    low, high = window_bootstrap(x, y, windows, 50, rng)
+    low, high = window_bootstrap(x, y, windows, settings.bootstrap_draws, rng)
 
     with open_hdf5(a.cache) as cache:
         tokens_a = cache["token_ids"][:][aligned_a[inside]]
@@ -293,7 +293,9 @@ def functional_agreement(matches_path: str | Path, alignment_path: str | Path, a
     folds = windows % 2
     residual = correlation_matrix(token_residuals(x, tokens_a, folds), token_residuals(y, tokens_b, folds))
     context_only = np.diag(residual).copy()
-    context_only_null = pairing_null(residual, max(10, settings.null_draws // 5), rng)
+    # The context-only and ceiling nulls only set a reference level (no p-value is read from them): fewer draws.
+    reference_draws = max(10, settings.null_draws // 5)
+    context_only_null = pairing_null(residual, reference_draws, rng)
 
     activation = np.full(len(features_a), np.nan)
     if len(features_a):
@@ -309,8 +311,8 @@ def functional_agreement(matches_path: str | Path, alignment_path: str | Path, a
 
     overlaps = overlap_matrix(promoted(a, features_a), promoted(b, features_b)) if len(features_a) else np.zeros((0, 0))
     off_diagonal = ~np.eye(len(overlaps), dtype=bool)
-    ceiling_a, ceiling_null_a = _ceiling(a, max(10, settings.null_draws // 5), rng)
-    ceiling_b, ceiling_null_b = _ceiling(b, max(10, settings.null_draws // 5), rng)
+    ceiling_a, ceiling_null_a = _ceiling(a, reference_draws, rng)
+    ceiling_b, ceiling_null_b = _ceiling(b, reference_draws, rng)
     # The two models' ceilings averaged, as the similarity scores' are (one where the other has a single seed).
     ceiling, ceiling_null = np.nan, np.nan
     if np.isfinite([ceiling_a, ceiling_b]).any():
