@@ -74,107 +74,156 @@ def _exact_items(effects, rng, n_items: int) -> list[tuple[int, int, str]]:
             + [(int(entries[i, 0]), int(entries[i, 1]), "random") for i in np.sort(drawn)])
 
 
+@dataclass
+class _Sample:
+    """The sampled cache rows and where each sits in the batch of prefixes."""
+
+    rows: np.ndarray
+    window: np.ndarray
+    position: np.ndarray
+    slot: np.ndarray
+    """Each row's prefix: its row in the `PrefixBatch`."""
+
+
+@dataclass
+class _Pass:
+    """What the forward and backward passes give at the sampled rows, per layer."""
+
+    gradients: dict
+    """layer -> (rows, d) the loss gradient at each sampled row."""
+    hidden: dict
+    """layer -> (rows, d) the block output there (checked against the cache)."""
+    window_hidden: dict
+    """(slot, layer) -> (1, length, d) the whole prefix's block output (the exact items splice into it)."""
+
+
+def _gradient_passes(model, batch, sample: _Sample, layers: list, windows_per_pass: int) -> _Pass:
+    """Loss gradients and block outputs at every sampled row, `windows_per_pass` prefixes per pass."""
+    import torch
+
+    from .effects import loss_gradients
+
+    device = next(model.parameters()).device
+    found = _Pass({}, {}, {})
+    for start in range(0, len(batch.lengths), windows_per_pass):
+        slots = np.arange(start, min(start + windows_per_pass, len(batch.lengths)))
+        width = int(batch.lengths[slots].max())
+        result = loss_gradients(model, batch.input_ids[slots, :width].to(device),
+                                batch.attention_mask[slots, :width].to(device), layers)
+        in_batch = np.flatnonzero(np.isin(sample.slot, slots))
+        where = (torch.as_tensor(sample.slot[in_batch] - start), torch.as_tensor(sample.position[in_batch]))
+        for layer in layers:
+            width_d = result.gradient[layer].shape[-1]
+            for store in (found.gradients, found.hidden):
+                store.setdefault(layer, np.zeros((len(sample.rows), width_d), dtype=np.float32))
+            found.gradients[layer][in_batch] = result.gradient[layer][where].float().cpu().numpy()
+            found.hidden[layer][in_batch] = result.hidden[layer][where].float().cpu().numpy()
+            for offset, slot in enumerate(slots):
+                found.window_hidden[(int(slot), layer)] = result.hidden[layer][offset:offset + 1,
+                                                                               :int(batch.lengths[slot])]
+        print(f"gradients of windows {start}..{slots[-1]}", file=sys.stderr)
+    return found
+
+
+@dataclass
+class _Dictionary:
+    """One SAE of one layer at the sampled rows."""
+
+    layer: int
+    codes: object
+    """(rows, features) CSR activations."""
+    decoder: np.ndarray
+    """(features, d) decoder rows."""
+    effects: object
+    """(rows, features) CSR first-order effects."""
+
+
+def _exact_check(model, batch, sample: _Sample, passes: _Pass, dictionary: _Dictionary, items) -> list[dict]:
+    """Each item (sample row, feature, kind) removed exactly (`effects.exact_effects`, one window's items per
+    call) beside its first-order estimate: rows of EXACT_COLUMNS but layer and sae."""
+    from .effects import exact_effects
+
+    layer, codes, decoder, effects = dictionary.layer, dictionary.codes, dictionary.decoder, dictionary.effects
+    device = next(model.parameters()).device
+    measured_rows = []
+    for slot in np.unique([sample.slot[row] for row, _, _ in items]).astype(int):
+        mine = [item for item in items if sample.slot[item[0]] == slot]
+        length = int(batch.lengths[slot])
+        measured = exact_effects(model, batch.input_ids[slot:slot + 1, :length].to(device),
+                                 batch.attention_mask[slot:slot + 1, :length].to(device), layer,
+                                 passes.window_hidden[(slot, layer)],
+                                 [(int(sample.position[row]), codes[row, feature] * decoder[feature])
+                                  for row, feature, _ in mine])
+        for (row, feature, kind), value in zip(mine, measured):
+            measured_rows.append({"window_index": int(sample.window[row]), "position": int(sample.position[row]),
+                                  "row": int(sample.rows[row]), "feature": feature,
+                                  "activation": float(codes[row, feature]), "kind": kind,
+                                  "first_order": float(effects[row, feature]), "exact": float(value)})
+    return measured_rows
+
+
 def measure_effects(model_name: str, manifest_path: str | Path, windows_path: str | Path, layers: dict,
                     outputs: EffectOutputs, settings: CausalSettings) -> pd.DataFrame:
     """Effects of every SAE feature of the model's `layers` ({layer: LayerFiles}) on the sampled prefixes, the
     exact check, and its agreement table (returned)."""
+    import h5py
     import scipy.sparse
-    import torch
 
     from ..devices import torch_device
     from ..models.sources import load_model
     from ..saes.codes import iter_code_chunks
     from ..similarity.stage import decoder_rows
     from ..text.corpus import read_windows
-    from .effects import agreement, exact_effects, first_order_effects, loss_gradients, prefix_batch
+    from .effects import agreement, first_order_effects, prefix_batch
 
     model, tokenizer, _ = load_model(manifest_path, device=torch_device())
-    device = next(model.parameters()).device
     windows = sample_windows(read_windows(windows_path), settings.windows, settings.seed)
     batch = prefix_batch(tokenizer, windows, settings.prefix_chars)
     layer_list = sorted(layers)
     first = layers[layer_list[0]]
     rows = sampled_rows(first.cache, batch.window_index, batch.lengths)
     with open_hdf5(first.cache) as cache:
-        row_window, row_position = cache["window_index"][:][rows], cache["position"][:][rows]
-    slot_of_window = {int(window): slot for slot, window in enumerate(batch.window_index)}
-    row_slot = np.array([slot_of_window[int(window)] for window in row_window], dtype=np.int64)
-
-    gradients = {layer: np.zeros((len(rows), 0), dtype=np.float32) for layer in layer_list}
-    hidden_at = {layer: np.zeros((len(rows), 0), dtype=np.float32) for layer in layer_list}
-    window_hidden = {}  # (slot, layer) -> (1, seq, d) clean block output, for the exact items
-    for start in range(0, len(windows), settings.windows_per_pass):
-        slots = np.arange(start, min(start + settings.windows_per_pass, len(windows)))
-        width = int(batch.lengths[slots].max())
-        ids = batch.input_ids[slots, :width].to(device)
-        mask = batch.attention_mask[slots, :width].to(device)
-        result = loss_gradients(model, ids, mask, layer_list)
-        in_batch = np.flatnonzero(np.isin(row_slot, slots))
-        for layer in layer_list:
-            where = (torch.as_tensor(row_slot[in_batch] - start), torch.as_tensor(row_position[in_batch]))
-            grad = result.gradient[layer][where].float().cpu().numpy()
-            hid = result.hidden[layer][where].float().cpu().numpy()
-            if gradients[layer].shape[1] == 0:
-                gradients[layer] = np.zeros((len(rows), grad.shape[1]), dtype=np.float32)
-                hidden_at[layer] = np.zeros((len(rows), grad.shape[1]), dtype=np.float32)
-            gradients[layer][in_batch], hidden_at[layer][in_batch] = grad, hid
-            for offset, slot in enumerate(slots):
-                window_hidden[(int(slot), layer)] = result.hidden[layer][offset:offset + 1, :int(batch.lengths[slot])]
-        print(f"gradients of windows {start}..{slots[-1]}", file=sys.stderr)
+        window, position = cache["window_index"][:][rows], cache["position"][:][rows]
+    slot_of_window = {int(index): slot for slot, index in enumerate(batch.window_index)}
+    sample = _Sample(rows, window, position, np.array([slot_of_window[int(index)] for index in window], dtype=np.int64))
+    passes = _gradient_passes(model, batch, sample, layer_list, settings.windows_per_pass)
 
     rng = np.random.default_rng(settings.seed)
     exact_rows, agreement_rows = [], []
     with atomic_path(outputs.effects, suffix=".h5") as temporary:
-        import h5py
-
         with h5py.File(temporary, "w") as handle:
             handle.attrs.update(kind="effects", model=model_name, prefix_chars=settings.prefix_chars,
                                 n_windows=len(windows), seed=settings.seed)
-            for name, values in (("rows", rows), ("window_index", row_window), ("position", row_position)):
+            for name, values in (("rows", rows), ("window_index", window), ("position", position)):
                 handle.create_dataset(name, data=values)
             for layer in layer_list:
                 with open_hdf5(layers[layer].cache) as cache:
                     cached = cache["activations"][rows] if len(rows) else np.zeros((0, 1))
                 # The live pass and the cache must agree: the effects are measured on the activations the codes
                 # were computed from.
-                cache_error = float(np.linalg.norm(hidden_at[layer] - cached) / max(np.linalg.norm(cached), 1e-30))
+                hidden = passes.hidden.get(layer, np.zeros_like(cached))
+                cache_error = float(np.linalg.norm(hidden - cached) / max(np.linalg.norm(cached), 1e-30))
                 for index, (sae, (sae_dir, codes_path)) in enumerate(layers[layer].saes.items()):
                     codes = scipy.sparse.vstack(list(iter_code_chunks(codes_path, rows)), format="csr")
                     decoder = decoder_rows(sae_dir)
-                    effects = first_order_effects(codes, gradients[layer], decoder)
+                    effects = first_order_effects(codes, passes.gradients[layer], decoder)
                     group = handle.create_group(f"layer{layer}/{sae}")
                     for name in ("indptr", "indices", "data"):
                         group.create_dataset(name, data=getattr(effects, name))
                     group.attrs["n_features"] = effects.shape[1]
                     if index:  # the exact check uses the primary SAE
                         continue
-                    items = _exact_items(effects, rng, settings.exact_items)
-                    first_order, exact, kinds = [], [], []
-                    for slot in np.unique([row_slot[row] for row, _, _ in items]).astype(int):
-                        mine = [item for item in items if row_slot[item[0]] == slot]
-                        vectors = [(int(row_position[row]), codes[row, feature] * decoder[feature])
-                                   for row, feature, _ in mine]
-                        length = int(batch.lengths[slot])
-                        measured = exact_effects(model, batch.input_ids[slot:slot + 1, :length].to(device),
-                                                 batch.attention_mask[slot:slot + 1, :length].to(device), layer,
-                                                 window_hidden[(slot, layer)], vectors)
-                        for (row, feature, kind), value in zip(mine, measured):
-                            estimate = float(effects[row, feature])
-                            first_order.append(estimate)
-                            exact.append(float(value))
-                            kinds.append(kind)
-                            exact_rows.append({"layer": layer, "sae": sae, "window_index": int(row_window[row]),
-                                               "position": int(row_position[row]), "row": int(rows[row]),
-                                               "feature": feature, "activation": float(codes[row, feature]),
-                                               "kind": kind, "first_order": estimate, "exact": float(value)})
+                    measured = [{"layer": layer, "sae": sae, **row} for row in _exact_check(
+                        model, batch, sample, passes, _Dictionary(layer, codes, decoder, effects),
+                        _exact_items(effects, rng, settings.exact_items))]
+                    exact_rows += measured
                     # Agreement over every item, and apart for the random ones (typical effects) and the largest
                     # estimates (where a first-order estimate is most likely to miss).
-                    kinds = np.array(kinds)
                     for kind in ("all", "random", "largest"):
-                        chosen = np.ones(len(kinds), dtype=bool) if kind == "all" else kinds == kind
+                        chosen = [row for row in measured if kind in ("all", row["kind"])]
                         agreement_rows.append({
                             "model": model_name, "layer": layer, "sae": sae, "kind": kind,
-                            **agreement(np.array(first_order)[chosen], np.array(exact)[chosen]),
+                            **agreement([row["first_order"] for row in chosen], [row["exact"] for row in chosen]),
                             "cache_relative_error": cache_error, "n_windows": len(windows), "n_positions": len(rows)})
                         print(f"layer {layer}, {kind} items: {agreement_rows[-1]}", file=sys.stderr)
     write_tsv(pd.DataFrame(exact_rows, columns=EXACT_COLUMNS), outputs.exact)
