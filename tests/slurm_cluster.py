@@ -174,6 +174,44 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=15)
+        # A job step outlives slurmd by design (slurmstepd is its own process), and under load the scancel above
+        # can go unanswered: whatever still carries this cluster's configuration in its environment was started
+        # by it (daemons' children, job steps, the jobs' own processes) and ends here.
+        _end_processes_of(self.environment["SLURM_CONF"])
+
+
+def _end_processes_of(slurm_conf: str, timeout: float = 10.0) -> None:
+    """SIGKILL every process (but this one) whose environment has SLURM_CONF=`slurm_conf`, and everything they
+    started (a job's own processes may have had their SLURM_* variables taken away), then wait for them."""
+    import signal
+
+    marker = f"SLURM_CONF={slurm_conf}".encode()
+
+    def started_by_cluster() -> set[int]:
+        parent, carriers = {}, set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                if stat[stat.rindex(")") + 2] == "Z":
+                    continue  # a zombie: already ended
+                parent[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    carriers.add(int(entry.name))
+        found, grew = set(carriers), True
+        while grew:  # and their descendants
+            grown = {pid for pid, ppid in parent.items() if ppid in found} - found
+            found |= grown
+            grew = bool(grown)
+        return found - {os.getpid()}
+
+    for pid in started_by_cluster():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while started_by_cluster() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _start_daemon(cluster: SlurmCluster, name: str, command: list[str]) -> None:
