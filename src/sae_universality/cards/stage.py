@@ -235,14 +235,18 @@ def _context_only(path: str | Path | None) -> dict:
     return {(int(row.feature_a), int(row.feature_b)): float(row.context_only) for row in table.itertuples()}
 
 
-def _map_section(table: pd.DataFrame, side_a: _Side, side_b: _Side, tokens_a: dict, tokens_b: dict,
-                 card_of: dict, options: MapOptions) -> str:
-    """The linked map of the layer pair (`linked_map.map_section`), or "" where a side has no layout."""
+def _map_sections(table: pd.DataFrame, side_a: _Side, side_b: _Side, tokens_a: dict, tokens_b: dict,
+                  links: list, options: MapOptions) -> list[str]:
+    """The linked map of the layer pair (`linked_map.map_section`) once per card-link table in `links` ({(feature_a,
+    feature_b): where its card is}: the folder's pages, the report page's anchors), or "" each where a side has
+    no layout. Layouts, tokens and categories are read and worked out once for all of them."""
+    import dataclasses
+
     from ..tokens import shares_a_token
     from .linked_map import MapPair, MapSide, map_section
 
     if side_a.files.layout is None or side_b.files.layout is None:
-        return ""
+        return [""] * len(links)
 
     def map_side(side, tokens):
         layout = pd.read_csv(side.files.layout, sep="\t").sort_values("feature")[["x", "y"]].to_numpy()
@@ -253,9 +257,12 @@ def _map_section(table: pd.DataFrame, side_a: _Side, side_b: _Side, tokens_a: di
     features = [(int(row.final_a), int(row.feature_b)) for row in kept.itertuples()]
     categories = pair_categories(features, tokens_a, tokens_b, options.categories)
     pairs = [MapPair(feature_a, feature_b, float(correlation), shares_a_token(tokens_a[feature_a], tokens_b[feature_b]),
-                     card_of.get((feature_a, feature_b)), category)
+                     category=category)
              for (feature_a, feature_b), correlation, category in zip(features, kept["final_correlation"], categories)]
-    return map_section(map_side(side_a, tokens_a), map_side(side_b, tokens_b), pairs, options.threshold)
+    map_a, map_b = map_side(side_a, tokens_a), map_side(side_b, tokens_b)
+    return [map_section(map_a, map_b, [dataclasses.replace(pair, card=card_of.get((pair.feature_a, pair.feature_b)))
+                                       for pair in pairs], options.threshold)
+            for card_of in links]
 
 
 @dataclass(frozen=True)
@@ -368,7 +375,7 @@ def write_cards(pair: PairFiles, a: SideFiles, b: SideFiles, outputs: CardOutput
     with atomic_directory(outputs.folder) as folder:
         for item, card in zip(written, cards):
             (Path(folder) / item["file"]).write_text(card_html(card), encoding="utf-8")
-        folder_map = _map_section(table, side_a, side_b, tokens_a, tokens_b, files, options)
+        folder_map, report_map = _map_sections(table, side_a, side_b, tokens_a, tokens_b, [files, anchors], options)
         items = "".join(f'<li><a href="{html.escape(item["file"])}">{item["kind"]}: A {item["feature_a"]}, '
                         f'B {item["feature_b"]} (correlation {_formatted(item["correlation"])})</a></li>'
                         for item in written)
@@ -380,7 +387,6 @@ def write_cards(pair: PairFiles, a: SideFiles, b: SideFiles, outputs: CardOutput
             (Path(folder) / "map.html").write_text(map_page(title.replace("feature cards", "linked map"), folder_map),
                                                    encoding="utf-8")
         (Path(folder) / "cards.json").write_text(json.dumps({**labels, "cards": written}, indent=1))
-    report_map = _map_section(table, side_a, side_b, tokens_a, tokens_b, anchors, options)
     page = cards_page(title.replace("feature cards", "linked map and feature cards"), cards, report_map)
     if len(page.encode("utf-8")) > REPORT_PAGE_BYTES:
         print(f"warning: {outputs.page} is {len(page.encode('utf-8')):,} bytes, above {REPORT_PAGE_BYTES:,}: it opens "
