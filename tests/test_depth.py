@@ -36,11 +36,12 @@ def test_a_profile_that_follows_depth_finds_each_layers_twin_and_an_exact_p():
 
     profile = depth_profile(scores_table(excess, layers_a, layers_b), 12, 24)
     assert len(profile) == 12 and set(profile["metric"]) == {"rsa", "debiased_cka"}
+    assert set(profile["scale"]) == {"excess"}
     rsa = profile[profile["metric"] == "rsa"].set_index("layer_a")
     for la in layers_a:  # the brute-force best: the layer of B nearest in relative depth
         nearest = min(layers_b, key=lambda lb: abs(relative_depth(la, 12) - relative_depth(lb, 24)))
         assert rsa.loc[la, "best_layer_b"] == nearest
-        assert rsa.loc[la, "best_excess"] == pytest.approx(excess("rsa", la, nearest))
+        assert rsa.loc[la, "best_value"] == pytest.approx(excess("rsa", la, nearest))
     # Intervals of 0.01 either side: only layers within 0.02 of the best overlap it; here none but itself.
     assert (rsa["plausible_layers_b"] == 1).all()
     assert (rsa["plausible_low_relative_depth_b"] == rsa["best_relative_depth_b"]).all()
@@ -48,6 +49,8 @@ def test_a_profile_that_follows_depth_finds_each_layers_twin_and_an_exact_p():
     assert trend.loc["rsa", "spearman"] == pytest.approx(1.0)
     # Exact: of the 720 orderings of A's 6 layers only the identity reaches rho = 1.
     assert trend.loc["rsa", "p_one_sided"] == pytest.approx(1 / math.factorial(6))
+    # Holm over the two metrics of the scale: both at 1/720, so both at 2/720.
+    assert trend["p_adjusted"].to_numpy() == pytest.approx([2 / 720, 2 / 720])
     assert trend.loc["rsa", "n_layers_a"] == 6
     expected_offset = np.mean([abs(rsa.loc[la, "best_relative_depth_b"] - relative_depth(la, 12)) for la in layers_a])
     assert trend.loc["rsa", "mean_abs_offset"] == pytest.approx(expected_offset)
@@ -80,6 +83,39 @@ def test_many_layers_use_random_orderings_with_the_observed_one_counted():
     assert trend["p_one_sided"] == pytest.approx(1 / 1000)
 
 
+def test_the_fraction_of_the_ceiling_divides_out_structure_that_grows_with_depth():
+    """The atlas's case: the excess grows with B's depth (deeper codes are more structured, and so is their
+    seed-to-seed ceiling), so on the excess B's deepest layer is every layer's best; divided by the ceiling,
+    similarity peaks at equal relative depth, and that is the profile the fraction of the ceiling finds."""
+    layers = [0, 1, 2, 3, 4, 5]
+
+    def fraction(la, lb):
+        return 1.0 - 0.1 * abs(la - lb)
+
+    table = scores_table(lambda metric, la, lb: fraction(la, lb) * 0.05 * (1 + lb), layers, layers, half_width=0.001,
+                         metrics=("rsa",))
+    ceiling = 0.05 * (1 + table["layer_b"])
+    table["normalized"] = (table["observed"] - table["null_mean"]) / ceiling
+    table["normalized_ci_low"], table["normalized_ci_high"] = table["normalized"] - 0.01, table["normalized"] + 0.01
+    table["ceiling_valid"] = True
+    table.loc[(table["layer_a"] == 5) & (table["layer_b"] == 0), ["normalized_ci_high"]] = np.nan  # unbounded above
+    excess = depth_profile(table, 6, 6)
+    assert (excess["best_layer_b"] == 5).all()
+    assert depth_trend(excess).iloc[0]["p_one_sided"] == 1.0
+    fractions = depth_profile(table, 6, 6, scale="fraction_of_ceiling")
+    assert list(fractions["best_layer_b"]) == layers and set(fractions["scale"]) == {"fraction_of_ceiling"}
+    assert fractions["best_value"].to_numpy() == pytest.approx(np.ones(6))
+    # The unbounded interval of (5, 0) reaches every best value, so it is a look-alike of layer 5's best.
+    assert fractions.set_index("layer_a").loc[5, "plausible_low_relative_depth_b"] == pytest.approx(1 / 6)
+    trend = depth_trend(fractions).iloc[0]
+    assert trend["spearman"] == pytest.approx(1.0) and trend["p_one_sided"] == pytest.approx(1 / 720)
+    # A cell whose ceiling is not valid has no fraction: it cannot be anyone's best.
+    table.loc[(table["layer_a"] == 2) & (table["layer_b"] == 2), "ceiling_valid"] = False
+    assert depth_profile(table, 6, 6, scale="fraction_of_ceiling").set_index("layer_a").loc[2, "best_layer_b"] != 2
+    with pytest.raises(ValueError, match="not one of"):
+        depth_profile(table, 6, 6, scale="raw")
+
+
 def test_write_depth_reads_the_models_depths_from_their_manifests(tmp_path):
     layers_a, layers_b = [1, 3, 5], [2, 6, 10]
     table = scores_table(lambda metric, la, lb: 0.3 - abs(relative_depth(la, 6) - relative_depth(lb, 12)),
@@ -92,6 +128,21 @@ def test_write_depth_reads_the_models_depths_from_their_manifests(tmp_path):
     written = pd.read_csv(tmp_path / "depth.tsv", sep="\t")
     assert list(written["best_layer_b"][written["metric"] == "rsa"]) == [2, 6, 10]
     assert set(written["model_a"]) == {"small"} and set(written["model_b"]) == {"large"}
+    assert set(written["scale"]) == {"excess"}  # no ceiling in the table, so no fraction of it
     assert pd.read_csv(tmp_path / "trend.tsv", sep="\t")["spearman"].tolist() == pytest.approx([1.0, 1.0])
     with Image.open(tmp_path / "depth.png") as image:
+        one_row = image.height
         assert image.width > 400 and image.height > 200
+    # With the ceiling in the table: both scales, in the tables and as two rows of the figure.
+    table["normalized"] = table["observed"] - table["null_mean"]
+    table["normalized_ci_low"], table["normalized_ci_high"] = table["ci_low"], table["ci_high"]
+    table["ceiling_valid"] = True
+    table.to_csv(tmp_path / "scores.tsv", sep="\t", index=False)
+    profile, trend = write_depth(tmp_path / "scores.tsv", tmp_path / "a.json", tmp_path / "b.json",
+                                 tmp_path / "depth.tsv", tmp_path / "trend.tsv", tmp_path / "depth.png")
+    written = pd.read_csv(tmp_path / "trend.tsv", sep="\t")
+    assert list(zip(written["scale"], written["metric"])) == [("excess", "debiased_cka"), ("excess", "rsa"),
+                                                              ("fraction_of_ceiling", "debiased_cka"),
+                                                              ("fraction_of_ceiling", "rsa")]
+    with Image.open(tmp_path / "depth.png") as image:
+        assert image.height > 1.8 * one_row

@@ -261,6 +261,7 @@ SECTION_SOURCES = {
     "## Which one-to-one rule": ("docs/figures/default", "workflow/schemas/config.schema.yaml"),
     "## Does a matched pair do the same job?": ("docs/figures/default", "docs/figures/whole",
                                                 "workflow/schemas/config.schema.yaml"),
+    "## The atlas": ("docs/figures/atlas", "presets/atlas.yaml"),
     "## The scaling study": ("docs/figures/scaling", "presets/scaling.yaml"),
     "## The reference experiment": ("docs/figures/reference", "presets/reference.yaml"),
 }
@@ -325,6 +326,51 @@ def test_every_number_in_the_results_is_one_of_its_tables_or_configs():
     assert unexplained == []
 
 
+def test_the_atlas_prose_claims_only_what_its_tables_show():
+    """docs/results.md, "The atlas": each claim of the prose around its generated blocks, against the atlas, the
+    depth pair's scores and its depth profile."""
+    from scipy.stats import spearmanr
+
+    section = " ".join(RESULTS[RESULTS.index("## The atlas"):RESULTS.index("## Seed stability as the literature")].split())
+    atlas_folder = ROOT / "docs/figures/atlas"
+    atlas = pd.read_csv(atlas_folder / "atlas.tsv", sep="\t")
+    # "Every score of every pair is significant after adjustment, within the family and across it, at every layer pair"
+    assert "Every score of every pair is significant after adjustment" in section
+    assert (atlas["p_adjusted"] < 0.05).all() and atlas["same_family"].any() and (~atlas["same_family"]).any()
+    # "on no metric does its interval clear every cross-family pair's" (at the middle layers, as the block reads them)
+    assert "on no metric does its interval clear every cross-family pair's" in section
+    cells = docs.middle_cells(atlas)
+    for metric, rows in cells.groupby("metric"):
+        within, others = rows[rows["same_family"]].iloc[0], rows[~rows["same_family"]]
+        assert not (within["normalized_ci_low"] > others["normalized_ci_high"]).all(), metric
+    scores = pd.read_csv(atlas_folder / "qwen05--qwen15.scores.tsv", sep="\t")
+    scores["excess"] = scores["observed"] - scores["null_mean"]
+    profile = pd.read_csv(atlas_folder / "depth.tsv", sep="\t")
+    deepest = max(scores["layer_b"])
+    # "the 1.5B model's deepest layer of the grid is the most similar layer to every layer of the 0.5B model on four
+    # of the five metrics"
+    assert "most similar layer to every layer of the 0.5B model on four of the five metrics" in section
+    on_excess = profile[profile["scale"] == "excess"]
+    always_deepest = on_excess.groupby("metric")["best_layer_b"].apply(lambda best: (best == deepest).all())
+    assert always_deepest.sum() == 4 and not always_deepest["heldout_svcca"]
+    # "on every metric but held-out SVCCA the excess grows with the depth of both models' layers"
+    for metric, rows in scores[scores["metric"] != "heldout_svcca"].groupby("metric"):
+        for along, across in (("layer_b", "layer_a"), ("layer_a", "layer_b")):
+            rhos = [spearmanr(cells_[along], cells_["excess"])[0] for _, cells_ in rows.groupby(across)]
+            assert min(rhos) > 0.5, (metric, along, rhos)
+    # "The ceiling grows with the 1.5B model's depth as well on RSA, debiased CKA and mutual kNN"
+    assert "The ceiling grows with the 1.5B model's depth as well on RSA, debiased CKA and mutual kNN" in section
+    for metric in ("rsa", "debiased_cka", "mutual_knn"):
+        ceiling = scores[scores["metric"] == metric].groupby("layer_b")["ceiling"].first()
+        assert spearmanr(ceiling.index, ceiling.to_numpy())[0] > 0.9, metric
+    # "on the fraction of the ceiling the intervals of most layers of the 1.5B model reach the best one's"
+    on_fraction = profile[profile["scale"] == "fraction_of_ceiling"]
+    assert (on_fraction.groupby("metric")["plausible_layers_b"].mean() > scores["layer_b"].nunique() / 2).all()
+    # "Loss recovered is the SAE quality to read here. FVU is near zero at several of these layers"
+    quality = pd.read_csv(atlas_folder / "quality.tsv", sep="\t")
+    assert (quality["fvu"] < 0.01).sum() >= 3 and quality["fraction_recovered"].min() > 0.7
+
+
 def test_the_atlas_blocks_read_the_middle_layers_and_the_depth_trend(tmp_path):
     """The atlas section's generated blocks on a planted atlas: the middle layer pair of each model pair, the
     within-family pair's standing among them, and the depth trend's words."""
@@ -348,7 +394,7 @@ def test_the_atlas_blocks_read_the_middle_layers_and_the_depth_trend(tmp_path):
                          "normalized_ci_low": 2 * value - 0.05, "normalized_ci_high": 2 * value + 0.05})
         scores.append(pd.DataFrame(rows))
     atlas_table(scores, [], families, blocks).to_csv(tmp_path / "atlas.tsv", sep="\t", index=False)
-    profile = depth_profile(scores[0], 24, 28)
+    profile = pd.concat([depth_profile(scores[0], 24, 28, scale=scale) for scale in ("excess", "fraction_of_ceiling")])
     trend = depth_trend(profile)
     for table in (profile, trend):
         table.insert(0, "model_a", "q05")
@@ -364,5 +410,17 @@ def test_the_atlas_blocks_read_the_middle_layers_and_the_depth_trend(tmp_path):
     assert "its interval lies above every cross-family pair's on 2 of 2" in text
     depth = docs.atlas_depth_block(str(tmp_path))()
     assert "3→3, 7→8, 11→13, 15→17, 19→22, 22→26" in depth
-    assert "On 2 of 2 metrics the most similar layer of q15 goes deeper" in depth
-    assert "0.0014" in depth  # 1/720: the identity is the only ordering of six layers with rho = 1
+    for scale in ("excess over chance", "fraction of the seed-to-seed ceiling"):
+        assert f"- On the {scale}: on 2 of 2 metrics the most similar layer of q15 goes deeper" in depth
+    assert "| 0.0014 | 0.0028 |" in depth  # 1/720: the identity is the only ordering with rho = 1; Holm over two
+
+
+def test_the_atlas_cost_in_the_benchmarks_is_the_atlas_runs_record():
+    """docs/benchmarks.md's atlas row is docs/figures/atlas/run.tsv: forward CPU, all job CPU and their ratio."""
+    run = pd.read_csv(ROOT / "docs/figures/atlas/run.tsv", sep="\t").iloc[0]
+    row = next(line for line in (ROOT / "docs/benchmarks.md").read_text().splitlines()
+               if line.startswith("| **the atlas**"))
+    forward, total, ratio = re.search(r"\| ([\d,]+) s \| ([\d,]+) s \| \*\*([\d.]+)\*\*", row).groups()
+    assert int(forward.replace(",", "")) == round(run["forward_cpu_seconds"])
+    assert int(total.replace(",", "")) == round(run["job_cpu_seconds"])
+    assert float(ratio) == round(run["job_cpu_seconds"] / run["forward_cpu_seconds"], 2)

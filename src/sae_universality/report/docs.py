@@ -620,24 +620,36 @@ def atlas_pairs_block(folder: str) -> Callable[[], str]:
 
 
 def atlas_depth_block(folder: str) -> Callable[[], str]:
-    """The depth profile of the atlas's depth pair: per metric the rank trend and the best layers, in a table."""
+    """The depth profile of the atlas's depth pair on each scale: per metric the best layers, the rank trend and
+    its exact p (and Holm's over the metrics), then how many metrics follow depth on each scale."""
 
     def make() -> str:
+        from .depth import SCALES
+
         root = REPOSITORY / folder
         trend = pd.read_csv(root / "depth_trend.tsv", sep="\t")
         profile = pd.read_csv(root / "depth.tsv", sep="\t")
         a, b = trend["model_a"].iloc[0], trend["model_b"].iloc[0]
-        lines = [f"| metric | best layer of {b} for each layer of {a} | Spearman (depth of {a}, depth of best {b}) "
-                 "| one-sided p (exact) | mean distance in relative depth |", "|---|---|---|---|---|"]
+        lines = [f"| scale | metric | best layer of {b} for each layer of {a} | Spearman (depth of {a}, depth of best "
+                 f"{b}) | one-sided p (exact) | Holm over the metrics | mean distance in relative depth | layers of {b} "
+                 "not distinguishable from the best (mean) |",
+                 "|---|---|---|---|---|---|---|---|"]
         for row in trend.itertuples():
-            best = profile[profile["metric"] == row.metric].sort_values("layer_a")
+            best = profile[(profile["scale"] == row.scale) & (profile["metric"] == row.metric)].sort_values("layer_a")
             chosen = ", ".join(f"{int(r.layer_a)}→{int(r.best_layer_b)}" for r in best.itertuples())
-            lines.append(f"| {METRIC_NAMES.get(row.metric, row.metric)} | {chosen} | {_number(row.spearman, 2)} | "
-                         f"{row.p_one_sided:.2g} | {row.mean_abs_offset:.2f} |")
-        following = trend[(trend["p_one_sided"] < SIGNIFICANCE) & (trend["spearman"] > 0)]
-        lines += ["", f"On {len(following)} of {len(trend)} metrics the most similar layer of {b} goes deeper as "
-                      f"{a}'s layer does (one-sided p < {SIGNIFICANCE:g} over orderings of its "
-                      f"{int(trend['n_layers_a'].max())} layers)."]
+            lines.append(f"| {SCALES[row.scale]} | {METRIC_NAMES.get(row.metric, row.metric)} | {chosen} | "
+                         f"{_number(row.spearman, 2)} | {row.p_one_sided:.2g} | {row.p_adjusted:.2g} | "
+                         f"{row.mean_abs_offset:.2f} | {best['plausible_layers_b'].mean():.1f} |")
+        lines.append("")
+        for scale, rows in trend.groupby("scale", sort=False):
+            following = rows[(rows["p_adjusted"] < SIGNIFICANCE) & (rows["spearman"] > 0)]
+            deepest = profile[(profile["scale"] == scale)].groupby("metric")["best_layer_b"].nunique()
+            fixed = int((deepest == 1).sum())
+            lines.append(f"- On the {SCALES[scale]}: on {len(following)} of {len(rows)} metrics the most similar layer "
+                         f"of {b} goes deeper as {a}'s layer does (Holm-adjusted one-sided p < {SIGNIFICANCE:g}, exact "
+                         f"over the orderings of {a}'s {int(rows['n_layers_a'].max())} layers)"
+                         + (f"; on {fixed} the same layer of {b} is the best for every layer of {a}" if fixed else "")
+                         + ".")
         return "\n".join(lines)
 
     return make
@@ -882,6 +894,11 @@ BLOCKS = {
     "scaling-table": Block(file_block("docs/figures/scaling.md"), ("docs/figures/scaling.md",)),
     "scaling-findings": Block(scaling_findings("docs/figures/scaling"),
                               ("docs/figures/scaling.tsv", "docs/figures/scaling.cross.tsv")),
+    "atlas-run": Block(atlas_run_block("docs/figures/atlas"),
+                       ("docs/figures/atlas/run.tsv", "docs/figures/atlas/quality.tsv")),
+    "atlas-pairs": Block(atlas_pairs_block("docs/figures/atlas"), ("docs/figures/atlas/atlas.tsv",)),
+    "atlas-depth": Block(atlas_depth_block("docs/figures/atlas"),
+                         ("docs/figures/atlas/depth.tsv", "docs/figures/atlas/depth_trend.tsv")),
     "controls-default": Block(controls_block("docs/figures/default"),
                               ("docs/figures/default/controls.tsv", "docs/figures/default/context_only_scores.tsv")),
     "whole-run": Block(default_run_block("docs/figures/whole"),
