@@ -343,6 +343,15 @@ def test_the_atlas_prose_claims_only_what_its_tables_show():
     for metric, rows in cells.groupby("metric"):
         within, others = rows[rows["same_family"]].iloc[0], rows[~rows["same_family"]]
         assert not (within["normalized_ci_low"] > others["normalized_ci_high"]).all(), metric
+    # "its excess over chance is not the largest on any metric. It keeps the most matched pairs."
+    assert "its excess over chance is not the largest on any metric. It keeps the most matched pairs" in section
+    for metric, rows in cells.groupby("metric"):
+        assert rows.loc[rows["same_family"], "excess"].iloc[0] < rows["excess"].max(), metric
+        assert rows.loc[rows["same_family"], "n_pairs"].iloc[0] > rows.loc[~rows["same_family"], "n_pairs"].max()
+    # "but its two SAEs are also the widest of the atlas"
+    widths = pd.read_csv(atlas_folder / "quality.tsv", sep="\t").groupby("model")["d_sae"].max().sort_values()
+    same = cells[cells["same_family"]].iloc[0]
+    assert set(widths.index[-2:]) == {same["model_a"], same["model_b"]}
     scores = pd.read_csv(atlas_folder / "qwen05--qwen15.scores.tsv", sep="\t")
     scores["excess"] = scores["observed"] - scores["null_mean"]
     profile = pd.read_csv(atlas_folder / "depth.tsv", sep="\t")
@@ -408,6 +417,8 @@ def test_the_atlas_blocks_read_the_middle_layers_and_the_depth_trend(tmp_path):
     assert text.index("| RSA |") < text.index("| mutual kNN |")  # the metrics in the project's order
     assert "largest fraction of its ceiling of the 4 pairs on 2 of 2 metrics" in text
     assert "its interval lies above every cross-family pair's on 2 of 2" in text
+    assert "it keeps 100 matched pairs, the cross-family pairs 100-100; its excess over chance is the largest of the 4 " \
+           "on 2 of 2 metrics." in text
     depth = docs.atlas_depth_block(str(tmp_path))()
     assert "3→3, 7→8, 11→13, 15→17, 19→22, 22→26" in depth
     for scale in ("excess over chance", "fraction of the seed-to-seed ceiling"):
