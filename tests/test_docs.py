@@ -372,6 +372,11 @@ def test_the_atlas_prose_claims_only_what_its_tables_show():
     for metric in ("rsa", "debiased_cka", "mutual_knn"):
         ceiling = scores[scores["metric"] == metric].groupby("layer_b")["ceiling"].first()
         assert spearmanr(ceiling.index, ceiling.to_numpy())[0] > 0.9, metric
+    # "Divided by it, the most similar layer follows relative depth on three of the five metrics"
+    assert "follows relative depth on three of the five metrics" in section
+    trend = pd.read_csv(atlas_folder / "depth_trend.tsv", sep="\t")
+    on_fraction_trend = trend[trend["scale"] == "fraction_of_ceiling"]
+    assert ((on_fraction_trend["p_adjusted"] < 0.05) & (on_fraction_trend["spearman"] > 0)).sum() == 3
     # "on the fraction of the ceiling the intervals of most layers of the 1.5B model reach the best one's"
     on_fraction = profile[profile["scale"] == "fraction_of_ceiling"]
     assert (on_fraction.groupby("metric")["plausible_layers_b"].mean() > scores["layer_b"].nunique() / 2).all()
