@@ -614,11 +614,13 @@ def atlas_pairs_block(folder: str) -> Callable[[], str]:
             lines.append(f"The within-family pair ({pair}) has the largest fraction of its ceiling of the "
                          f"{len(pairs)} pairs on {largest} of {len(metrics)} metrics; its interval lies above every "
                          f"cross-family pair's on {apart} of {len(metrics)}.")
-            kept = cells.groupby(["model_a", "model_b"], sort=False)["n_pairs"].first()
+            kept = cells.groupby(["model_a", "model_b"], sort=False).agg(n_pairs=("n_pairs", "first"),
+                                                                         same=("same_family", "first"))
+            within_kept, others = (kept.loc[kept["same"].astype(bool), "n_pairs"].iloc[0],
+                                   kept.loc[~kept["same"].astype(bool), "n_pairs"])
             excess_largest = sum(int(rows.loc[rows["same_family"].astype(bool), "excess"].iloc[0] >= rows["excess"].max())
                                  for _, rows in cells.groupby("metric"))
-            others = kept[[not flag for flag in cells.groupby(["model_a", "model_b"], sort=False)["same_family"].first()]]
-            lines.append(f"At these layers it keeps {int(kept[(same['model_a'].iloc[0], same['model_b'].iloc[0])]):,} "
+            lines.append(f"At these layers it keeps {int(within_kept):,} "
                          f"matched pairs, the cross-family pairs {int(others.min()):,}-{int(others.max()):,}; its "
                          f"excess over chance is the largest of the {len(pairs)} on {excess_largest} of "
                          f"{len(metrics)} metrics.")
