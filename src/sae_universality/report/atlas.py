@@ -22,12 +22,18 @@ VALUES = ["n_pairs", "excess", "excess_ci_low", "excess_ci_high", "p_adjusted", 
           "normalized_ci_high"]
 
 
+def excess_over_chance(scores: pd.DataFrame) -> pd.DataFrame:
+    """`excess`, `excess_ci_low`, `excess_ci_high` of a long score table: the score and its interval less the
+    null's mean, on the score table's index."""
+    return pd.DataFrame({"excess": scores["observed"] - scores["null_mean"],
+                         "excess_ci_low": scores["ci_low"] - scores["null_mean"],
+                         "excess_ci_high": scores["ci_high"] - scores["null_mean"]}, index=scores.index)
+
+
 def _values(scores: pd.DataFrame) -> pd.DataFrame:
     table = scores[KEYS].copy()
     table["n_pairs"] = scores["n_pairs"]
-    table["excess"] = scores["observed"] - scores["null_mean"]
-    table["excess_ci_low"] = scores["ci_low"] - scores["null_mean"]
-    table["excess_ci_high"] = scores["ci_high"] - scores["null_mean"]
+    table[["excess", "excess_ci_low", "excess_ci_high"]] = excess_over_chance(scores)
     for column in ("p_adjusted", "normalized", "normalized_ci_low", "normalized_ci_high"):
         table[column] = scores[column] if column in scores else np.nan
     return table

@@ -29,6 +29,7 @@ import pandas as pd
 
 from ..io import atomic_path, write_tsv
 from ..similarity.baselines import adjust_p_values
+from .atlas import excess_over_chance
 
 MIN_LAYERS = 3
 """Layers each model needs in a pair before a depth profile means anything."""
@@ -54,9 +55,7 @@ def _on_scale(scores: pd.DataFrame, scale: str) -> pd.DataFrame:
     bound that is not finite (a ceiling whose own interval reaches zero) is unbounded on that side."""
     table = scores.copy()
     if scale == "excess":
-        table["value"] = table["observed"] - table["null_mean"]
-        table["value_ci_low"] = table["ci_low"] - table["null_mean"]
-        table["value_ci_high"] = table["ci_high"] - table["null_mean"]
+        table[["value", "value_ci_low", "value_ci_high"]] = excess_over_chance(scores).to_numpy()
     elif scale == "fraction_of_ceiling":
         valid = (table["ceiling_valid"].astype(bool) if "ceiling_valid" in table
                  else pd.Series(True, index=table.index))

@@ -653,8 +653,8 @@ def atlas_depth_block(folder: str) -> Callable[[], str]:
         lines.append("")
         for scale, rows in trend.groupby("scale", sort=False):
             following = rows[(rows["p_adjusted"] < SIGNIFICANCE) & (rows["spearman"] > 0)]
-            deepest = profile[(profile["scale"] == scale)].groupby("metric")["best_layer_b"].nunique()
-            fixed = int((deepest == 1).sum())
+            best_layers = profile[profile["scale"] == scale].groupby("metric")["best_layer_b"].nunique()
+            fixed = int((best_layers == 1).sum())
             lines.append(f"- On the {SCALES[scale]}: on {len(following)} of {len(rows)} metrics the most similar layer "
                          f"of {b} goes deeper as {a}'s layer does (Holm-adjusted one-sided p < {SIGNIFICANCE:g}, exact "
                          f"over the orderings of {a}'s {int(rows['n_layers_a'].max())} layers)"
