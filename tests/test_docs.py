@@ -416,7 +416,17 @@ def test_the_atlas_blocks_read_the_middle_layers_and_the_depth_trend(tmp_path):
     profile.to_csv(tmp_path / "depth.tsv", sep="\t", index=False)
     trend.to_csv(tmp_path / "depth_trend.tsv", sep="\t", index=False)
 
+    # The lexical floor of one pair, at its middle layers and at another layer pair the block must not read.
+    floor = pd.DataFrame([{"layer_a": la, "layer_b": lb, "metric": metric, "excess_surviving": share,
+                           "p_adjusted": p, "ci_high": 0.02, "null_mean": 0.0, "full_ci_low": full_low,
+                           "full_null_mean": 0.0}
+                          for la, lb, metric, share, p, full_low in [(11, 13, "rsa", 0.25, 0.01, 0.05),
+                                                                      (11, 13, "mutual_knn", 0.5, 0.2, 0.01),
+                                                                      (3, 3, "rsa", 0.9, 0.01, 0.01)]])
+    floor.to_csv(tmp_path / "q05--q15.lexical_scores.tsv", sep="\t", index=False)
     text = docs.atlas_pairs_block(str(tmp_path))()
+    assert "| q05 / q15 | 11 / 13 | 0.25* clear | 0.50 |" in text  # significant and cleared; neither
+    assert "0.90" not in text and "| sm / ge | 15 / 10 |" not in text  # other layers, pairs without a floor
     assert "| q05 / q15 | Qwen2.5 / Qwen2.5 (same) | 11 / 13 (0.50 / 0.50) | 0.80* [0.75, 0.85] |" in text
     assert "| sm / ge | SmolLM2 / Gemma-3 | 15 / 10 (0.53 / 0.61) |" in text
     assert text.index("| RSA |") < text.index("| mutual kNN |")  # the metrics in the project's order

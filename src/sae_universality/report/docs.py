@@ -601,6 +601,7 @@ def atlas_pairs_block(folder: str) -> Callable[[], str]:
                              + " | ".join(_fraction_cell(here.loc[metric], prefix) if metric in here.index else "n/a"
                                           for metric in metrics) + " |")
             lines.append("")
+        lines += _atlas_lexical_lines(REPOSITORY / folder, cells, pairs, metrics)
         same = cells[cells["same_family"].astype(bool)]
         if len(same):
             largest = apart = 0
@@ -627,6 +628,29 @@ def atlas_pairs_block(folder: str) -> Callable[[], str]:
         return "\n".join(lines).rstrip()
 
     return make
+
+
+def _atlas_lexical_lines(root: Path, cells: pd.DataFrame, pairs: list, metrics: list) -> list[str]:
+    """The lexical floor of each pair at the layers `cells` chose, from `{a}--{b}.lexical_scores.tsv`: its excess
+    over chance as a share of the full excess, whether it is significant, whether the full excess clears it."""
+    lines = ["What token identity alone gives (the lexical floor: each model's activations replaced by their "
+             "per-token means, through the same SAEs): its excess over chance as a share of the full result's, * "
+             "significant after adjustment, and \"clear\" where the full excess lies above it (intervals apart):", "",
+             "| model pair | layers | " + " | ".join(METRIC_NAMES.get(metric, metric) for metric in metrics) + " |",
+             "|" + "---|" * (2 + len(metrics))]
+    for a, b in pairs:
+        path = root / f"{a}--{b}.lexical_scores.tsv"
+        if not path.is_file():
+            continue
+        first = cells[(cells["model_a"] == a) & (cells["model_b"] == b)].iloc[0]
+        floor = pd.read_csv(path, sep="\t")
+        floor = floor[(floor["layer_a"] == first["layer_a"]) & (floor["layer_b"] == first["layer_b"])]
+        floor = floor.assign(clear=excess_intervals_apart(floor)).set_index("metric")
+        lines.append(f"| {a} / {b} | {int(first['layer_a'])} / {int(first['layer_b'])} | " + " | ".join(
+            (f"{floor.loc[metric, 'excess_surviving']:.2f}{'*' if floor.loc[metric, 'p_adjusted'] < SIGNIFICANCE else ''}"
+             f"{' clear' if floor.loc[metric, 'clear'] else ''}") if metric in floor.index else "n/a"
+            for metric in metrics) + " |")
+    return lines + [""]
 
 
 def atlas_depth_block(folder: str) -> Callable[[], str]:
