@@ -427,6 +427,7 @@ def test_the_atlas_blocks_read_the_middle_layers_and_the_depth_trend(tmp_path):
     text = docs.atlas_pairs_block(str(tmp_path))()
     assert "| q05 / q15 | 11 / 13 | 0.25* clear | 0.50 |" in text  # significant and cleared; neither
     assert "0.90" not in text and "| sm / ge | 15 / 10 |" not in text  # other layers, pairs without a floor
+    assert "The floor is significant in 1 of these 2 scores; the full excess clears it in 1 of 2." in text
     assert "| q05 / q15 | Qwen2.5 / Qwen2.5 (same) | 11 / 13 (0.50 / 0.50) | 0.80* [0.75, 0.85] |" in text
     assert "| sm / ge | SmolLM2 / Gemma-3 | 15 / 10 (0.53 / 0.61) |" in text
     assert text.index("| RSA |") < text.index("| mutual kNN |")  # the metrics in the project's order

@@ -633,6 +633,7 @@ def atlas_pairs_block(folder: str) -> Callable[[], str]:
 def _atlas_lexical_lines(root: Path, cells: pd.DataFrame, pairs: list, metrics: list) -> list[str]:
     """The lexical floor of each pair at the layers `cells` chose, from `{a}--{b}.lexical_scores.tsv`: its excess
     over chance as a share of the full excess, whether it is significant, whether the full excess clears it."""
+    significant = clear = scored = 0
     lines = ["What token identity alone gives (the lexical floor: each model's activations replaced by their "
              "per-token means, through the same SAEs): its excess over chance as a share of the full result's, * "
              "significant after adjustment, and \"clear\" where the full excess lies above it (intervals apart):", "",
@@ -646,10 +647,15 @@ def _atlas_lexical_lines(root: Path, cells: pd.DataFrame, pairs: list, metrics: 
         floor = pd.read_csv(path, sep="\t")
         floor = floor[(floor["layer_a"] == first["layer_a"]) & (floor["layer_b"] == first["layer_b"])]
         floor = floor.assign(clear=excess_intervals_apart(floor)).set_index("metric")
+        significant += int((floor["p_adjusted"] < SIGNIFICANCE).sum())
+        clear, scored = clear + int(floor["clear"].sum()), scored + len(floor)
         lines.append(f"| {a} / {b} | {int(first['layer_a'])} / {int(first['layer_b'])} | " + " | ".join(
             (f"{floor.loc[metric, 'excess_surviving']:.2f}{'*' if floor.loc[metric, 'p_adjusted'] < SIGNIFICANCE else ''}"
              f"{' clear' if floor.loc[metric, 'clear'] else ''}") if metric in floor.index else "n/a"
             for metric in metrics) + " |")
+    if scored:
+        lines += ["", f"The floor is significant in {significant} of these {scored} scores; the full excess clears it "
+                      f"in {clear} of {scored}."]
     return lines + [""]
 
 
